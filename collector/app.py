@@ -1,0 +1,153 @@
+"""The collector's ASGI app: Litestar routes around one ``CollectorContext``.
+
+granian serves ``collector.app:create_app`` as a factory; the settings come from
+``$PIXELRELAY_CONFIG``, read once per worker at start.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+
+import structlog
+from litestar import Litestar, Request, Response, get, post, route
+from litestar.config.cors import CORSConfig
+from litestar.enums import HttpMethod
+from litestar.exceptions import HTTPException
+from redis.asyncio import Redis
+
+from collector.context import CollectorContext, json_encode
+from collector.enqueue import DurableEnqueuer
+from collector.ingest import handle_beacon, handle_server_events
+from collector.metrics import CollectorMetrics
+from collector.redirect import handle_redirect
+from collector.spool import Spool
+from relay.config import Settings, load_settings
+from relay.errors import InputError, StorageError
+from relay.inbox import AsyncStore
+from relay.logs import configure_logging
+
+log = structlog.get_logger("collector")
+SCRIPT = resources.files("collector").joinpath("static/pixelrelay.js").read_bytes()
+SECONDS_PER_DAY = 86_400
+
+
+def _error(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(json_encode({"error": message}), status_code=status,
+                    media_type="application/json", headers=headers)
+
+
+def build_app(settings: Settings, redis: Redis | None = None) -> Litestar:
+    """The app for ``settings``; ``redis`` can be swapped (fakeredis in unit tests)."""
+    metrics = CollectorMetrics()
+    client = redis or Redis.from_url(
+        settings.redis_url, socket_timeout=settings.collector.redis_timeout_ms / 1000,
+        socket_connect_timeout=settings.collector.redis_timeout_ms / 1000,
+    )
+    ledger_ttl_s = settings.relay.ledger_ttl_days * SECONDS_PER_DAY
+    spool = Spool(settings.collector.spool_dir)
+    enqueuer = DurableEnqueuer(
+        AsyncStore(client, ledger_ttl_s), client.ping, spool,
+        redis_timeout_s=settings.collector.redis_timeout_ms / 1000,
+        probe_interval_s=settings.collector.redis_probe_interval_ms / 1000,
+        observer=metrics,
+    )
+    ctx = CollectorContext(settings=settings, enqueuer=enqueuer, metrics=metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await enqueuer.start()
+        log.info("collector_started", pid=os.getpid(), links=len(settings.links),
+                 pixels=len(settings.pixels), spooling=enqueuer.spooling)
+        try:
+            yield
+        finally:
+            await enqueuer.stop()  # every acknowledged write is stored before we exit
+            await client.aclose()
+            log.info("collector_stopped", pid=os.getpid())
+
+    @route("/go/{slug:str}", http_method=[HttpMethod.GET, HttpMethod.HEAD])
+    async def go(request: Request, slug: str) -> Response:
+        return await handle_redirect(ctx, request, slug)
+
+    @post("/v1/events")
+    async def events(request: Request) -> Response:
+        return await handle_server_events(ctx, request)
+
+    @post("/v1/beacon")
+    async def beacon(request: Request) -> Response:
+        return await handle_beacon(ctx, request)
+
+    @get("/pixelrelay.js")
+    async def script() -> Response:
+        return Response(SCRIPT, media_type="application/javascript",
+                        headers={"Cache-Control": "public, max-age=3600"})
+
+    @get("/healthz")
+    async def healthz() -> Response:
+        return Response(json_encode({"status": "alive"}), media_type="application/json")
+
+    @get("/readyz")
+    async def readyz() -> Response:
+        spool_ok = os.access(spool.directory, os.W_OK)
+        ready = enqueuer.redis_up or spool_ok
+        body = {"ready": ready, "redis": enqueuer.redis_up, "spool_writable": spool_ok,
+                "spooling": enqueuer.spooling}
+        return Response(json_encode(body), status_code=200 if ready else 503,
+                        media_type="application/json")
+
+    @get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    def on_input_error(request: Request, exc: InputError) -> Response:
+        metrics.requests.labels(_route_of(request), str(exc.status)).inc()
+        return _error(exc.message, exc.status)
+
+    def on_storage_error(request: Request, exc: StorageError) -> Response:
+        metrics.requests.labels(_route_of(request), "503").inc()
+        return _error(f"{exc}; retry shortly", 503, {"Retry-After": "1"})
+
+    def on_http_error(request: Request, exc: HTTPException) -> Response:
+        status = exc.status_code
+        metrics.requests.labels(_route_of(request), str(status)).inc()
+        messages = {
+            404: "there is nothing at this address",
+            405: f"{request.method} is not allowed here",
+            413: f"the request body is larger than {settings.collector.max_body_bytes} bytes",
+        }
+        return _error(messages.get(status, str(exc.detail)), status)
+
+    return Litestar(
+        route_handlers=[go, events, beacon, script, healthz, readyz,
+                        metrics_endpoint],
+        lifespan=[lifespan],
+        exception_handlers={
+            InputError: on_input_error,
+            StorageError: on_storage_error,
+            HTTPException: on_http_error,
+        },
+        cors_config=CORSConfig(
+            allow_origins=sorted(ctx.origins), allow_methods=["POST"],
+            allow_headers=["content-type"], allow_credentials=True, max_age=86_400,
+        ) if ctx.origins else None,
+        openapi_config=None,
+        request_max_body_size=settings.collector.max_body_bytes,
+        debug=False,
+    )
+
+
+def _route_of(request: Request) -> str:
+    path = request.url.path
+    for prefix, name in (("/go/", "go"), ("/v1/events", "events"), ("/v1/beacon", "beacon")):
+        if path.startswith(prefix):
+            return name
+    return "other"
+
+
+def create_app() -> Litestar:
+    """granian's factory: settings from $PIXELRELAY_CONFIG, JSON logs on stdout."""
+    configure_logging("collector", os.environ.get("PIXELRELAY_LOG_LEVEL", "INFO"))
+    return build_app(load_settings())

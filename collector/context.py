@@ -1,0 +1,75 @@
+"""Everything the collector's handlers share, built once from the settings at start-up."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+
+from collector.enqueue import DurableEnqueuer
+from collector.metrics import CollectorMetrics
+from collector.visitor import BotDetector, TrustedProxies
+from relay.config import ApiKeySettings, LinkSettings, Settings, hash_api_key
+from relay.errors import InputError
+from relay.events import ClickContext, Envelope, MetaEvent, encode
+from relay.inbox import ClickWrite, EventWrite
+from relay.queues import queue_for
+
+SECONDS_PER_DAY = 86_400
+
+
+@dataclass
+class CollectorContext:
+    settings: Settings
+    enqueuer: DurableEnqueuer
+    metrics: CollectorMetrics
+    proxies: TrustedProxies = field(init=False)
+    bots: BotDetector = field(init=False)
+    links: dict[str, LinkSettings] = field(init=False)
+    pixel_ids: frozenset[str] = field(init=False)
+    origins: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        c = self.settings.collector
+        self.proxies = TrustedProxies.parse(c.trusted_proxies)
+        self.bots = BotDetector(c.extra_bot_user_agents)
+        self.links = {link.slug: link for link in self.settings.links}
+        self.pixel_ids = frozenset(p.id for p in self.settings.pixels)
+        self.origins = frozenset(o.rstrip("/") for o in c.allowed_origins)
+        self.click_ttl_s = c.click_ttl_days * SECONDS_PER_DAY
+        self.cookie_max_age_s = c.cookie_max_age_days * SECONDS_PER_DAY
+
+    def authenticate(self, authorization: str | None) -> ApiKeySettings:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise InputError("send the API key as 'Authorization: Bearer <key>'", 401)
+        digest = hash_api_key(token.strip())
+        for key in self.settings.api_keys:
+            if hmac.compare_digest(key.sha256, digest):
+                return key
+        raise InputError("the API key is not valid", 401)
+
+    def event_write(self, pixel_id: str, event: MetaEvent, *, source: str,
+                    click_id: str | None, received_ms: int) -> EventWrite:
+        envelope = Envelope(pixel_id=pixel_id, event=event, received_ms=received_ms,
+                            source=source,  # type: ignore[arg-type]
+                            click_id=click_id)
+        return EventWrite(
+            queue=queue_for(event.event_name, self.settings.relay),
+            pixel_id=pixel_id,
+            dedup_key=envelope.dedup_key,
+            received_ms=received_ms,
+            payload=encode(envelope),
+        )
+
+    def click_write(self, click: ClickContext) -> ClickWrite:
+        return ClickWrite(click_id=click.click_id, ttl_s=self.click_ttl_s, payload=encode(click))
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+json_encode = msgspec.json.encode

@@ -1,0 +1,181 @@
+"""``POST /v1/events`` (server to server) and ``POST /v1/beacon`` (browsers): validate, hash, store.
+
+Both answer only after the events are stored durably: 202 for the API with the accepted ids,
+204 for beacons. Bad input is a 4xx whose sentence names the event and the field.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlsplit
+
+import msgspec
+from litestar import Request, Response
+
+from collector.context import CollectorContext, json_encode, now_ms
+from collector.visitor import (
+    CLICK_COOKIE,
+    FBC_COOKIE,
+    FBP_COOKIE,
+    client_ip,
+    is_valid_fbc,
+    is_valid_fbp,
+)
+from relay.config import ApiKeySettings
+from relay.errors import InputError
+from relay.events import (
+    MAX_EVENTS_PER_REQUEST,
+    InboundEvent,
+    InboundUserData,
+    build_event,
+)
+from relay.inbox import Write
+
+_events_decoder = msgspec.json.Decoder(InboundEvent | list[InboundEvent])
+
+
+class BeaconEvent(msgspec.Struct, forbid_unknown_fields=True):
+    """What ``pixelrelay.js`` sends with ``navigator.sendBeacon``."""
+
+    pixel_id: str
+    event_name: str
+    event_id: str
+    event_source_url: str | None = None
+    referrer_url: str | None = None
+    custom_data: dict[str, object] | None = None
+    external_id: str | None = None
+
+
+_beacon_decoder = msgspec.json.Decoder(BeaconEvent)
+
+
+def _decode(decoder: msgspec.json.Decoder, body: bytes, what: str) -> object:
+    if not body.strip():
+        raise InputError(f"the request body is empty: send {what} as JSON", 400)
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InputError(f"invalid {what}: {_plain(str(exc))}", 422) from None
+    except msgspec.DecodeError as exc:
+        raise InputError(f"the request body is not valid JSON ({exc})", 400) from None
+
+
+def _plain(message: str) -> str:
+    text, _, where = message.partition(" - at `")
+    text = text.replace("`", "")
+    if not where:
+        return text
+    path = where.rstrip("`").removeprefix("$").lstrip(".")
+    return f"{path or 'body'}: {text}" if path else text
+
+
+def _pixels_for(ctx: CollectorContext, key: ApiKeySettings, requested: str | None,
+                where: str) -> list[str]:
+    allowed = key.pixels or sorted(ctx.pixel_ids)
+    if requested is None:
+        return list(allowed)
+    if requested not in ctx.pixel_ids:
+        raise InputError(f"{where}.pixel_id {requested} is not a configured pixel", 422)
+    if requested not in allowed:
+        raise InputError(f"{where}.pixel_id {requested} is not allowed for this API key", 403)
+    return [requested]
+
+
+async def handle_server_events(ctx: CollectorContext, request: Request) -> Response:
+    key = ctx.authenticate(request.headers.get("authorization"))
+    decoded = _decode(_events_decoder, await request.body(), "events")
+    inbound = decoded if isinstance(decoded, list) else [decoded]
+    if not inbound:
+        raise InputError("the request holds no event", 422)
+    if len(inbound) > MAX_EVENTS_PER_REQUEST:
+        raise InputError(
+            f"a request holds at most {MAX_EVENTS_PER_REQUEST} events, this one has {len(inbound)}",
+            413,
+        )
+    received = now_ms()
+    now_s = received / 1000
+    relay = ctx.settings.relay
+    writes: list[Write] = []
+    accepted: list[str] = []
+    for i, item in enumerate(inbound):
+        where = f"events[{i}]" if isinstance(decoded, list) else "event"
+        assert isinstance(item, InboundEvent)
+        event = build_event(item, now_s=now_s, max_age_days=relay.max_event_age_days,
+                            max_future_skew_s=ctx.settings.collector.max_future_skew_s,
+                            where=where)
+        if item.user_data and item.user_data.fbc and not is_valid_fbc(item.user_data.fbc):
+            raise InputError(f"{where}.user_data.fbc must look like fb.1.<ms>.<fbclid>", 422)
+        for pixel_id in _pixels_for(ctx, key, item.pixel_id, where):
+            writes.append(ctx.event_write(pixel_id, event, source="server",
+                                          click_id=item.click_id, received_ms=received))
+        accepted.append(event.event_id)
+    await ctx.enqueuer.store(writes)
+    ctx.metrics.events.labels("server").inc(len(writes))
+    ctx.metrics.requests.labels("events", "202").inc()
+    return Response(json_encode({"accepted": len(accepted), "event_ids": accepted}),
+                    status_code=202, media_type="application/json")
+
+
+def _origin_of(request: Request) -> str | None:
+    origin = request.headers.get("origin")
+    if origin and origin != "null":
+        return origin.rstrip("/")
+    referer = request.headers.get("referer")
+    if referer:
+        parts = urlsplit(referer)
+        if parts.scheme and parts.netloc:
+            return f"{parts.scheme}://{parts.netloc}"
+    return None
+
+
+def cors_headers(ctx: CollectorContext, request: Request) -> dict[str, str]:
+    """CORS answer for a beacon; raises 403 for an origin that is not configured."""
+    origin = _origin_of(request)
+    if origin is None or origin not in ctx.origins:
+        raise InputError(
+            f"origin {origin or '(none)'} may not send beacons: add it to "
+            "collector.allowed_origins", 403,
+        )
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Credentials": "true",
+        "Vary": "Origin",
+    }
+
+
+async def handle_beacon(ctx: CollectorContext, request: Request) -> Response:
+    headers = cors_headers(ctx, request)
+    beacon = _decode(_beacon_decoder, await request.body(), "beacon")
+    assert isinstance(beacon, BeaconEvent)
+    if beacon.pixel_id not in ctx.pixel_ids:
+        raise InputError(f"beacon.pixel_id {beacon.pixel_id} is not a configured pixel", 422)
+    cookies = request.cookies
+    fbc = cookies.get(FBC_COOKIE)
+    fbp = cookies.get(FBP_COOKIE)
+    inbound = InboundEvent(
+        event_name=beacon.event_name,
+        event_id=beacon.event_id,
+        action_source="website",
+        event_source_url=beacon.event_source_url or request.headers.get("referer"),
+        referrer_url=beacon.referrer_url,
+        custom_data=dict(beacon.custom_data) if beacon.custom_data else None,
+        user_data=InboundUserData(
+            client_ip_address=client_ip(request.client.host if request.client else None,
+                                        request.headers, ctx.proxies),
+            client_user_agent=request.headers.get("user-agent"),
+            fbc=fbc if is_valid_fbc(fbc) else None,
+            fbp=fbp if is_valid_fbp(fbp) else None,
+            external_id=beacon.external_id,
+        ),
+    )
+    received = now_ms()
+    event = build_event(inbound, now_s=time.time(),
+                        max_age_days=ctx.settings.relay.max_event_age_days,
+                        max_future_skew_s=ctx.settings.collector.max_future_skew_s,
+                        where="beacon")
+    click_id = cookies.get(CLICK_COOKIE) or None
+    await ctx.enqueuer.store([ctx.event_write(beacon.pixel_id, event, source="beacon",
+                                              click_id=click_id, received_ms=received)])
+    ctx.metrics.events.labels("beacon").inc()
+    ctx.metrics.requests.labels("beacon", "204").inc()
+    return Response(b"", status_code=204, headers=headers)

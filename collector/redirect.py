@@ -1,0 +1,110 @@
+"""``/go/{slug}``: answer with a 302 at once, after the click's events are stored durably."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from litestar import Request, Response
+from litestar.datastructures import Cookie
+
+from collector.context import CollectorContext, now_ms
+from collector.visitor import (
+    CLICK_COOKIE,
+    FBC_COOKIE,
+    FBP_COOKIE,
+    choose_fbc,
+    choose_fbp,
+    client_ip,
+)
+from relay.config import LinkSettings
+from relay.events import ClickContext, MetaEvent, UserData, new_event_id
+
+UTM_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "utm_id")
+
+NOT_FOUND_PAGE = (
+    "<!doctype html><html lang=en><meta charset=utf-8><title>Link not found</title>"
+    "<h1>Link not found</h1><p>This link does not exist or is no longer active.</p></html>"
+)
+
+
+def destination_url(link: LinkSettings, click_id: str, query: str) -> str:
+    """The configured target with {click_id} filled and, if asked, the link's query appended."""
+    target = link.destination.replace("{click_id}", click_id)
+    if not link.forward_query or not query:
+        return target
+    parts = urlsplit(target)
+    own = parse_qsl(parts.query, keep_blank_values=True)
+    own_names = {name for name, _ in own}
+    extra = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in own_names]
+    return urlunsplit(parts._replace(query=urlencode(own + extra)))
+
+
+def _is_https(request: Request, ctx: CollectorContext) -> bool:
+    if request.url.scheme == "https":
+        return True
+    peer = request.client.host if request.client else None
+    return ctx.proxies.trusts(peer) and request.headers.get("x-forwarded-proto") == "https"
+
+
+def _cookie(ctx: CollectorContext, name: str, value: str, secure: bool) -> Cookie:
+    return Cookie(
+        key=name, value=value, max_age=ctx.cookie_max_age_s, path="/",
+        domain=ctx.settings.collector.cookie_domain or None, samesite="lax", secure=secure,
+        httponly=False,  # Meta's pixel reads _fbc/_fbp in the browser
+    )
+
+
+async def handle_redirect(ctx: CollectorContext, request: Request, slug: str) -> Response:
+    link = ctx.links.get(slug)
+    if link is None:
+        ctx.metrics.requests.labels("go", "404").inc()
+        return Response(NOT_FOUND_PAGE, status_code=404, media_type="text/html")
+
+    headers = request.headers
+    query_string = request.scope.get("query_string", b"").decode("latin-1")
+    query: Mapping[str, str] = dict(parse_qsl(query_string, keep_blank_values=True))
+    click_id = secrets.token_urlsafe(12)
+    location = destination_url(link, click_id, query_string)
+    response_headers = {"Location": location, "Cache-Control": "no-store",
+                        "Referrer-Policy": "no-referrer-when-downgrade"}
+    user_agent = headers.get("user-agent")
+
+    if request.method == "HEAD" or ctx.bots.is_bot(user_agent):
+        ctx.metrics.bots.inc()
+        ctx.metrics.requests.labels("go", "302").inc()
+        return Response(b"", status_code=302, headers=response_headers)
+
+    now = now_ms()
+    cookies = request.cookies
+    fbc, new_fbc = choose_fbc(query.get("fbclid") or None, cookies.get(FBC_COOKIE), now)
+    fbp, new_fbp = choose_fbp(cookies.get(FBP_COOKIE), now)
+    ip = client_ip(request.client.host if request.client else None, headers, ctx.proxies)
+    utm = {k: query[k] for k in UTM_KEYS if query.get(k)}
+    click = ClickContext(
+        click_id=click_id, slug=slug, time_ms=now, fbc=fbc, fbp=fbp, client_ip_address=ip,
+        client_user_agent=user_agent, referrer=headers.get("referer"), landing_url=location,
+        utm=utm or None,
+    )
+    user_data = UserData(client_ip_address=ip, client_user_agent=user_agent, fbc=fbc, fbp=fbp)
+    writes = [ctx.click_write(click)]
+    for pixel_id in link.pixels:
+        event = MetaEvent(
+            event_name=link.event_name, event_time=now // 1000, event_id=new_event_id(),
+            action_source="website", user_data=user_data, event_source_url=location,
+            referrer_url=headers.get("referer"), custom_data=dict(utm) if utm else None,
+        )
+        writes.append(ctx.event_write(pixel_id, event, source="redirect", click_id=click_id,
+                                      received_ms=now))
+    await ctx.enqueuer.store(writes)
+    ctx.metrics.events.labels("redirect").inc(len(link.pixels))
+    ctx.metrics.requests.labels("go", "302").inc()
+
+    secure = _is_https(request, ctx)
+    set_cookies = [_cookie(ctx, CLICK_COOKIE, click_id, secure)]
+    if new_fbc and fbc:
+        set_cookies.append(_cookie(ctx, FBC_COOKIE, fbc, secure))
+    if new_fbp:
+        set_cookies.append(_cookie(ctx, FBP_COOKIE, fbp, secure))
+    return Response(b"", status_code=302, headers=response_headers, cookies=set_cookies)

@@ -1,0 +1,114 @@
+"""Append-only disk spool: where events go while Redis is down or slow.
+
+Records are framed (length, CRC32, bytes) in numbered segment files. ``append`` writes a group of
+records and fsyncs once, so the collector can acknowledge them. Replay reads whole segments
+oldest first and removes a segment only after all its records reached Redis: a crash mid-replay
+repeats that segment (the relay's dedup absorbs repeats), it never loses one. A torn record at
+the end of a segment (a crash during ``append``) was never acknowledged and is skipped.
+
+All methods are synchronous; the collector runs them off the event loop, one group at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+
+_HEADER = struct.Struct(">II")  # length, crc32
+_SUFFIX = ".spool"
+
+
+class Spool:
+    def __init__(self, directory: str | os.PathLike[str],
+                 segment_max_bytes: int = 16 * 1024 * 1024) -> None:
+        self.directory = Path(directory)
+        self.segment_max_bytes = segment_max_bytes
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = None
+        self._active: Path | None = None
+        self._active_size = 0
+
+    # -- writing -------------------------------------------------------------------------------
+    def append(self, records: Iterable[bytes]) -> int:
+        """Write records and fsync; return bytes written. Raises OSError when the disk refuses."""
+        frames = b"".join(_HEADER.pack(len(r), zlib.crc32(r)) + r for r in records)
+        if not frames:
+            return 0
+        if self._fd is None or self._active_size >= self.segment_max_bytes:
+            self._open_new_segment()
+        assert self._fd is not None
+        view = memoryview(frames)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        os.fsync(self._fd)
+        self._active_size += len(frames)
+        return len(frames)
+
+    def _open_new_segment(self) -> None:
+        self._close_active()
+        number = self._last_number() + 1
+        path = self.directory / f"{number:020d}{_SUFFIX}"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._active = path
+        self._active_size = 0
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the new file's name survives a power cut too
+        finally:
+            os.close(dir_fd)
+
+    def _close_active(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
+        self._active = None
+        self._active_size = 0
+
+    def close(self) -> None:
+        self._close_active()
+
+    # -- reading -------------------------------------------------------------------------------
+    def segments(self) -> list[Path]:
+        return sorted(self.directory.glob(f"*{_SUFFIX}"))
+
+    def _last_number(self) -> int:
+        segments = self.segments()
+        return int(segments[-1].name.removesuffix(_SUFFIX)) if segments else 0
+
+    def has_pending(self) -> bool:
+        return bool(self.segments())
+
+    def pending_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.segments())
+
+    def oldest_segment(self) -> Path | None:
+        """The oldest segment, sealed first if it is the one being written to."""
+        segments = self.segments()
+        if not segments:
+            return None
+        if self._active is not None and segments[0] == self._active:
+            self._close_active()
+        return segments[0]
+
+    @staticmethod
+    def read_segment(path: Path) -> list[bytes]:
+        data = path.read_bytes()
+        records: list[bytes] = []
+        offset = 0
+        while offset + _HEADER.size <= len(data):
+            length, crc = _HEADER.unpack_from(data, offset)
+            start = offset + _HEADER.size
+            record = data[start : start + length]
+            if len(record) < length or zlib.crc32(record) != crc:
+                break  # torn tail: written by a crash before it was acknowledged
+            records.append(record)
+            offset = start + length
+        return records
+
+    @staticmethod
+    def remove_segment(path: Path) -> None:
+        path.unlink(missing_ok=True)

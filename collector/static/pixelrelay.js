@@ -1,0 +1,33 @@
+/* pixelrelay.js: send browser events to the collector with sendBeacon, and to Meta's pixel
+   with the same eventID so Meta deduplicates the two copies.
+   <script src="https://go.shop.example/pixelrelay.js" data-pixel="123" async></script>
+   pixelrelay.track('AddToCart', {value: 9.5, currency: 'EUR'}) */
+(function (w, d) {
+  var s = d.currentScript, base = s ? s.src.replace(/\/pixelrelay\.js.*$/, '') : '';
+  var pixel = s && s.getAttribute('data-pixel');
+  function id() {
+    if (w.crypto && w.crypto.randomUUID) return w.crypto.randomUUID();
+    return Date.now().toString(16) + Math.random().toString(16).slice(2, 14);
+  }
+  function track(name, data, opts) {
+    opts = opts || {};
+    var eventId = opts.eventID || id();
+    var body = JSON.stringify({
+      pixel_id: opts.pixel || pixel, event_name: name, event_id: eventId,
+      event_source_url: w.location.href, referrer_url: d.referrer || null,
+      custom_data: data || null, external_id: opts.externalId || null
+    });
+    var sent = false;
+    try { sent = navigator.sendBeacon(base + '/v1/beacon', body); } catch (e) {}
+    if (!sent && w.fetch) {
+      fetch(base + '/v1/beacon', {method: 'POST', body: body, keepalive: true,
+                                  credentials: 'include', mode: 'cors'});
+    }
+    if (typeof w.fbq === 'function') w.fbq('track', name, data || {}, {eventID: eventId});
+    return eventId;
+  }
+  var q = (w.pixelrelay && w.pixelrelay.q) || [];
+  w.pixelrelay = {track: track};
+  for (var i = 0; i < q.length; i++) track.apply(null, q[i]);
+  if (s && s.hasAttribute('data-pageview')) track('PageView');
+})(window, document);

@@ -1,0 +1,39 @@
+"""What the dashboard reads from Redis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from relay import keys
+from relay.queues import QUEUE_NAMES
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    priority: str
+    inbox_events: int
+    ready_batches: int
+    in_flight_batches: int
+    waiting_retry: int
+    dramatiq_dead: int
+
+
+async def queue_depths(client: Redis) -> list[QueueDepth]:
+    result = []
+    for priority, queue in QUEUE_NAMES.items():
+        q = keys.dramatiq_queue(queue)
+        pixels = [p.decode() for p in await client.smembers(keys.inbox_pixels(queue))]
+        pipe = client.pipeline(transaction=False)
+        for pixel in pixels:
+            pipe.llen(keys.inbox(queue, pixel))
+        pipe.llen(q)
+        pipe.hlen(f"{q}.msgs")
+        pipe.hlen(f"{q}.DQ.msgs")
+        pipe.zcard(f"{q}.XQ")
+        values = await pipe.execute()
+        inbox = sum(values[: len(pixels)])
+        ready, msgs, delayed, dead = values[len(pixels):]
+        result.append(QueueDepth(priority, inbox, ready, max(0, msgs - ready), delayed, dead))
+    return result

@@ -1,0 +1,5 @@
+import sys
+
+from pixelrelay.cli import main
+
+sys.exit(main())

@@ -1,0 +1,173 @@
+"""The ``pixelrelay`` command: one entry point for every process and tool.
+
+    pixelrelay up                   the whole stack in one terminal (make up)
+    pixelrelay collector            the collector (granian serving collector.app)
+    pixelrelay relay --queues high  a relay worker for one or more priority queues
+    pixelrelay dashboard            the operators' dashboard
+    pixelrelay fake-meta            the fake Graph API used by tests and make up
+    pixelrelay config check         validate the configuration
+    pixelrelay hash-key KEY         the sha256 to put in [[api_keys]]
+    pixelrelay trace EVENT_ID       one event's life
+    pixelrelay audit                reconcile accepted events with their outcome
+    pixelrelay requeue KEY|--all    send dead letters again
+
+Every command takes ``--config`` (default ``$PIXELRELAY_CONFIG``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from relay.config import CONFIG_ENV, Settings, hash_api_key, load_settings
+from relay.errors import ConfigError
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    os.environ[CONFIG_ENV] = str(Path(settings.source).resolve())
+    return settings
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    missing = [p.id for p in settings.pixels if not p.access_token]
+    print(f"configuration {settings.source} is valid: {len(settings.pixels)} pixel(s), "
+          f"{len(settings.links)} link(s), {len(settings.api_keys)} API key(s)")
+    if missing:
+        print(f"note: no access token in the environment for pixel(s) {', '.join(missing)}; "
+              "`pixelrelay up` will use the fake Graph API")
+    return 0
+
+
+def cmd_collector(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    c = settings.collector
+    argv = [
+        sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
+        "--host", c.host, "--port", str(c.port), "--workers", str(c.workers),
+        "--loop", "uvloop", "--workers-kill-timeout", str(c.shutdown_grace_s),
+        "--no-ws", "--log-level", "warning", "collector.app:create_app",
+    ]
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    from relay.logs import configure_logging
+    from relay.worker import RelayWorker, parse_priorities, redis_client
+
+    settings = _settings(args)
+    configure_logging(f"relay-{args.queues}")
+    try:
+        priorities = parse_priorities(args.queues)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    RelayWorker(settings, priorities, redis_client(settings)).run_until_signalled()
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import granian  # noqa: F401 - fail early with a clear import error
+
+    settings = _settings(args)
+    d = settings.dashboard
+    argv = [sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
+            "--host", d.host, "--port", str(d.port), "--no-ws", "--log-level", "warning",
+            "dashboard.app:create_app"]
+    os.execv(sys.executable, argv)
+    return 0
+
+
+def cmd_fake_meta(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from fakemeta import FakeMetaOptions, run
+
+    options = FakeMetaOptions.from_env()
+    if args.port:
+        options = dataclasses.replace(options, port=args.port)
+    run(options)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from pixelrelay.stack import Stack
+
+    settings = _settings(args)
+    return Stack(settings, Path(settings.source)).run()
+
+
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    print(hash_api_key(args.key))
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from relay.tools import trace
+
+    return trace(_settings(args), args.event_id, sys.stdout)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from relay.tools import audit
+
+    return audit(_settings(args), sys.stdout, hours=args.hours)
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    from relay.tools import requeue
+
+    return requeue(_settings(args), sys.stdout, args.keys, everything=args.all)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pixelrelay", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help=f"TOML configuration (default ${CONFIG_ENV})")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler: object, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", default=argparse.SUPPRESS, help="TOML configuration")
+        p.set_defaults(handler=handler)
+        return p
+
+    command("up", cmd_up, "run the whole stack in one terminal")
+    command("collector", cmd_collector, "run the collector")
+    relay = command("relay", cmd_relay, "run a relay worker")
+    relay.add_argument("--queues", default="high,normal,low",
+                       help="comma-separated priority queues: high, normal, low")
+    command("dashboard", cmd_dashboard, "run the dashboard")
+    fake = command("fake-meta", cmd_fake_meta, "run the fake Graph API")
+    fake.add_argument("--port", type=int, default=0, help="port (default $FAKEMETA_PORT)")
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate the configuration")
+    check.add_argument("--config", default=argparse.SUPPRESS, help="TOML configuration")
+    check.set_defaults(handler=cmd_config_check)
+    hk = command("hash-key", cmd_hash_key, "print the sha256 of an API key")
+    hk.add_argument("key")
+    tr = command("trace", cmd_trace, "print one event's life")
+    tr.add_argument("event_id")
+    au = command("audit", cmd_audit, "reconcile accepted events")
+    au.add_argument("--hours", type=int, default=24 * 7, help="how far back to look")
+    rq = command("requeue", cmd_requeue, "send dead letters again")
+    rq.add_argument("keys", nargs="*", help="dead letter keys (pixel:event_name:event_id)")
+    rq.add_argument("--all", action="store_true", help="requeue every dead letter")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not hasattr(args, "config"):
+        args.config = None
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"pixelrelay: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,309 @@
+"""Settings: one TOML file plus environment variables for secrets, read once into frozen structs.
+
+Every setting has a default, a unit in its name where it has one, and a line of help (the
+``description``); ``tests/relay/test_config.py`` fails when a setting is missing from the README.
+Bad configuration raises :class:`ConfigError` with one sentence naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+from relay.errors import ConfigError
+
+CONFIG_ENV = "PIXELRELAY_CONFIG"
+REDIS_URL_ENV = "REDIS_URL"
+GRAPH_URL_ENV = "PIXELRELAY_GRAPH_URL"
+
+Port = Annotated[int, Meta(ge=1, le=65535)]
+
+
+def _help(text: str, **constraints: Any) -> Meta:
+    return Meta(description=text, **constraints)
+
+
+class CollectorSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    host: Annotated[str, _help("Address the collector listens on.")] = "127.0.0.1"
+    port: Annotated[int, _help("Port the collector listens on.", ge=1, le=65535)] = 8000
+    workers: Annotated[int, _help("granian worker processes.", ge=1, le=64)] = 1
+    trusted_proxies: Annotated[
+        list[str], _help("Networks whose X-Forwarded-For / X-Real-IP headers are believed.")
+    ] = field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+    allowed_origins: Annotated[
+        list[str], _help("Origins allowed to send browser beacons (CORS), e.g. https://shop.example.")
+    ] = field(default_factory=list)
+    spool_dir: Annotated[str, _help("Directory of the disk spool used while Redis is down.")] = (
+        "var/spool"
+    )
+    click_ttl_days: Annotated[int, _help("How long a click's context is kept in Redis.", ge=1)] = 7
+    cookie_max_age_days: Annotated[int, _help("Lifetime of the _fbc/_fbp cookies.", ge=1)] = 90
+    cookie_domain: Annotated[str, _help("Domain attribute of the cookies; empty = host only.")] = ""
+    max_body_bytes: Annotated[int, _help("Largest request body accepted.", ge=1024)] = 1_048_576
+    redis_timeout_ms: Annotated[
+        int, _help("A Redis write slower than this goes to the spool instead.", ge=10)
+    ] = 500
+    redis_probe_interval_ms: Annotated[
+        int, _help("How often Redis is probed while the collector is spooling.", ge=50)
+    ] = 500
+    max_future_skew_s: Annotated[
+        int, _help("Events dated further in the future than this are refused.", ge=0)
+    ] = 600
+    extra_bot_user_agents: Annotated[
+        list[str], _help("More user-agent substrings (case-insensitive) treated as bots.")
+    ] = field(default_factory=list)
+    shutdown_grace_s: Annotated[
+        int, _help("Seconds in-flight requests get to finish on SIGTERM.", ge=1)
+    ] = 20
+
+
+class RedisSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    url: Annotated[
+        str, _help("Redis URL; empty starts the embedded server. REDIS_URL overrides it.")
+    ] = ""
+    embedded_port: Annotated[int, _help("Port of the embedded Redis-compatible server.")] = 6390
+    data_dir: Annotated[str, _help("Data directory of the embedded server (AOF).")] = "var/redis"
+
+
+class MetaSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    graph_url: Annotated[
+        str, _help("Graph API base URL. PIXELRELAY_GRAPH_URL overrides it.")
+    ] = "https://graph.facebook.com"
+    api_version: Annotated[
+        str, _help("Default Graph API version, e.g. v26.0.", pattern=r"^v\d+\.\d+$")
+    ] = "v26.0"
+    timeout_ms: Annotated[int, _help("Timeout of one request to Meta.", ge=100)] = 1500
+    partner_agent: Annotated[str, _help("partner_agent sent with every batch.")] = (
+        "pixelrelay-0.1.0"
+    )
+
+
+class RelaySettings(Struct, frozen=True, forbid_unknown_fields=True):
+    linger_ms: Annotated[
+        int, _help("Longest a lone event waits for companions before it is sent.", ge=10)
+    ] = 200
+    max_batch_events: Annotated[int, _help("Events per request to Meta.", ge=1, le=1000)] = 1000
+    max_attempts: Annotated[int, _help("Delivery attempts before a dead letter.", ge=1)] = 10
+    min_backoff_ms: Annotated[int, _help("First retry delay (doubles each attempt).", ge=1)] = 5_000
+    max_backoff_ms: Annotated[int, _help("Longest retry delay.", ge=1)] = 3_600_000
+    dedup_window_hours: Annotated[
+        int, _help("An event_id is sent at most once in this window.", ge=1)
+    ] = 48
+    ledger_ttl_days: Annotated[int, _help("How long an event's history is kept.", ge=1)] = 7
+    max_event_age_days: Annotated[int, _help("Older events are dead-lettered as expired.")] = 7
+    high_events: Annotated[list[str], _help("Event names on the high-priority queue.")] = field(
+        default_factory=lambda: [
+            "Purchase", "Lead", "CompleteRegistration", "Subscribe", "StartTrial",
+            "SubmitApplication", "Schedule", "Donate",
+        ]
+    )
+    low_events: Annotated[list[str], _help("Event names on the low-priority queue.")] = field(
+        default_factory=lambda: ["PageView"]
+    )
+    worker_threads: Annotated[int, _help("Threads per relay worker process.", ge=1)] = 8
+    queued_batches_max: Annotated[
+        int, _help("Batches waiting per queue before events stay in the inbox.", ge=1)
+    ] = 16
+    heartbeat_timeout_ms: Annotated[
+        int, _help("A worker silent this long is dead; its messages are redelivered.", ge=1000)
+    ] = 10_000
+    requests_per_s: Annotated[float, _help("Default request rate limit per pixel.", gt=0)] = 50.0
+    events_per_s: Annotated[float, _help("Default event rate limit per pixel.", gt=0)] = 20_000.0
+
+
+class DashboardSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    host: Annotated[str, _help("Address the dashboard listens on.")] = "127.0.0.1"
+    port: Annotated[int, _help("Port the dashboard listens on.", ge=1, le=65535)] = 8001
+
+
+class FakeMetaSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    port: Annotated[int, _help("Port of the built-in fake Graph API (make up).", ge=1)] = 8090
+
+
+class PixelSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    id: Annotated[str, _help("Meta pixel (dataset) id.", pattern=r"^\d{5,20}$")]
+    access_token_env: Annotated[
+        str, _help("Environment variable holding the pixel's CAPI access token.")
+    ] = ""
+    app_secret_env: Annotated[
+        str, _help("Environment variable holding the app secret (appsecret_proof).")
+    ] = ""
+    test_event_code: Annotated[str, _help("Sent as test_event_code (Events Manager tests).")] = ""
+    api_version: Annotated[str, _help("Graph API version for this pixel; empty = meta's.")] = ""
+    requests_per_s: Annotated[float, _help("Request rate limit; 0 = relay default.", ge=0)] = 0.0
+    events_per_s: Annotated[float, _help("Event rate limit; 0 = relay default.", ge=0)] = 0.0
+    # Resolved from the environment at load time; never in the TOML file.
+    access_token: Annotated[str, _help("Not a file setting: read from access_token_env.")] = ""
+    app_secret: Annotated[str, _help("Not a file setting: read from app_secret_env.")] = ""
+
+    def __repr__(self) -> str:  # secrets stay out of tracebacks and logs
+        return f"PixelSettings(id={self.id!r})"
+
+
+class LinkSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    slug: Annotated[str, _help("Path segment after /go/.", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    destination: Annotated[str, _help("Redirect target; may contain {click_id}.")]
+    pixels: Annotated[list[str], _help("Pixel ids the click is reported to.")] = field(
+        default_factory=list
+    )
+    event_name: Annotated[str, _help("Event sent for a click.")] = "PageView"
+    forward_query: Annotated[bool, _help("Append the link's query string to the target.")] = True
+
+
+class ApiKeySettings(Struct, frozen=True, forbid_unknown_fields=True):
+    name: Annotated[str, _help("Who holds the key (shown in logs).")]
+    sha256: Annotated[
+        str, _help("SHA-256 hex of the key (pixelrelay hash-key).", pattern=r"^[0-9a-f]{64}$")
+    ]
+    pixels: Annotated[list[str], _help("Pixels the key may send to; empty = all.")] = field(
+        default_factory=list
+    )
+
+
+class Settings(Struct, frozen=True, forbid_unknown_fields=True):
+    collector: CollectorSettings = field(default_factory=CollectorSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    meta: MetaSettings = field(default_factory=MetaSettings)
+    relay: RelaySettings = field(default_factory=RelaySettings)
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+    fake_meta: FakeMetaSettings = field(default_factory=FakeMetaSettings)
+    pixels: list[PixelSettings] = field(default_factory=list)
+    links: list[LinkSettings] = field(default_factory=list)
+    api_keys: list[ApiKeySettings] = field(default_factory=list)
+    source: Annotated[str, _help("Not a file setting: the file this was read from.")] = ""
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url or f"redis://127.0.0.1:{self.redis.embedded_port}/0"
+
+    def pixel(self, pixel_id: str) -> PixelSettings | None:
+        return next((p for p in self.pixels if p.id == pixel_id), None)
+
+    def link(self, slug: str) -> LinkSettings | None:
+        return next((k for k in self.links if k.slug == slug), None)
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (argument, else $PIXELRELAY_CONFIG) and the environment; validate."""
+    env = os.environ if environ is None else environ
+    chosen = path or env.get(CONFIG_ENV)
+    if not chosen:
+        raise ConfigError(f"no configuration file: pass --config or set {CONFIG_ENV}")
+    file = Path(chosen)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {file} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {file} is not valid TOML: {exc}") from None
+    return settings_from_mapping(raw, env, source=str(file))
+
+
+def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None,
+                          source: str = "") -> Settings:
+    env = os.environ if environ is None else environ
+    for secret_key in ("access_token", "app_secret"):
+        for i, pixel in enumerate(raw.get("pixels", [])):
+            if isinstance(pixel, dict) and secret_key in pixel:
+                raise ConfigError(
+                    f"pixels[{i}].{secret_key} must not be in the file: "
+                    f"name an environment variable with {secret_key}_env"
+                )
+    try:
+        settings = msgspec.convert(dict(raw), Settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_plain(str(exc))) from None
+    settings = _resolve_environment(settings, env, source)
+    _check_consistency(settings)
+    return settings
+
+
+def _plain(message: str) -> str:
+    """Turn msgspec's 'Expected `int` - at `$.collector.port`' into 'collector.port: ...'."""
+    match = re.match(r"(?P<what>.*?) - at `\$\.?(?P<key>[^`]*)`$", message)
+    if not match:
+        return f"configuration: {message}"
+    what = match["what"].replace("`", "")
+    return f"configuration key {match['key'] or '(top level)'}: {what}"
+
+
+def _resolve_environment(settings: Settings, env: Mapping[str, str], source: str) -> Settings:
+    pixels = []
+    for i, pixel in enumerate(settings.pixels):
+        token = env.get(pixel.access_token_env, "") if pixel.access_token_env else ""
+        secret = env.get(pixel.app_secret_env, "") if pixel.app_secret_env else ""
+        if pixel.app_secret_env and not secret:
+            raise ConfigError(
+                f"pixels[{i}].app_secret_env names {pixel.app_secret_env}, which is not set"
+            )
+        pixels.append(msgspec.structs.replace(pixel, access_token=token, app_secret=secret))
+    redis = settings.redis
+    if env.get(REDIS_URL_ENV):
+        redis = msgspec.structs.replace(redis, url=env[REDIS_URL_ENV])
+    meta = settings.meta
+    if env.get(GRAPH_URL_ENV):
+        meta = msgspec.structs.replace(meta, graph_url=env[GRAPH_URL_ENV])
+    return msgspec.structs.replace(
+        settings, pixels=pixels, redis=redis, meta=meta, source=source
+    )
+
+
+def _check_consistency(settings: Settings) -> None:
+    pixel_ids = [p.id for p in settings.pixels]
+    for i, pid in enumerate(pixel_ids):
+        if pid in pixel_ids[:i]:
+            raise ConfigError(f"pixels[{i}].id {pid} is configured twice")
+    slugs = [k.slug for k in settings.links]
+    for i, link in enumerate(settings.links):
+        if link.slug in slugs[:i]:
+            raise ConfigError(f"links[{i}].slug {link.slug!r} is configured twice")
+        target = urlsplit(link.destination.replace("{click_id}", "x"))
+        if target.scheme not in ("http", "https") or not target.netloc:
+            raise ConfigError(f"links[{i}].destination must be an absolute http(s) URL")
+        if not link.pixels:
+            raise ConfigError(f"links[{i}].pixels names no pixel")
+        for pid in link.pixels:
+            if pid not in pixel_ids:
+                raise ConfigError(f"links[{i}].pixels names {pid}, which is not a configured pixel")
+    for i, key in enumerate(settings.api_keys):
+        for pid in key.pixels:
+            if pid not in pixel_ids:
+                raise ConfigError(
+                    f"api_keys[{i}].pixels names {pid}, which is not a configured pixel"
+                )
+    for i, net in enumerate(settings.collector.trusted_proxies):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"collector.trusted_proxies[{i}] {net!r} is not an IP address or network"
+            ) from None
+    for i, origin in enumerate(settings.collector.allowed_origins):
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+            raise ConfigError(
+                f"collector.allowed_origins[{i}] {origin!r} must look like https://shop.example"
+            )
+    overlap = set(settings.relay.high_events) & set(settings.relay.low_events)
+    if overlap:
+        raise ConfigError(f"relay.high_events and relay.low_events both name {sorted(overlap)}")
+    graph = urlsplit(settings.meta.graph_url)
+    if graph.scheme not in ("http", "https") or not graph.netloc:
+        raise ConfigError("meta.graph_url must be an absolute http(s) URL")
+    if settings.relay.max_backoff_ms < settings.relay.min_backoff_ms:
+        raise ConfigError("relay.max_backoff_ms must not be smaller than relay.min_backoff_ms")

@@ -1,0 +1,245 @@
+"""Delivering one batch: dedup, enrich, validate, rate-limit, send (splitting out bad events),
+record, and decide what happens on failure. Independent of Dramatiq: the actor in
+``relay.worker`` calls ``Deliverer.deliver`` and turns its answer into ack, delay or retry.
+
+Outcomes of ``deliver``:
+- returns ``None``: every event was delivered, dropped as a duplicate or dead-lettered;
+- returns ``Defer(ms)``: put the same batch back after ``ms`` (rate limit, Meta throttling);
+  this spends no retry;
+- raises ``TransientError``: let Dramatiq's retry middleware try again with backoff.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import structlog
+from redis import Redis
+
+from relay import keys
+from relay.config import PixelSettings, Settings
+from relay.deadletters import DeadLetters
+from relay.dedup import Claim, Dedup
+from relay.errors import (
+    DeliveryError,
+    InvalidBatchError,
+    PermanentError,
+    ThrottledError,
+    TransientError,
+)
+from relay.events import Envelope, decode_click, decode_envelope, enrich_from_click
+from relay.ledger import Entry, Ledger
+from relay.limiter import PixelLimiter, PixelRates
+from relay.meta_client import MetaClient, SendResult
+from relay.validation import problem
+
+log = structlog.get_logger("relay.delivery")
+SECONDS_PER_DAY = 86_400
+THROTTLE_DELAY_MS = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """Which message this is and how many times it has been tried."""
+
+    batch_id: str
+    number: int  # 1-based
+    last: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Defer:
+    delay_ms: int
+    reason: str
+
+
+def _entry(env: Envelope, state: Any, **detail: Any) -> Entry:
+    return Entry(env.dedup_key, env.event.event_id, env.pixel_id, env.event.event_name, state,
+                 detail)
+
+
+class Deliverer:
+    def __init__(self, settings: Settings, client: Redis, meta: MetaClient,
+                 clock: Callable[[], float] = time.time) -> None:
+        relay = settings.relay
+        ttl_s = relay.ledger_ttl_days * SECONDS_PER_DAY
+        self.settings = settings
+        self.client = client
+        self.meta = meta
+        self.clock = clock
+        self.dedup = Dedup(client, relay.dedup_window_hours * 3600)
+        self.ledger = Ledger(client, ttl_s)
+        self.dead = DeadLetters(client, ttl_s)
+        self.limiter = PixelLimiter(client)
+
+    def rates(self, pixel: PixelSettings) -> PixelRates:
+        relay = self.settings.relay
+        return PixelRates(pixel.requests_per_s or relay.requests_per_s,
+                          pixel.events_per_s or relay.events_per_s)
+
+    # -- the whole batch ------------------------------------------------------------------------
+    def deliver(self, pixel_id: str, items: Sequence[str | bytes], attempt: Attempt
+                ) -> Defer | None:
+        envelopes = self._decode(items)
+        pixel = self.settings.pixel(pixel_id)
+        if pixel is None:
+            self._dead(envelopes, {"kind": "config", "message": f"pixel {pixel_id} is not "
+                                   "configured"}, attempt)
+            return None
+        envelopes = self._drop_duplicates(envelopes, attempt)
+        if not envelopes:
+            return None
+        envelopes = self._enrich(envelopes)
+        envelopes = self._drop_invalid(envelopes, attempt)
+        if not envelopes:
+            return None
+        wait_ms = self.limiter.acquire(pixel_id, self.rates(pixel), len(envelopes))
+        if wait_ms > 0:
+            return Defer(wait_ms, "rate limit")
+        return self._send(pixel, envelopes, attempt)
+
+    def _decode(self, items: Sequence[str | bytes]) -> list[Envelope]:
+        envelopes = []
+        for item in items:
+            try:
+                envelopes.append(decode_envelope(item))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.error("undecodable_event_dropped", error=str(exc))
+        return envelopes
+
+    def _drop_duplicates(self, envelopes: list[Envelope], attempt: Attempt) -> list[Envelope]:
+        claims = self.dedup.claim(attempt.batch_id, [e.dedup_key for e in envelopes])
+        keep, duplicates, seen = [], [], set()
+        for env, claim in zip(envelopes, claims, strict=True):
+            if claim is Claim.ALREADY_SENT:
+                continue  # delivered by this batch before a redelivery; not a new duplicate
+            if claim is Claim.DUPLICATE or env.dedup_key in seen:
+                duplicates.append(env)
+                continue
+            seen.add(env.dedup_key)
+            keep.append(env)
+        if duplicates:
+            self.ledger.record([_entry(e, "duplicate", batch=attempt.batch_id)
+                                for e in duplicates])
+            log.info("duplicates_dropped", pixel_id=duplicates[0].pixel_id,
+                     count=len(duplicates), batch=attempt.batch_id)
+        return keep
+
+    def _enrich(self, envelopes: list[Envelope]) -> list[Envelope]:
+        click_ids = sorted({e.click_id for e in envelopes if e.click_id})
+        if not click_ids:
+            return envelopes
+        raw = self.client.mget([keys.click(c) for c in click_ids])
+        clicks = {cid: decode_click(r) for cid, r in zip(click_ids, raw, strict=True)  # type: ignore[arg-type]
+                  if r is not None}
+        result = []
+        for env in envelopes:
+            click = clicks.get(env.click_id or "")
+            if click is not None:
+                env = msgspec.structs.replace(env, event=enrich_from_click(env.event, click))
+            result.append(env)
+        return result
+
+    def _drop_invalid(self, envelopes: list[Envelope], attempt: Attempt) -> list[Envelope]:
+        now = self.clock()
+        keep = []
+        max_age = self.settings.relay.max_event_age_days
+        for env in envelopes:
+            reason = problem(env.event, now, max_age)
+            if reason is None:
+                keep.append(env)
+            else:
+                kind = "expired" if reason.startswith("expired") else "invalid"
+                self._dead([env], {"kind": kind, "message": reason}, attempt)
+        return keep
+
+    # -- sending ----------------------------------------------------------------------------------
+    def _send(self, pixel: PixelSettings, envelopes: list[Envelope], attempt: Attempt
+              ) -> Defer | None:
+        started = time.perf_counter()
+        settled: set[str] = set()  # delivered or dead-lettered during this attempt
+        try:
+            self._send_isolating(pixel, envelopes, attempt, settled)
+        except ThrottledError as exc:
+            factor = self.limiter.throttled(pixel.id)
+            self._log_batch(pixel.id, envelopes, attempt, started, "throttled", exc)
+            self.ledger.record([_entry(e, "deferred", batch=attempt.batch_id,
+                                       attempt=attempt.number, outcome="throttled",
+                                       code=exc.code) for e in envelopes])
+            return Defer(int(THROTTLE_DELAY_MS / factor), f"throttled by Meta (code {exc.code})")
+        except TransientError as exc:
+            self._log_batch(pixel.id, envelopes, attempt, started, "transient", exc)
+            pending = [e for e in envelopes if e.dedup_key not in settled]
+            if attempt.last:
+                self._dead(pending, {"kind": "retries_exhausted", **exc.as_dict()}, attempt)
+                return None
+            self.ledger.record([_entry(e, "attempt", batch=attempt.batch_id,
+                                       attempt=attempt.number, outcome="transient",
+                                       error=exc.message, code=exc.code) for e in pending])
+            raise
+        except PermanentError as exc:
+            self._log_batch(pixel.id, envelopes, attempt, started, "permanent", exc)
+            pending = [e for e in envelopes if e.dedup_key not in settled]
+            self._dead(pending, {"kind": "rejected", **exc.as_dict()}, attempt)
+            return None
+        self._log_batch(pixel.id, envelopes, attempt, started, "delivered", None)
+        return None
+
+    def _send_isolating(self, pixel: PixelSettings, envelopes: list[Envelope],
+                        attempt: Attempt, settled: set[str]) -> None:
+        """Send; if Meta calls the batch invalid, split it until the culprits stand alone."""
+        try:
+            result = self.meta.send(pixel, [e.event for e in envelopes])
+        except InvalidBatchError as exc:
+            if len(envelopes) == 1:
+                self._dead(envelopes, {"kind": "rejected", **exc.as_dict()}, attempt)
+                settled.add(envelopes[0].dedup_key)
+                return
+            middle = len(envelopes) // 2
+            self._send_isolating(pixel, envelopes[:middle], attempt, settled)
+            self._send_isolating(pixel, envelopes[middle:], attempt, settled)
+            return
+        self._delivered(envelopes, result, attempt)
+        settled.update(e.dedup_key for e in envelopes)
+
+    def _delivered(self, envelopes: list[Envelope], result: SendResult, attempt: Attempt
+                   ) -> None:
+        # Marked first: if the worker dies after this, a redelivery will not send them again.
+        self.dedup.mark_sent(attempt.batch_id, [e.dedup_key for e in envelopes])
+        now_ms = int(self.clock() * 1000)
+        self.ledger.record([
+            _entry(e, "delivered", batch=attempt.batch_id, attempt=attempt.number,
+                   fbtrace_id=result.fbtrace_id, latency_ms=round(result.latency_ms, 1),
+                   received_ms=e.received_ms, source=e.source,
+                   delay_ms=now_ms - e.received_ms)
+            for e in envelopes
+        ], now_ms)
+        self.ledger.observe_latency(envelopes[0].pixel_id, result.latency_ms, now_ms)
+
+    def _dead(self, envelopes: Sequence[Envelope], reason: dict[str, Any], attempt: Attempt
+              ) -> None:
+        if not envelopes:
+            return
+        self.dead.add(envelopes, reason)
+        self.dedup.release([e.dedup_key for e in envelopes])
+        self.ledger.record([_entry(e, "dead", batch=attempt.batch_id, attempt=attempt.number,
+                                   **reason) for e in envelopes])
+        for env in envelopes:
+            log.warning("dead_letter", pixel_id=env.pixel_id, event_id=env.event.event_id,
+                        event_name=env.event.event_name, attempt=attempt.number,
+                        reason=reason.get("kind"), message=reason.get("message"),
+                        code=reason.get("code"), subcode=reason.get("subcode"),
+                        fbtrace_id=reason.get("fbtrace_id"))
+
+    def _log_batch(self, pixel_id: str, envelopes: Sequence[Envelope], attempt: Attempt,
+                   started: float, outcome: str, error: DeliveryError | None) -> None:
+        log.info("batch", pixel_id=pixel_id, batch=attempt.batch_id, size=len(envelopes),
+                 attempt=attempt.number, outcome=outcome,
+                 latency_ms=round((time.perf_counter() - started) * 1000, 1),
+                 code=error.code if error else None,
+                 fbtrace_id=error.fbtrace_id if error else None,
+                 error=error.message if error else None)

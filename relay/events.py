@@ -1,0 +1,250 @@
+"""The event model: what clients send, what is stored in Redis, what Meta receives.
+
+``InboundEvent`` is the public API shape (raw or hashed personal data). ``build_event`` turns it
+into a ``MetaEvent`` whose ``user_data`` is already normalized and hashed, so raw personal data
+never reaches Redis, the spool or a log line. An ``Envelope`` wraps a ``MetaEvent`` with what the
+relay needs (pixel, click to enrich from, when it was received) and is the unit stored in the
+inbox and carried inside batch messages.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any, Literal
+
+import msgspec
+from msgspec import Struct
+
+from relay.errors import InputError
+from relay.hashing import HASHED_KEYS, hash_user_field
+
+ACTION_SOURCES = frozenset(
+    {
+        "email", "website", "app", "phone_call", "chat", "physical_store",
+        "system_generated", "business_messaging", "other",
+    }
+)
+MAX_EVENTS_PER_REQUEST = 1000
+SECONDS_IN_DAY = 86_400
+_MS_THRESHOLD = 100_000_000_000  # a Unix time above this is milliseconds, not seconds
+
+Source = Literal["redirect", "beacon", "server"]
+StrOrList = str | list[str]
+
+
+class InboundUserData(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    em: StrOrList | None = None
+    ph: StrOrList | None = None
+    fn: StrOrList | None = None
+    ln: StrOrList | None = None
+    db: StrOrList | None = None
+    ge: StrOrList | None = None
+    ct: StrOrList | None = None
+    st: StrOrList | None = None
+    zp: StrOrList | None = None
+    country: StrOrList | None = None
+    external_id: StrOrList | None = None
+    client_ip_address: str | None = None
+    client_user_agent: str | None = None
+    fbc: str | None = None
+    fbp: str | None = None
+    subscription_id: str | None = None
+    fb_login_id: str | None = None
+    lead_id: str | None = None
+
+
+class UserData(Struct, omit_defaults=True):
+    """Meta's user_data, hashed keys already hashed."""
+
+    em: StrOrList | None = None
+    ph: StrOrList | None = None
+    fn: StrOrList | None = None
+    ln: StrOrList | None = None
+    db: StrOrList | None = None
+    ge: StrOrList | None = None
+    ct: StrOrList | None = None
+    st: StrOrList | None = None
+    zp: StrOrList | None = None
+    country: StrOrList | None = None
+    external_id: StrOrList | None = None
+    client_ip_address: str | None = None
+    client_user_agent: str | None = None
+    fbc: str | None = None
+    fbp: str | None = None
+    subscription_id: str | None = None
+    fb_login_id: str | None = None
+    lead_id: str | None = None
+
+
+class InboundEvent(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One event as the business's app posts it to ``/v1/events``."""
+
+    event_name: str
+    event_time: int | None = None
+    event_id: str | None = None
+    action_source: str = "website"
+    event_source_url: str | None = None
+    referrer_url: str | None = None
+    user_data: InboundUserData | None = None
+    custom_data: dict[str, Any] | None = None
+    opt_out: bool | None = None
+    data_processing_options: list[str] | None = None
+    data_processing_options_country: int | None = None
+    data_processing_options_state: int | None = None
+    click_id: str | None = None
+    pixel_id: str | None = None
+
+
+class MetaEvent(Struct, omit_defaults=True):
+    """One element of the ``data`` array Meta receives."""
+
+    event_name: str
+    event_time: int
+    event_id: str
+    action_source: str
+    user_data: UserData
+    event_source_url: str | None = None
+    referrer_url: str | None = None
+    custom_data: dict[str, Any] | None = None
+    opt_out: bool | None = None
+    data_processing_options: list[str] | None = None
+    data_processing_options_country: int | None = None
+    data_processing_options_state: int | None = None
+
+
+class Envelope(Struct, omit_defaults=True):
+    """What is stored per event and pixel; the relay's unit of work."""
+
+    pixel_id: str
+    event: MetaEvent
+    received_ms: int
+    source: Source
+    click_id: str | None = None
+
+    @property
+    def dedup_key(self) -> str:
+        return f"{self.pixel_id}:{self.event.event_name}:{self.event.event_id}"
+
+
+class ClickContext(Struct, omit_defaults=True):
+    """What a redirect learned about the visitor; later server events refer to it by click_id."""
+
+    click_id: str
+    slug: str
+    time_ms: int
+    fbc: str | None = None
+    fbp: str | None = None
+    client_ip_address: str | None = None
+    client_user_agent: str | None = None
+    referrer: str | None = None
+    landing_url: str | None = None
+    utm: dict[str, str] | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_envelope_decoder = msgspec.json.Decoder(Envelope)
+_click_decoder = msgspec.json.Decoder(ClickContext)
+
+
+def encode(obj: Struct) -> bytes:
+    return _encoder.encode(obj)
+
+
+def decode_envelope(data: bytes | str) -> Envelope:
+    return _envelope_decoder.decode(data)
+
+
+def decode_click(data: bytes | str) -> ClickContext:
+    return _click_decoder.decode(data)
+
+
+def new_event_id() -> str:
+    """Unique, URL-safe and sortable by time (ms prefix), so logs read in order."""
+    return f"{int(time.time() * 1000):x}{secrets.token_hex(8)}"
+
+
+def hash_user_data(raw: InboundUserData | None) -> UserData:
+    """Normalize and hash the keys Meta wants hashed; copy the clear keys."""
+    if raw is None:
+        return UserData()
+    values: dict[str, Any] = {}
+    for name in raw.__struct_fields__:
+        value = getattr(raw, name)
+        if value is None:
+            continue
+        if name in HASHED_KEYS:
+            hashed = hash_user_field(name, value)
+            if hashed is not None:
+                values[name] = hashed
+        elif isinstance(value, str) and value.strip():
+            values[name] = value.strip()
+    return UserData(**values)
+
+
+def build_event(inbound: InboundEvent, *, now_s: float, max_age_days: int,
+                max_future_skew_s: int, where: str = "event") -> MetaEvent:
+    """Check one inbound event and turn it into the hashed, Meta-ready form.
+
+    Raises ``InputError`` (422) naming ``where`` and the field.
+    """
+    name = inbound.event_name.strip()
+    if not name or len(name) > 100:
+        raise InputError(f"{where}.event_name must be 1 to 100 characters", 422)
+    event_time = int(now_s) if inbound.event_time is None else inbound.event_time
+    if event_time > _MS_THRESHOLD:
+        raise InputError(f"{where}.event_time must be Unix seconds, not milliseconds", 422)
+    if event_time < now_s - max_age_days * SECONDS_IN_DAY:
+        raise InputError(f"{where}.event_time is older than {max_age_days} days", 422)
+    if event_time > now_s + max_future_skew_s:
+        raise InputError(f"{where}.event_time is in the future", 422)
+    if inbound.action_source not in ACTION_SOURCES:
+        raise InputError(
+            f"{where}.action_source must be one of {', '.join(sorted(ACTION_SOURCES))}", 422
+        )
+    event_id = inbound.event_id or new_event_id()
+    if len(event_id) > 200:
+        raise InputError(f"{where}.event_id is longer than 200 characters", 422)
+    currency = (inbound.custom_data or {}).get("currency")
+    if currency is not None and not (isinstance(currency, str) and len(currency) == 3
+                                     and currency.isalpha()):
+        raise InputError(f"{where}.custom_data.currency must be a 3-letter ISO 4217 code", 422)
+    value = (inbound.custom_data or {}).get("value")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise InputError(f"{where}.custom_data.value must be a number", 422)
+    user_data = hash_user_data(inbound.user_data)
+    if inbound.action_source == "website" and not inbound.event_source_url:
+        raise InputError(f"{where}.event_source_url is required for website events", 422)
+    if not _has_user_keys(user_data) and not inbound.click_id:
+        raise InputError(f"{where}.user_data needs at least one customer key or a click_id", 422)
+    return MetaEvent(
+        event_name=name,
+        event_time=event_time,
+        event_id=event_id,
+        action_source=inbound.action_source,
+        user_data=user_data,
+        event_source_url=inbound.event_source_url,
+        referrer_url=inbound.referrer_url,
+        custom_data=inbound.custom_data,
+        opt_out=inbound.opt_out,
+        data_processing_options=inbound.data_processing_options,
+        data_processing_options_country=inbound.data_processing_options_country,
+        data_processing_options_state=inbound.data_processing_options_state,
+    )
+
+
+def _has_user_keys(user_data: UserData) -> bool:
+    return any(getattr(user_data, k) is not None for k in user_data.__struct_fields__)
+
+
+def enrich_from_click(event: MetaEvent, click: ClickContext) -> MetaEvent:
+    """Fill fbc, fbp, IP and user agent from the click where the event lacks them."""
+    ud = event.user_data
+    filled = msgspec.structs.replace(
+        ud,
+        fbc=ud.fbc or click.fbc,
+        fbp=ud.fbp or click.fbp,
+        client_ip_address=ud.client_ip_address or click.client_ip_address,
+        client_user_agent=ud.client_user_agent or click.client_user_agent,
+    )
+    return msgspec.structs.replace(event, user_data=filled)

@@ -1,0 +1,47 @@
+"""Per-pixel health: is the token valid and the Graph API reachable? Checked once a minute by
+one worker (elected with a Redis key), kept in Redis for the dashboard and ``/readyz``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import msgspec
+from redis import Redis
+
+from relay import keys
+from relay.config import PixelSettings
+from relay.meta_client import MetaClient
+
+ELECTION_KEY = f"{keys.PREFIX}:health:leader"
+
+
+class PixelHealth:
+    def __init__(self, client: Redis, meta: MetaClient) -> None:
+        self._client = client
+        self._meta = meta
+
+    def check_if_due(self, pixels: Sequence[PixelSettings], interval_s: float) -> bool:
+        """Check every pixel unless another worker did within ``interval_s``."""
+        if not self._client.set(ELECTION_KEY, "1", nx=True, ex=max(1, int(interval_s))):
+            return False
+        for pixel in pixels:
+            self.check(pixel)
+        return True
+
+    def check(self, pixel: PixelSettings) -> dict[str, object]:
+        started = time.perf_counter()
+        error = self._meta.check_pixel(pixel)
+        status = {
+            "ok": error is None,
+            "checked_ms": int(time.time() * 1000),
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+            "error": None if error is None else error.as_dict(),
+        }
+        self._client.set(keys.pixel_health(pixel.id), msgspec.json.encode(status),
+                         ex=3600)
+        return status
+
+    def status(self, pixel_id: str) -> dict[str, object] | None:
+        raw = self._client.get(keys.pixel_health(pixel_id))
+        return msgspec.json.decode(raw) if raw else None  # type: ignore[arg-type]

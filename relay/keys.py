@@ -1,0 +1,84 @@
+"""Every Redis key pixelrelay uses, in one place. Dramatiq's own keys live under ``dramatiq:``."""
+
+from __future__ import annotations
+
+PREFIX = "pixelrelay"
+DRAMATIQ_NAMESPACE = "dramatiq"
+
+
+def inbox_pixels(queue: str) -> str:
+    """Set of pixel ids that have events waiting in ``queue``'s inbox."""
+    return f"{PREFIX}:inbox:{queue}"
+
+
+def inbox(queue: str, pixel_id: str) -> str:
+    """List of encoded envelopes waiting to be batched, oldest first."""
+    return f"{PREFIX}:inbox:{queue}:{pixel_id}"
+
+
+def click(click_id: str) -> str:
+    return f"{PREFIX}:click:{click_id}"
+
+
+def accepted(hour: int) -> str:
+    """Sorted set of dedup keys accepted by the collector in one hour (score: received ms)."""
+    return f"{PREFIX}:accepted:{hour}"
+
+
+def dedup(dedup_key: str) -> str:
+    """Claim of one (pixel, event_name, event_id): the batch id that sends it."""
+    return f"{PREFIX}:dedup:{dedup_key}"
+
+
+def life(dedup_key: str) -> str:
+    """List of JSON entries: one event's history."""
+    return f"{PREFIX}:life:{dedup_key}"
+
+
+def state(dedup_key: str) -> str:
+    return f"{PREFIX}:state:{dedup_key}"
+
+
+def event_index(event_id: str) -> str:
+    """Set of dedup keys that share an event_id (one per pixel), for ``pixelrelay trace``."""
+    return f"{PREFIX}:eventid:{event_id}"
+
+
+def dead_letters() -> str:
+    """Sorted set of dead dedup keys by time; payload and reason in ``dead_letter``."""
+    return f"{PREFIX}:dead"
+
+
+def dead_letter(dedup_key: str) -> str:
+    return f"{PREFIX}:dead:{dedup_key}"
+
+
+def counters(minute: int) -> str:
+    """Hash of per-minute counters, fields like ``delivered:<pixel>:<event_name>``."""
+    return f"{PREFIX}:stats:{minute}"
+
+
+def latency(minute: int) -> str:
+    """Hash of per-minute latency histogram buckets, fields ``<pixel>:<bucket_ms>``."""
+    return f"{PREFIX}:latency:{minute}"
+
+
+def rate_limit(pixel_id: str, kind: str) -> str:
+    return f"{PREFIX}:limit:{pixel_id}:{kind}"
+
+
+def throttle(pixel_id: str) -> str:
+    """Hash: current slow-down factor of a pixel after Meta's throttling errors."""
+    return f"{PREFIX}:throttle:{pixel_id}"
+
+
+def pixel_health(pixel_id: str) -> str:
+    return f"{PREFIX}:health:{pixel_id}"
+
+
+def collector_stats() -> str:
+    return f"{PREFIX}:collector"
+
+
+def dramatiq_queue(queue: str) -> str:
+    return f"{DRAMATIQ_NAMESPACE}:{queue}"

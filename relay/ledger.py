@@ -1,0 +1,121 @@
+"""The event ledger: each event's life, its current state, per-minute counters and latencies.
+
+Per event (key: pixel:event_name:event_id) a list of JSON entries (queued, attempt, delivered,
+dead, duplicate, deferred) and a state string, both expiring after ``ledger_ttl_days``; an index
+from event_id to its keys for ``pixelrelay trace``. Per minute a hash of counters
+(``<what>:<pixel>:<event_name>``) and a latency histogram per pixel: what the dashboard reads.
+Writes are one Lua call per batch, so the ledger costs the worker little per event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+from redis import Redis
+
+from relay import keys
+
+State = Literal["queued", "attempt", "delivered", "dead", "duplicate", "deferred", "requeued"]
+FINAL_STATES = frozenset({"delivered", "dead", "duplicate"})
+LATENCY_BUCKETS_MS = (25, 50, 100, 200, 400, 800, 1600, 3200, 6400)
+COUNTER_TTL_S = 8 * 86_400
+
+_RECORD = """
+local prefix, ttl = KEYS[1], tonumber(ARGV[1])
+local i = 2
+while i <= #ARGV do
+  local dedup_key, event_id, state, entry = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
+  i = i + 4
+  local life = prefix .. ':life:' .. dedup_key
+  redis.call('RPUSH', life, entry)
+  redis.call('EXPIRE', life, ttl)
+  if state ~= 'attempt' then
+    redis.call('SET', prefix .. ':state:' .. dedup_key, state, 'EX', ttl)
+  end
+  local index = prefix .. ':eventid:' .. event_id
+  redis.call('SADD', index, dedup_key)
+  redis.call('EXPIRE', index, ttl)
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    dedup_key: str
+    event_id: str
+    pixel_id: str
+    event_name: str
+    state: State
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def minute_of(ms: int) -> int:
+    return ms // 60_000
+
+
+def bucket_for(latency_ms: float) -> str:
+    for bound in LATENCY_BUCKETS_MS:
+        if latency_ms <= bound:
+            return str(bound)
+    return "inf"
+
+
+class Ledger:
+    def __init__(self, client: Redis, ttl_s: int) -> None:
+        self._client = client
+        self._ttl_s = ttl_s
+        self._record = client.register_script(_RECORD)
+
+    def record(self, entries: Sequence[Entry], now_ms: int | None = None) -> None:
+        """Append the entries to each event's life and bump the minute's counters."""
+        if not entries:
+            return
+        at = now_ms if now_ms is not None else int(time.time() * 1000)
+        args: list[Any] = [self._ttl_s]
+        counts: Counter[str] = Counter()
+        for e in entries:
+            line = msgspec.json.encode({"at_ms": at, "state": e.state, "pixel_id": e.pixel_id,
+                                        **e.detail})
+            args += (e.dedup_key, e.event_id, e.state, line)
+            counts[f"{e.state}:{e.pixel_id}:{e.event_name}"] += 1
+        self._record(keys=[keys.PREFIX], args=args)
+        self.count(counts, at)
+
+    def count(self, counts: Counter[str], at_ms: int) -> None:
+        if not counts:
+            return
+        key = keys.counters(minute_of(at_ms))
+        pipe = self._client.pipeline(transaction=False)
+        for name, n in counts.items():
+            pipe.hincrby(key, name, n)
+        pipe.expire(key, COUNTER_TTL_S)
+        pipe.execute()
+
+    def observe_latency(self, pixel_id: str, latency_ms: float, at_ms: int | None = None) -> None:
+        at = at_ms if at_ms is not None else int(time.time() * 1000)
+        key = keys.latency(minute_of(at))
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hincrby(key, f"{pixel_id}:{bucket_for(latency_ms)}", 1)
+        pipe.hincrbyfloat(key, f"{pixel_id}:sum_ms", round(latency_ms, 3))
+        pipe.hincrby(key, f"{pixel_id}:count", 1)
+        pipe.expire(key, COUNTER_TTL_S)
+        pipe.execute()
+
+    # -- reading (trace, audit, dashboard) ----------------------------------------------------
+    def life(self, dedup_key: str) -> list[dict[str, Any]]:
+        raw = self._client.lrange(keys.life(dedup_key), 0, -1)
+        return [msgspec.json.decode(line) for line in raw]  # type: ignore[union-attr]
+
+    def state(self, dedup_key: str) -> str | None:
+        value = self._client.get(keys.state(dedup_key))
+        return value.decode() if isinstance(value, bytes) else None
+
+    def keys_for_event(self, event_id: str) -> list[str]:
+        members: Iterable[bytes] = self._client.smembers(keys.event_index(event_id))  # type: ignore[assignment]
+        return sorted(m.decode() for m in members)

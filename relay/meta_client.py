@@ -1,0 +1,169 @@
+"""The Graph API client: one POST per batch, and the one place Meta's answers are classified.
+
+``classify_meta_error`` maps an HTTP answer (status + Meta's error body) to the error tree in
+``relay.errors``; ``MetaClient.send`` maps httpx's transport errors. The httpx transport is a
+constructor argument so unit tests use ``httpx.MockTransport``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import msgspec
+
+from relay.config import MetaSettings, PixelSettings
+from relay.errors import (
+    DeliveryError,
+    InvalidBatchError,
+    PermanentError,
+    ThrottledError,
+    TransientError,
+)
+from relay.events import MetaEvent
+
+TRANSIENT_CODES = frozenset({1, 2, 341, 368})
+THROTTLE_CODES = frozenset({4, 17, 32, 613, 80004})
+TOKEN_CODES = frozenset({190})
+PERMISSION_CODES = frozenset({10, *range(200, 300)})
+
+
+class MetaErrorBody(msgspec.Struct):
+    message: str = ""
+    type: str = ""
+    code: int | None = None
+    error_subcode: int | None = None
+    error_user_title: str | None = None
+    error_user_msg: str | None = None
+    fbtrace_id: str | None = None
+    is_transient: bool | None = None
+
+
+class _ErrorEnvelope(msgspec.Struct):
+    error: MetaErrorBody
+
+
+class _Success(msgspec.Struct):
+    events_received: int = 0
+    messages: list[Any] = msgspec.field(default_factory=list)
+    fbtrace_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    events_received: int
+    fbtrace_id: str | None
+    latency_ms: float
+
+
+def classify_meta_error(status: int, body: bytes) -> DeliveryError:
+    """Every non-2xx answer from Meta becomes exactly one kind of ``DeliveryError``."""
+    try:
+        err = msgspec.json.decode(body, type=_ErrorEnvelope).error
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        err = None
+    if err is None:
+        message = f"HTTP {status} without a Graph API error body"
+        if status == 429 or status >= 500 or status in (408, 409):
+            return TransientError(message, status=status)
+        return PermanentError(message, status=status)
+    text = err.error_user_msg or err.message or f"Graph API error {err.code}"
+    fields = {"code": err.code, "subcode": err.error_subcode, "fbtrace_id": err.fbtrace_id,
+              "status": status}
+    code = err.code
+    if code in THROTTLE_CODES:
+        return ThrottledError(text, **fields)
+    if code in TOKEN_CODES or code in PERMISSION_CODES:
+        return PermanentError(text, **fields)
+    if code in TRANSIENT_CODES or err.is_transient or status >= 500 or status == 429:
+        return TransientError(text, **fields)
+    if code == 100:
+        return InvalidBatchError(text, **fields)
+    return PermanentError(text, **fields)
+
+
+def appsecret_proof(access_token: str, app_secret: str) -> str:
+    return hmac.new(app_secret.encode(), access_token.encode(), hashlib.sha256).hexdigest()
+
+
+class _Body(msgspec.Struct, omit_defaults=True):
+    data: Sequence[MetaEvent]
+    partner_agent: str | None = None
+    test_event_code: str | None = None
+
+
+_encoder = msgspec.json.Encoder()
+
+
+class MetaClient:
+    def __init__(self, settings: MetaSettings, transport: httpx.BaseTransport | None = None
+                 ) -> None:
+        self.settings = settings
+        self._client = httpx.Client(
+            base_url=settings.graph_url.rstrip("/"),
+            timeout=settings.timeout_ms / 1000,
+            transport=transport,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            headers={"User-Agent": settings.partner_agent},
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _params(self, pixel: PixelSettings) -> dict[str, str]:
+        params = {"access_token": pixel.access_token}
+        if pixel.app_secret:
+            params["appsecret_proof"] = appsecret_proof(pixel.access_token, pixel.app_secret)
+        return params
+
+    def _version(self, pixel: PixelSettings) -> str:
+        return pixel.api_version or self.settings.api_version
+
+    def send(self, pixel: PixelSettings, events: Sequence[MetaEvent]) -> SendResult:
+        """POST one batch; raise a ``DeliveryError`` subclass unless Meta accepted it all."""
+        body = _encoder.encode(_Body(
+            data=events,
+            partner_agent=self.settings.partner_agent or None,
+            test_event_code=pixel.test_event_code or None,
+        ))
+        started = time.perf_counter()
+        try:
+            response = self._client.post(
+                f"/{self._version(pixel)}/{pixel.id}/events",
+                params=self._params(pixel),
+                content=body,
+                headers={"Content-Type": "application/json"},
+            )
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"timeout talking to Meta: {type(exc).__name__}") from None
+        except httpx.TransportError as exc:
+            raise TransientError(f"transport error talking to Meta: {type(exc).__name__}") from None
+        latency_ms = (time.perf_counter() - started) * 1000
+        if response.status_code // 100 != 2:
+            raise classify_meta_error(response.status_code, response.content)
+        try:
+            ok = msgspec.json.decode(response.content, type=_Success)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise TransientError("Meta answered 2xx with an unreadable body") from None
+        if ok.events_received != len(events):
+            raise TransientError(
+                f"Meta received {ok.events_received} of {len(events)} events",
+                fbtrace_id=ok.fbtrace_id,
+            )
+        return SendResult(ok.events_received, ok.fbtrace_id, latency_ms)
+
+    def check_pixel(self, pixel: PixelSettings) -> DeliveryError | None:
+        """GET the pixel node: None when the token is valid and the API reachable."""
+        try:
+            response = self._client.get(f"/{self._version(pixel)}/{pixel.id}",
+                                        params=self._params(pixel))
+        except httpx.HTTPError as exc:
+            return TransientError(f"Meta unreachable: {type(exc).__name__}")
+        if response.status_code // 100 == 2:
+            return None
+        return classify_meta_error(response.status_code, response.content)

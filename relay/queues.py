@@ -1,0 +1,28 @@
+"""Priority queues: which Dramatiq queue an event goes to, and the inbox commands that put it there.
+
+Events wait in a per-queue, per-pixel inbox list; the batcher (``relay.batcher``) turns them into
+Dramatiq messages of up to 1,000 events. Separate queues with their own worker processes are the
+only priority Redis offers (Dramatiq's ``priority`` option does not reorder Redis).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from relay.config import RelaySettings
+
+Priority = Literal["high", "normal", "low"]
+PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")
+QUEUE_NAMES: dict[Priority, str] = {p: f"relay_{p}" for p in PRIORITIES}
+
+
+def priority_for(event_name: str, settings: RelaySettings) -> Priority:
+    if event_name in settings.high_events:
+        return "high"
+    if event_name in settings.low_events:
+        return "low"
+    return "normal"
+
+
+def queue_for(event_name: str, settings: RelaySettings) -> str:
+    return QUEUE_NAMES[priority_for(event_name, settings)]

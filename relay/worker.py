@@ -1,0 +1,150 @@
+"""A relay worker process: Dramatiq actors for one or more priority queues, plus a pump thread.
+
+The pump, every ``linger_ms``, cuts the inbox of each owned queue into batch messages (so a lone
+event waits at most about one linger before it is sent), refreshes the heartbeat and recovers
+messages of dead workers, and once a minute checks each pixel's token (one worker does it,
+elected through a Redis key).
+
+Run one process per priority group (``pixelrelay relay --queues high``) so a backlog of
+PageViews never holds up a Purchase.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dramatiq
+import httpx
+import structlog
+from dramatiq.middleware import CurrentMessage
+from redis import Redis
+
+from relay.broker import RelayBroker, make_broker
+from relay.config import Settings
+from relay.delivery import Attempt, Deliverer
+from relay.health import PixelHealth
+from relay.inbox import Batcher
+from relay.meta_client import MetaClient
+from relay.queues import PRIORITIES, QUEUE_NAMES, Priority
+
+log = structlog.get_logger("relay.worker")
+RECOVER_INTERVAL_S = 1.0
+HEALTH_INTERVAL_S = 60.0
+
+
+def actor_name(priority: Priority) -> str:
+    return f"deliver_{priority}"
+
+
+@dataclass
+class RelayWorker:
+    settings: Settings
+    priorities: Sequence[Priority]
+    client: Redis
+    transport: httpx.BaseTransport | None = None
+    broker: RelayBroker = field(init=False)
+    worker: dramatiq.Worker = field(init=False)
+    deliverer: Deliverer = field(init=False)
+
+    def __post_init__(self) -> None:
+        relay = self.settings.relay
+        self.broker = make_broker(self.client, relay)
+        self.meta = MetaClient(self.settings.meta, self.transport)
+        self.deliverer = Deliverer(self.settings, self.client, self.meta)
+        self.health = PixelHealth(self.client, self.meta)
+        self.queues = [QUEUE_NAMES[p] for p in self.priorities]
+        for priority in self.priorities:
+            dramatiq.actor(self._deliver, actor_name=actor_name(priority),
+                           queue_name=QUEUE_NAMES[priority], broker=self.broker)
+        self.batchers = [
+            Batcher(self.client, QUEUE_NAMES[p], actor_name(p), relay.max_batch_events,
+                    relay.queued_batches_max)
+            for p in self.priorities
+        ]
+        self.worker = dramatiq.Worker(self.broker, queues=set(self.queues),
+                                      worker_threads=relay.worker_threads, worker_timeout=100)
+        self.worker.delay_prefetch = 256  # delayed batches can be large; keep few in memory
+        self._stopping = threading.Event()
+        self._pump = threading.Thread(target=self._pump_loop, name="relay-pump", daemon=True)
+
+    # -- the actor --------------------------------------------------------------------------------
+    def _deliver(self, pixel_id: str, items: list[str]) -> None:
+        message = CurrentMessage.get_current_message()
+        assert message is not None
+        retries = int(message.options.get("retries", 0))
+        attempt = Attempt(batch_id=message.message_id, number=retries + 1,
+                          last=retries + 1 >= self.settings.relay.max_attempts)
+        defer = self.deliverer.deliver(pixel_id, items, attempt)
+        if defer is not None:
+            # Same message id (dedup claims stay valid), same retry count: no retry spent.
+            self.broker.enqueue(message.copy(), delay=defer.delay_ms)
+            log.info("batch_deferred", pixel_id=pixel_id, size=len(items),
+                     delay_ms=defer.delay_ms, reason=defer.reason)
+
+    # -- the pump ---------------------------------------------------------------------------------
+    def _pump_loop(self) -> None:
+        linger_s = self.settings.relay.linger_ms / 1000
+        next_recover = next_health = 0.0
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            try:
+                for batcher in self.batchers:
+                    batcher.run_once()
+                if now >= next_recover:
+                    self.broker.recover(self.queues)
+                    next_recover = now + RECOVER_INTERVAL_S
+                if now >= next_health:
+                    self.health.check_if_due(self.settings.pixels, HEALTH_INTERVAL_S)
+                    next_health = now + HEALTH_INTERVAL_S / 4
+            except Exception as exc:  # noqa: BLE001 - Redis hiccups must not kill the pump
+                log.warning("pump_error", error=type(exc).__name__, detail=str(exc))
+            self._stopping.wait(linger_s)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.worker.start()
+        self._pump.start()
+        log.info("relay_worker_started", queues=self.queues,
+                 threads=self.settings.relay.worker_threads)
+
+    def stop(self, timeout_ms: int = 60_000) -> None:
+        """Stop cutting batches, finish in-flight ones, return prefetched ones to Redis."""
+        self._stopping.set()
+        self._pump.join(5)
+        self.worker.stop(timeout=timeout_ms)
+        self.meta.close()
+        log.info("relay_worker_stopped", queues=self.queues)
+
+    def run_until_signalled(self) -> None:
+        stop = threading.Event()
+
+        def on_signal(signum: int, _: Any) -> None:
+            log.info("relay_worker_signal", signal=signal.Signals(signum).name)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        stop.wait()
+        self.stop()
+
+
+def parse_priorities(text: str) -> list[Priority]:
+    chosen = [p.strip() for p in text.split(",") if p.strip()]
+    for name in chosen:
+        if name not in PRIORITIES:
+            raise ValueError(f"unknown queue {name!r}: choose from {', '.join(PRIORITIES)}")
+    return chosen  # type: ignore[return-value]
+
+
+def redis_client(settings: Settings) -> Redis:
+    return Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
+                          health_check_interval=30)
+
+
+
