@@ -68,6 +68,8 @@ class DurableEnqueuer:
     async def start(self) -> None:
         # Whatever a previous run left in the spool is replayed before anything new.
         self._redis_up = not self._backlog or await self._probe_once()
+        if self._backlog:
+            self._wake.set()  # replay without waiting for the first request
         self._writer = asyncio.create_task(self._write_loop(), name="enqueue-writer")
         self._prober = asyncio.create_task(self._probe_loop(), name="redis-probe")
 

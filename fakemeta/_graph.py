@@ -1,8 +1,8 @@
 """The fake Graph API's decisions, free of HTTP: who may call, what gets refused, what is kept.
 
 ``app.py`` turns requests into calls on ``FakeGraph`` and its answers (or ``MetaError``) into
-responses. The order of checks mirrors a real outage first, then routing, then the token,
-then the injected errors, then the body, then throttling:
+responses. Checks run in this order, so an outage hides everything and nothing invalid is
+ever throttled or recorded:
 
     outage (503/2) -> path (2500, 100/33) -> token (104, 190) -> appsecret_proof (100)
       -> injected 500/error code -> body rules (100/...) -> throttle (80004) -> accepted

@@ -40,9 +40,10 @@ class FakeMetaOptions:
     """Address to listen on."""
     port: int = 8090
     """TCP port to listen on."""
-    tokens: frozenset[str] = frozenset()
+    # Secrets stay out of repr(), so logging the options cannot leak them.
+    tokens: frozenset[str] = field(default=frozenset(), repr=False)
     """Valid access tokens; empty means any non-empty token except the string "invalid"."""
-    app_secrets: Mapping[str, str] = field(default_factory=dict)
+    app_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     """Access token -> app secret; a token listed here must come with a valid appsecret_proof."""
     latency_ms: int = 0
     """Delay added to every Graph request, in milliseconds."""
@@ -137,7 +138,8 @@ def check_rate_total(rates: Mapping[int, float], http_500_rate: float, name: str
 
 def check_outage_windows(windows: Sequence[tuple[float, float]], name: str) -> None:
     for window in windows:
-        if len(window) != 2 or not all(_is_number(x) for x in window):
+        pair = isinstance(window, Sequence) and len(window) == 2
+        if not pair or not all(_is_number(x) for x in window):
             raise ValueError(f"{name} entries must be (start_s, end_s) pairs, got {window!r}.")
         start, end = window
         if not 0 <= start < end:

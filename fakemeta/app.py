@@ -65,11 +65,11 @@ def _route_handlers(graph: FakeGraph) -> list[HTTPRouteHandler]:
     ) -> Response[bytes]:
         await graph.hold()
         try:
-            received = graph.receive_events(version, pixel_id, await _graph_call(request))
+            count = graph.receive_events(version, pixel_id, await _graph_call(request))
         except MetaError as error:
             return _render_error(error, version)
         trace_id = new_fbtrace_id()
-        body = {"events_received": received, "messages": [], "fbtrace_id": trace_id}
+        body = {"events_received": count, "messages": [], "fbtrace_id": trace_id}
         return _json(body, version=version, trace_id=trace_id)
 
     @get("/{version:str}/{pixel_id:str}")

@@ -6,6 +6,7 @@
     pixelrelay dashboard            the operators' dashboard
     pixelrelay fake-meta            the fake Graph API used by tests and make up
     pixelrelay config check         validate the configuration
+    pixelrelay config reference     every setting as a Markdown table
     pixelrelay hash-key KEY         the sha256 to put in [[api_keys]]
     pixelrelay trace EVENT_ID       one event's life
     pixelrelay audit                reconcile accepted events with their outcome
@@ -40,6 +41,15 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     if missing:
         print(f"note: no access token in the environment for pixel(s) {', '.join(missing)}; "
               "`pixelrelay up` will use the fake Graph API")
+    return 0
+
+
+def cmd_config_reference(_: argparse.Namespace) -> int:
+    from relay.config import reference
+
+    print("| setting | default | meaning |\n|---|---|---|")
+    for key, default, text in reference():
+        print(f"| `{key}` | `{default}` | {text} |")
     return 0
 
 
@@ -148,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_sub.add_parser("check", help="validate the configuration")
     check.add_argument("--config", default=argparse.SUPPRESS, help="TOML configuration")
     check.set_defaults(handler=cmd_config_check)
+    ref = config_sub.add_parser("reference", help="print the settings as a Markdown table")
+    ref.set_defaults(handler=cmd_config_reference)
     hk = command("hash-key", cmd_hash_key, "print the sha256 of an API key")
     hk.add_argument("key")
     tr = command("trace", cmd_trace, "print one event's life")

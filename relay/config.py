@@ -307,3 +307,32 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError("meta.graph_url must be an absolute http(s) URL")
     if settings.relay.max_backoff_ms < settings.relay.min_backoff_ms:
         raise ConfigError("relay.max_backoff_ms must not be smaller than relay.min_backoff_ms")
+
+
+def reference() -> list[tuple[str, str, str]]:
+    """(``section.key``, default, help) for every file setting: the README's reference table."""
+    import typing
+
+    sections: list[tuple[str, type[Struct]]] = [
+        ("collector", CollectorSettings), ("redis", RedisSettings), ("meta", MetaSettings),
+        ("relay", RelaySettings), ("dashboard", DashboardSettings),
+        ("fake_meta", FakeMetaSettings), ("pixels", PixelSettings), ("links", LinkSettings),
+        ("api_keys", ApiKeySettings),
+    ]
+    rows = []
+    for section, struct in sections:
+        hints = typing.get_type_hints(struct, include_extras=True)
+        for f in msgspec.structs.fields(struct):
+            meta = next((m for m in getattr(hints[f.name], "__metadata__", ())
+                         if isinstance(m, Meta)), None)
+            text = meta.description if meta and meta.description else ""
+            if text.startswith("Not a file setting"):
+                continue
+            if f.default is not msgspec.NODEFAULT:
+                default = repr(f.default)
+            elif f.default_factory is not msgspec.NODEFAULT:
+                default = repr(f.default_factory())
+            else:
+                default = "(required)"
+            rows.append((f"{section}.{f.name}", default, text))
+    return rows

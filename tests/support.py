@@ -150,6 +150,11 @@ class RedisServer:
         if self.process:
             self.process.stop()
 
+    def restart(self) -> RedisServer:
+        """Start again on the same port and data directory (AOF is replayed)."""
+        self.stop()
+        return self.start()
+
     def kill(self) -> None:
         if self.process:
             self.process.kill()

@@ -155,6 +155,13 @@ def test_constructor_keeps_private_copies_of_mutable_arguments() -> None:
     assert ({2: 0.1}, ((1.0, 2.0),)) == (options.error_rates, options.outage_windows)
 
 
+def test_repr_hides_tokens_and_app_secrets() -> None:
+    options = FakeMetaOptions(tokens=frozenset({"tok-123"}), app_secrets={"tok-123": "s3cret"})
+
+    assert "tok-123" not in repr(options)
+    assert "s3cret" not in repr(options)
+
+
 def test_options_survive_pickling_for_a_spawned_worker() -> None:
     options = FakeMetaOptions(tokens=frozenset({"t"}), error_rates={2: 0.5}, seed=3)
 

@@ -40,6 +40,12 @@ SITE = ROOT / "ops" / "nginx" / "pixelrelay.conf"
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 MIB = 1_048_576
 API_HEADERS = {"authorization": f"Bearer {DEMO_API_KEY}", "content-type": "application/json"}
+PURCHASE = {
+    "event_name": "Purchase", "pixel_id": DEMO_PIXEL,
+    "event_source_url": "https://shop.example/checkout/done",
+    "user_data": {"em": "buyer@example.com"},
+    "custom_data": {"currency": "EUR", "value": 12.5},
+}
 DASHBOARD_PAGE = "stand-in for the pixelrelay dashboard\n"
 
 
@@ -257,7 +263,8 @@ def test_beacon_through_nginx_is_stored_with_the_peer_address(stack: Stack) -> N
     with stack.client("127.0.0.8") as client:
         response = client.post(
             "/v1/beacon",
-            json={"pixel_id": DEMO_PIXEL, "event_name": "ViewContent", "event_id": event_id},
+            json={"pixel_id": DEMO_PIXEL, "event_name": "ViewContent", "event_id": event_id,
+                  "event_source_url": "https://shop.example/product/1"},
             headers={"origin": "https://shop.example", "x-forwarded-for": "6.6.6.6"},
         )
 
@@ -276,8 +283,7 @@ def test_go_answers_429_past_the_burst_for_that_address_only(stack: Stack) -> No
     with stack.client(flooder) as client:
         while len(responses) < 10 * burst and (not responses or responses[-1].status_code != 429):
             responses.append(client.get("/go/demo"))
-        event = client.post("/v1/events", headers=API_HEADERS,
-                            json={"event_name": "Purchase", "pixel_id": DEMO_PIXEL})
+        event = client.post("/v1/events", headers=API_HEADERS, json=PURCHASE)
 
     # Then the first request and the burst pass, and a later one is refused with a sentence
     statuses = [r.status_code for r in responses]
@@ -303,9 +309,13 @@ def test_body_over_one_mib_is_refused_by_nginx_before_the_collector(stack: Stack
     # One byte more is nginx's 413, and the collector never sees it
     assert 413 == over.status_code
     assert "larger than 1048576 bytes" in over.json()["error"]
-    entries = wait_for(lambda: (e := stack.log_entries(address)) if len(e) == 2 else None,
-                       what="two access log lines")
-    assert [(400, f"127.0.0.1:{stack.ports.collector}"), (413, "-")] == [
+
+    def both_logged() -> list[dict[str, Any]]:
+        entries = stack.log_entries(address)
+        return entries if len(entries) == 2 else []
+
+    entries = wait_for(both_logged, what="two access log lines")
+    assert [(400, f"127.0.0.1:{stack.ports.collector}"), (413, "")] == [
         (e["status"], e["upstream_addr"]) for e in entries
     ]
 
@@ -321,7 +331,7 @@ def test_probes_answer_the_host_itself_only(stack: Stack, path: str) -> None:
     assert "only reachable from the host" in refused.json()["error"]
 
 
-@pytest.mark.parametrize("path", ["/", "/metrics", "/admin", "/go", "/.env", "/healthz/x"])
+@pytest.mark.parametrize("path", ["/", "/metrics", "/admin", "/go", "/v1", "/.env", "/healthz/x"])
 def test_unknown_paths_are_404_without_reaching_the_collector(stack: Stack, path: str) -> None:
     address = "127.0.0.9"
     with stack.client(address) as client:
@@ -333,7 +343,7 @@ def test_unknown_paths_are_404_without_reaching_the_collector(stack: Stack, path
         lambda: [e for e in stack.log_entries(address) if e["uri"] == path][-1:],
         what=f"access log line for {path}",
     )[0]
-    assert "-" == entry["upstream_addr"]
+    assert "" == entry["upstream_addr"]
 
 
 def test_script_is_cached_publicly_for_an_hour(stack: Stack) -> None:

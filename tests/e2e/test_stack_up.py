@@ -1,0 +1,150 @@
+"""The README's promise, end to end: `pixelrelay up` runs the whole stack on its embedded
+defaults, a click redirects at once and its PageView reaches the fake Meta, and a server event
+carrying the click_id arrives enriched with the click's fbc, IP and user agent."""
+
+from __future__ import annotations
+
+import sys
+import os
+import signal
+from pathlib import Path
+
+import httpx
+
+from tests.support import DEMO_API_KEY, DEMO_PIXEL, Process, free_port, wait_for, wait_http
+
+
+def _config(tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    import hashlib
+
+    ports = {name: free_port() for name in ("collector", "dashboard", "fake_meta", "redis")}
+    key_hash = hashlib.sha256(DEMO_API_KEY.encode()).hexdigest()
+    path = tmp_path / "pixelrelay.toml"
+    path.write_text(f"""
+[collector]
+port = {ports['collector']}
+spool_dir = "{tmp_path / 'spool'}"
+
+[redis]
+url = ""
+embedded_port = {ports['redis']}
+data_dir = "{tmp_path / 'redis'}"
+
+[relay]
+linger_ms = 50
+
+[dashboard]
+port = {ports['dashboard']}
+
+[fake_meta]
+port = {ports['fake_meta']}
+
+[[pixels]]
+id = "{DEMO_PIXEL}"
+access_token_env = "PIXELRELAY_E2E_TOKEN_UNSET"
+
+[[links]]
+slug = "demo"
+destination = "https://shop.example/landing?cid={{click_id}}"
+pixels = ["{DEMO_PIXEL}"]
+
+[[api_keys]]
+name = "shop"
+sha256 = "{key_hash}"
+""")
+    return path, ports
+
+
+def _pids_with_args(*needles: str) -> list[int]:
+    """Processes whose command line holds every needle (a look into /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in args]
+        if all(n in words for n in needles):
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def _fake_events(ports: dict[str, int]) -> list[dict[str, object]]:
+    response = httpx.get(f"http://127.0.0.1:{ports['fake_meta']}/_fake/events",
+                         params={"pixel_id": DEMO_PIXEL}, timeout=2)
+    return list(response.json()["events"])
+
+
+def test_click_and_enriched_server_event_reach_fake_meta(tmp_path: Path) -> None:
+    # Given the whole stack started by `pixelrelay up` with no Redis URL and no real token
+    config, ports = _config(tmp_path)
+    stack = Process([sys.executable, "-m", "pixelrelay", "up", "--config", str(config)],
+                    tmp_path / "up.log", env={"REDIS_URL": "", "PIXELRELAY_GRAPH_URL": ""})
+    stack.start()
+    try:
+        base = f"http://127.0.0.1:{ports['collector']}"
+        wait_for(lambda: "pixelrelay is up" in stack.output(), 60, what="the stack")
+        wait_http(f"http://127.0.0.1:{ports['dashboard']}/healthz")
+
+        # When a browser follows a tracked link with an fbclid
+        browser = "Mozilla/5.0 (X11; Linux x86_64) e2e"
+        click = httpx.get(f"{base}/go/demo", params={"fbclid": "AbC-123_x"},
+                          headers={"User-Agent": browser}, follow_redirects=False)
+
+        # Then it is redirected at once with _fbc set, and the PageView reaches Meta
+        assert 302 == click.status_code
+        assert click.headers["location"].startswith("https://shop.example/landing?cid=")
+        fbc = click.cookies["_fbc"]
+        assert fbc.startswith("fb.1.") and fbc.endswith(".AbC-123_x")
+        page_views = wait_for(
+            lambda: [e for e in _fake_events(ports) if e["event_name"] == "PageView"],
+            10, what="the PageView at the fake Meta")
+        user_data = page_views[0]["user_data"]
+        assert fbc == user_data["fbc"]
+        assert "127.0.0.1" == user_data["client_ip_address"]
+        assert browser == user_data["client_user_agent"]
+
+        # When the shop's backend reports a purchase for that click
+        purchase = httpx.post(
+            f"{base}/v1/events", headers={"Authorization": f"Bearer {DEMO_API_KEY}"},
+            json={"event_name": "Purchase", "event_source_url": "https://shop.example/thanks",
+                  "click_id": click.cookies["_prclk"], "user_data": {"em": "Joe@Example.com"},
+                  "custom_data": {"value": 42.5, "currency": "EUR"}})
+        assert 202 == purchase.status_code
+
+        # Then it arrives enriched with the click's fbc, IP and user agent
+        purchases = wait_for(
+            lambda: [e for e in _fake_events(ports) if e["event_name"] == "Purchase"],
+            10, what="the Purchase at the fake Meta")
+        enriched = purchases[0]["user_data"]
+        assert (fbc, "127.0.0.1", browser) == (
+            enriched["fbc"], enriched["client_ip_address"], enriched["client_user_agent"])
+        assert "joe@example.com" not in str(purchases[0])
+    finally:
+        code = stack.stop(timeout_s=40)
+    assert 0 == code, stack.output()[-3000:]
+    assert not list((tmp_path / "spool").glob("*.spool"))
+
+
+def test_up_stops_and_names_a_child_that_died(tmp_path: Path) -> None:
+    # Given a running stack
+    config, ports = _config(tmp_path)
+    stack = Process([sys.executable, "-m", "pixelrelay", "up", "--config", str(config)],
+                    tmp_path / "up.log", env={"REDIS_URL": "", "PIXELRELAY_GRAPH_URL": ""})
+    stack.start()
+    try:
+        wait_for(lambda: "pixelrelay is up" in stack.output(), 60, what="the stack")
+        # When the dashboard process dies behind its back
+        health = httpx.get(f"http://127.0.0.1:{ports['dashboard']}/healthz", timeout=2)
+        assert 200 == health.status_code
+        pids = _pids_with_args("dashboard.app:create_app", str(ports["dashboard"]))
+        assert pids, "the dashboard process was not found"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        # Then `up` says which child died, stops the others and exits non-zero
+        assert stack.popen is not None
+        code = stack.popen.wait(40)
+    finally:
+        stack.stop()
+    assert 1 == code
+    assert "dashboard exited with code" in stack.output()
