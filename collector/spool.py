@@ -41,10 +41,15 @@ class Spool:
             self._open_new_segment()
         assert self._fd is not None
         view = memoryview(frames)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        os.fsync(self._fd)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            os.fsync(self._fd)
+        except OSError:
+            # A torn frame ends replay of this segment: later groups must start a new one.
+            self._close_active()
+            raise
         self._active_size += len(frames)
         return len(frames)
 

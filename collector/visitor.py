@@ -26,6 +26,9 @@ FBP_COOKIE = "_fbp"
 CLICK_COOKIE = "_prclk"
 _FBC_FORM = re.compile(r"^fb\.\d+\.\d{10,16}\.\S+$")
 _FBP_FORM = re.compile(r"^fb\.\d+\.\d{10,16}\.\d+$")
+# RFC 6265 cookie-octets: an fbclid with anything else cannot be set as a cookie as it is, and the
+# fbc made from it would be refused by Meta (subcode 2804001) and by is_valid_fbc.
+_FBCLID_FORM = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,8 @@ def is_valid_fbp(value: str | None) -> bool:
 def choose_fbc(fbclid: str | None, cookie: str | None, now_ms: int) -> tuple[str | None, bool]:
     """Return (fbc, set_cookie): a new fbc only when absent or the URL's fbclid differs."""
     current = cookie if is_valid_fbc(cookie) else None
+    if fbclid and not _FBCLID_FORM.fullmatch(fbclid):
+        fbclid = None  # a forged or mangled fbclid must not replace a good cookie
     if fbclid and (current is None or current.rsplit(".", 1)[-1] != fbclid):
         return make_fbc(fbclid, now_ms), True
     return current, False

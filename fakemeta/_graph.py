@@ -78,7 +78,7 @@ class FakeGraph:
         wall_clock: Callable[[], float],
     ) -> None:
         self.options = options
-        self.store = Store(max_events_kept=options.max_events_kept)
+        self.store = Store(max_events_kept=options.max_events_kept, clock=wall_clock)
         self.faults = Faults(options, clock)
         self._wall_clock = wall_clock
 

@@ -1,15 +1,18 @@
 """What the fake has received: accepted events per pixel, duplicates, batch sizes, rejections.
 
 Tests and load tests read it through ``/_fake/received`` and ``/_fake/events`` to check what
-the relay actually delivered. Counters are exact; bodies and id lists keep only the newest
-``max_events_kept`` per pixel so a long load test cannot exhaust memory. Every method runs
+the relay actually delivered, and ``/_fake/arrivals`` to see when each event arrived. Counters
+are exact; bodies, id lists and arrivals keep only the newest ``max_events_kept`` per pixel (per
+pixel and event name for arrivals) so a long load test cannot exhaust memory. Every method runs
 without awaiting, so within one event loop it is atomic; the lock covers callers on threads.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,13 +28,19 @@ class _Pixel:
     seen: set[tuple[str, str]] = field(default_factory=set)
     test_event_codes: set[str] = field(default_factory=set)
     partner_agents: set[str] = field(default_factory=set)
+    # event_name -> (event_id, wall-clock ms of acceptance), newest max_events_kept per name,
+    # so a flood of PageViews cannot push the few Purchases a latency test looks for out.
+    arrivals: dict[str, deque[tuple[str, int]]] = field(default_factory=dict)
 
 
 class Store:
     """In-memory record of everything the events endpoint saw, for one process."""
 
-    def __init__(self, max_events_kept: int = 100_000) -> None:
+    def __init__(
+        self, max_events_kept: int = 100_000, clock: Callable[[], float] = time.time
+    ) -> None:
         self._max_kept = max_events_kept
+        self._clock = clock
         self._lock = threading.Lock()
         self._reset()
 
@@ -72,6 +81,7 @@ class Store:
             if batch.partner_agent is not None:
                 pixel.partner_agents.add(batch.partner_agent)
             duplicates = 0
+            now_ms = int(self._clock() * 1000)
             for event in batch.events:
                 pixel.events += 1
                 pixel.bodies.append(event)
@@ -80,6 +90,10 @@ class Store:
                     continue
                 event_id = str(raw_id)
                 pixel.event_ids.append(event_id)
+                arrivals = pixel.arrivals.get(event["event_name"])
+                if arrivals is None:
+                    arrivals = pixel.arrivals[event["event_name"]] = deque(maxlen=self._max_kept)
+                arrivals.append((event_id, now_ms))
                 key = (event["event_name"], event_id)
                 if key in pixel.seen:
                     duplicates += 1
@@ -115,4 +129,15 @@ class Store:
                 "events": list(pixel.bodies),
                 "test_event_codes": sorted(pixel.test_event_codes),
                 "partner_agents": sorted(pixel.partner_agents),
+            }
+
+    def arrivals(self, pixel_id: str, event_name: str) -> dict[str, Any]:
+        """When each accepted event of one pixel and name arrived, for ``GET /_fake/arrivals``."""
+        with self._lock:
+            pixel = self._pixels.get(pixel_id) or _Pixel()
+            kept = pixel.arrivals.get(event_name, ())
+            return {
+                "pixel_id": pixel_id,
+                "event_name": event_name,
+                "arrivals": [{"event_id": eid, "received_ms": ms} for eid, ms in kept],
             }

@@ -95,6 +95,10 @@ def _route_handlers(graph: FakeGraph) -> list[HTTPRouteHandler]:
     async def events(pixel_id: FromQuery[str]) -> Response[bytes]:
         return _json(graph.store.pixel_events(pixel_id))
 
+    @get("/_fake/arrivals")
+    async def arrivals(pixel_id: FromQuery[str], event_name: FromQuery[str]) -> Response[bytes]:
+        return _json(graph.store.arrivals(pixel_id, event_name))
+
     @post("/_fake/reset", status_code=200)
     async def reset() -> Response[bytes]:
         graph.store.reset()
@@ -116,7 +120,10 @@ def _route_handlers(graph: FakeGraph) -> list[HTTPRouteHandler]:
         log.info("faults_changed", **graph.faults.snapshot())
         return _json(graph.faults.snapshot())
 
-    return [post_events, get_pixel, healthz, received, events, reset, show_faults, change_faults]
+    return [
+        post_events, get_pixel, healthz, received, events, arrivals, reset, show_faults,
+        change_faults,
+    ]
 
 
 async def _graph_call(request: AnyRequest) -> GraphCall:

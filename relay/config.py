@@ -71,7 +71,9 @@ class RedisSettings(Struct, frozen=True, forbid_unknown_fields=True):
     url: Annotated[
         str, _help("Redis URL; empty starts the embedded server. REDIS_URL overrides it.")
     ] = ""
-    embedded_port: Annotated[int, _help("Port of the embedded Redis-compatible server.")] = 6390
+    embedded_port: Annotated[
+        int, _help("Port of the embedded Redis-compatible server.", ge=1, le=65535)
+    ] = 6390
     data_dir: Annotated[str, _help("Data directory of the embedded server (AOF).")] = "var/redis"
 
 
@@ -127,7 +129,8 @@ class DashboardSettings(Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class FakeMetaSettings(Struct, frozen=True, forbid_unknown_fields=True):
-    port: Annotated[int, _help("Port of the built-in fake Graph API (make up).", ge=1)] = 8090
+    port: Annotated[int, _help("Port of the built-in fake Graph API (make up).", ge=1,
+                               le=65535)] = 8090
 
 
 class PixelSettings(Struct, frozen=True, forbid_unknown_fields=True):
@@ -235,9 +238,13 @@ def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | N
 
 def _plain(message: str) -> str:
     """Turn msgspec's 'Expected `int` - at `$.collector.port`' into 'collector.port: ...'."""
-    match = re.match(r"(?P<what>.*?) - at `\$\.?(?P<key>[^`]*)`$", message)
+    match = re.match(r"(?P<what>.*?)(?: - at `\$\.?(?P<key>[^`]*)`)?$", message)
     if not match:
         return f"configuration: {message}"
+    unknown = re.fullmatch(r"Object contains unknown field `(?P<name>[^`]*)`", match["what"])
+    if unknown:  # name the unknown key itself, e.g. collector.bogus
+        key = ".".join(k for k in (match["key"], unknown["name"]) if k)
+        return f"configuration key {key} is not a known setting"
     what = match["what"].replace("`", "")
     return f"configuration key {match['key'] or '(top level)'}: {what}"
 

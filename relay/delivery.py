@@ -167,15 +167,16 @@ class Deliverer:
         except ThrottledError as exc:
             factor = self.limiter.throttled(pixel.id)
             self._log_batch(pixel.id, envelopes, attempt, started, "throttled", exc)
+            pending = [e for e in envelopes if e.dedup_key not in settled]
             self.ledger.record([_entry(e, "deferred", batch=attempt.batch_id,
                                        attempt=attempt.number, outcome="throttled",
-                                       code=exc.code) for e in envelopes])
+                                       code=exc.code) for e in pending])
             return Defer(int(THROTTLE_DELAY_MS / factor), f"throttled by Meta (code {exc.code})")
         except TransientError as exc:
             self._log_batch(pixel.id, envelopes, attempt, started, "transient", exc)
             pending = [e for e in envelopes if e.dedup_key not in settled]
             if attempt.last:
-                self._dead(pending, {"kind": "retries_exhausted", **exc.as_dict()}, attempt)
+                self._dead(pending, {**exc.as_dict(), "kind": "retries_exhausted"}, attempt)
                 return None
             self.ledger.record([_entry(e, "attempt", batch=attempt.batch_id,
                                        attempt=attempt.number, outcome="transient",
@@ -184,7 +185,7 @@ class Deliverer:
         except PermanentError as exc:
             self._log_batch(pixel.id, envelopes, attempt, started, "permanent", exc)
             pending = [e for e in envelopes if e.dedup_key not in settled]
-            self._dead(pending, {"kind": "rejected", **exc.as_dict()}, attempt)
+            self._dead(pending, {**exc.as_dict(), "kind": "rejected"}, attempt)
             return None
         self._log_batch(pixel.id, envelopes, attempt, started, "delivered", None)
         return None
@@ -196,7 +197,7 @@ class Deliverer:
             result = self.meta.send(pixel, [e.event for e in envelopes])
         except InvalidBatchError as exc:
             if len(envelopes) == 1:
-                self._dead(envelopes, {"kind": "rejected", **exc.as_dict()}, attempt)
+                self._dead(envelopes, {**exc.as_dict(), "kind": "rejected"}, attempt)
                 settled.add(envelopes[0].dedup_key)
                 return
             middle = len(envelopes) // 2

@@ -26,6 +26,7 @@ CLEAR_KEYS = frozenset(
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _NON_DIGITS = re.compile(r"\D+")
 _PUNCT_SPACE = re.compile(r"[\W_]+", re.UNICODE)
+_DIGITS = re.compile(r"\d+")
 _DATE_FORMS = (
     re.compile(r"^(?P<y>\d{4})-?(?P<m>\d{2})-?(?P<d>\d{2})$"),
     re.compile(r"^(?P<y>\d{4})/(?P<m>\d{1,2})/(?P<d>\d{1,2})$"),
@@ -33,7 +34,7 @@ _DATE_FORMS = (
 
 
 def is_sha256_hex(value: str) -> bool:
-    return bool(_HEX64.match(value))
+    return bool(_HEX64.fullmatch(value))
 
 
 def sha256_hex(value: str) -> str:
@@ -51,7 +52,7 @@ def normalize_email(value: str) -> str:
 
 
 def normalize_phone(value: str) -> str:
-    """Digits only, with country code, no leading zeros: ``(650)555-1212`` -> ``6505551212``.
+    """Digits only, with country code, no leading zeros: ``+1 (650)555-1212`` -> ``16505551212``.
 
     A country code cannot be invented: callers must include it; leading ``00`` and ``0`` are
     dropped as Meta asks.
@@ -64,7 +65,8 @@ def normalize_name(value: str) -> str:
 
 
 def normalize_city(value: str) -> str:
-    return _letters_only(value)
+    """Like a name, and without digits: ``New York 10001`` -> ``newyork``."""
+    return _DIGITS.sub("", _letters_only(value))
 
 
 def normalize_state(value: str) -> str:
@@ -73,7 +75,7 @@ def normalize_state(value: str) -> str:
 
 def normalize_gender(value: str) -> str:
     v = value.strip().lower()
-    return v[:1] if v[:1] in ("f", "m") else v
+    return v[:1] if v[:1] in ("f", "m") else ""  # anything else is not a gender Meta knows
 
 
 def normalize_zip(value: str) -> str:
@@ -118,8 +120,8 @@ NORMALIZERS: dict[str, Callable[[str], str]] = {
 
 def hash_value(key: str, value: str) -> str | None:
     """Hash one value of a hashed key; ``None`` when nothing is left after normalizing."""
-    if is_sha256_hex(value):
-        return value.lower()
+    if is_sha256_hex(value.strip()):
+        return value.strip().lower()
     normalized = NORMALIZERS[key](value)
     if not normalized:
         return None

@@ -218,3 +218,19 @@ sha256 = "{key_hash}"
 """
     )
     return path
+
+
+def established_connections(port: int) -> int:
+    """TCP connections in ESTABLISHED state whose local port is ``port`` (from /proc/net)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01":
+                count += 1
+    return count

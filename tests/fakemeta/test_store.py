@@ -104,3 +104,20 @@ def test_reset_forgets_everything() -> None:
     assert {"pixels": {}, "requests": 0, "batches": 0, "batch_sizes": [], "rejected": {}} == (
         store.summary()
     )
+
+
+def test_arrivals_keep_each_events_acceptance_time_per_event_name() -> None:
+    now = [1_800_000_000.5]
+    store = Store(max_events_kept=2, clock=lambda: now[0])
+    store.record_batch("1", batch(make_event(event_id="p1")))
+    now[0] += 1
+    pageviews = [make_event(event_name="PageView", event_id=f"v{i}") for i in range(3)]
+    store.record_batch("1", batch(*pageviews))
+
+    assert {
+        "pixel_id": "1",
+        "event_name": "Purchase",
+        "arrivals": [{"event_id": "p1", "received_ms": 1_800_000_000_500}],
+    } == store.arrivals("1", "Purchase")
+    assert ["v1", "v2"] == [a["event_id"] for a in store.arrivals("1", "PageView")["arrivals"]]
+    assert [] == store.arrivals("9", "Purchase")["arrivals"]

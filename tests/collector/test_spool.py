@@ -1,0 +1,167 @@
+"""collector.spool: framed records in numbered segments, read back oldest first."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from collector import spool as spool_module
+from collector.spool import Spool
+
+
+def read_all(spool: Spool) -> list[bytes]:
+    return [record for segment in spool.segments() for record in Spool.read_segment(segment)]
+
+
+def test_appended_records_read_back_in_order(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.append([b"first", b"second"])
+    spool.append([b"third"])
+
+    segment = spool.oldest_segment()
+
+    assert segment is not None
+    assert [b"first", b"second", b"third"] == Spool.read_segment(segment)
+
+
+def test_append_returns_the_bytes_written(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+
+    written = spool.append([b"abc", b"de"])
+
+    assert (2 * 8 + 5, written) == (spool.pending_bytes(), 2 * 8 + 5)
+
+
+def test_an_empty_append_creates_no_segment(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+
+    assert (0, []) == (spool.append([]), spool.segments())
+
+
+def test_a_full_segment_rotates_to_a_new_one(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, segment_max_bytes=64)
+    records = [bytes([65 + i]) * 56 for i in range(4)]  # 8-byte header + 56 = one full segment
+
+    for record in records:
+        spool.append([record])
+
+    assert 4 == len(spool.segments())
+    assert records == read_all(spool)
+
+
+def test_a_torn_tail_is_skipped_and_earlier_records_are_read(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.append([b"kept-1", b"kept-2"])
+    spool.append([b"torn-by-a-crash"])
+    spool.close()
+    segment = spool.segments()[0]
+    os.truncate(segment, segment.stat().st_size - 5)
+
+    assert [b"kept-1", b"kept-2"] == Spool.read_segment(segment)
+
+
+def test_a_torn_header_is_skipped(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.append([b"kept"])
+    spool.close()
+    segment = spool.segments()[0]
+    with segment.open("ab") as f:
+        f.write(b"\x00\x00\x00")  # half a frame header
+
+    assert [b"kept"] == Spool.read_segment(segment)
+
+
+def test_a_record_with_a_crc_mismatch_is_skipped(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.append([b"good", b"damaged"])
+    spool.close()
+    segment = spool.segments()[0]
+    data = bytearray(segment.read_bytes())
+    data[-1] ^= 0xFF
+    segment.write_bytes(bytes(data))
+
+    assert [b"good"] == Spool.read_segment(segment)
+
+
+def test_oldest_segment_seals_the_active_segment(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.append([b"before"])
+
+    sealed = spool.oldest_segment()
+    spool.append([b"after"])
+
+    assert sealed is not None
+    assert ([b"before"], 2) == (Spool.read_segment(sealed), len(spool.segments()))
+    assert [b"before", b"after"] == read_all(spool)
+
+
+def test_oldest_segment_is_none_when_empty(tmp_path: Path) -> None:
+    assert None is Spool(tmp_path).oldest_segment()
+
+
+def test_removing_the_last_segment_leaves_nothing_pending(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.append([b"record"])
+    segment = spool.oldest_segment()
+    assert segment is not None
+
+    Spool.remove_segment(segment)
+
+    assert (False, 0) == (spool.has_pending(), spool.pending_bytes())
+
+
+def test_a_new_spool_on_the_same_directory_sees_pending_segments(tmp_path: Path) -> None:
+    first = Spool(tmp_path)
+    first.append([b"from-the-last-run"])
+    first.close()
+
+    second = Spool(tmp_path)
+
+    assert (True, [b"from-the-last-run"]) == (second.has_pending(), read_all(second))
+
+
+def test_appends_after_reopening_go_after_the_old_segments(tmp_path: Path) -> None:
+    first = Spool(tmp_path)
+    first.append([b"old"])
+    first.close()
+
+    second = Spool(tmp_path)
+    second.append([b"new"])
+
+    assert (2, [b"old", b"new"]) == (len(second.segments()), read_all(second))
+
+
+def test_the_spool_directory_is_created(tmp_path: Path) -> None:
+    Spool(tmp_path / "deeper" / "spool").append([b"x"])
+
+    assert 1 == len(list((tmp_path / "deeper" / "spool").iterdir()))
+
+
+def test_records_after_a_failed_append_are_not_lost(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a disk that fills up halfway through a frame
+    spool = Spool(tmp_path)
+    spool.append([b"acknowledged-before"])
+    real_write = os.write
+    calls = 0
+
+    def half_then_full(fd: int, data: memoryview) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return real_write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_module.os, "write", half_then_full)
+    with pytest.raises(OSError):
+        spool.append([b"refused-" * 10])
+    monkeypatch.setattr(spool_module.os, "write", real_write)
+
+    # When space is back and the next group is acknowledged
+    spool.append([b"acknowledged-after"])
+
+    # Then replay finds both acknowledged groups
+    assert [b"acknowledged-before", b"acknowledged-after"] == read_all(spool)
