@@ -20,6 +20,7 @@ from collector.visitor import (
 )
 from relay.config import LinkSettings
 from relay.events import ClickContext, MetaEvent, UserData, new_event_id
+from relay.inbox import Write
 
 UTM_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "utm_id")
 
@@ -88,7 +89,7 @@ async def handle_redirect(ctx: CollectorContext, request: Request, slug: str) ->
         utm=utm or None,
     )
     user_data = UserData(client_ip_address=ip, client_user_agent=user_agent, fbc=fbc, fbp=fbp)
-    writes = [ctx.click_write(click)]
+    writes: list[Write] = [ctx.click_write(click)]
     for pixel_id in link.pixels:
         event = MetaEvent(
             event_name=link.event_name, event_time=now // 1000, event_id=new_event_id(),

@@ -46,7 +46,7 @@ class RelayBroker(RedisBroker):
                 )
 
 
-def retry_when(max_attempts: int):  # type: ignore[no-untyped-def]
+def retry_when(max_attempts: int):
     """Retry up to ``max_attempts`` attempts in all.
 
     Permanent Meta errors never get here (the deliverer dead-letters them and returns); what

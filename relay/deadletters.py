@@ -61,21 +61,21 @@ class DeadLetters:
         pipe.execute()
 
     def count(self) -> int:
-        return int(self._client.zcard(keys.dead_letters()))  # type: ignore[arg-type]
+        return int(self._client.zcard(keys.dead_letters()))
 
     def list(self, offset: int = 0, limit: int = 50) -> list[DeadLetter]:
         names = self._client.zrevrange(keys.dead_letters(), offset, offset + limit - 1)
         result = []
-        for raw in names:  # type: ignore[union-attr]
+        for raw in names:
             dk = raw.decode()
             record = self._client.hgetall(keys.dead_letter(dk))
             if not record:
                 continue
             result.append(DeadLetter(
                 dedup_key=dk,
-                envelope=decode_envelope(record[b"envelope"]),  # type: ignore[index]
-                reason=msgspec.json.decode(record[b"reason"]),  # type: ignore[index]
-                dead_at_ms=int(record[b"dead_at_ms"]),  # type: ignore[index]
+                envelope=decode_envelope(record[b"envelope"]),
+                reason=msgspec.json.decode(record[b"reason"]),
+                dead_at_ms=int(record[b"dead_at_ms"]),
             ))
         return result
 
@@ -83,9 +83,9 @@ class DeadLetters:
         record = self._client.hgetall(keys.dead_letter(dedup_key))
         if not record:
             return None
-        return DeadLetter(dedup_key, decode_envelope(record[b"envelope"]),  # type: ignore[index]
-                          msgspec.json.decode(record[b"reason"]),  # type: ignore[index]
-                          int(record[b"dead_at_ms"]))  # type: ignore[index]
+        return DeadLetter(dedup_key, decode_envelope(record[b"envelope"]),
+                          msgspec.json.decode(record[b"reason"]),
+                          int(record[b"dead_at_ms"]))
 
     def requeue(self, dedup_key: str, queue: str) -> bool:
         """Move one dead event back into its queue's inbox; False if it is not dead."""

@@ -134,7 +134,7 @@ class Deliverer:
         if not click_ids:
             return envelopes
         raw = self.client.mget([keys.click(c) for c in click_ids])
-        clicks = {cid: decode_click(r) for cid, r in zip(click_ids, raw, strict=True)  # type: ignore[arg-type]
+        clicks = {cid: decode_click(r) for cid, r in zip(click_ids, raw, strict=True)
                   if r is not None}
         result = []
         for env in envelopes:

@@ -32,7 +32,7 @@ class PixelHealth:
     def check(self, pixel: PixelSettings) -> dict[str, object]:
         started = time.perf_counter()
         error = self._meta.check_pixel(pixel)
-        status = {
+        status: dict[str, object] = {
             "ok": error is None,
             "checked_ms": int(time.time() * 1000),
             "latency_ms": round((time.perf_counter() - started) * 1000, 1),
@@ -44,4 +44,4 @@ class PixelHealth:
 
     def status(self, pixel_id: str) -> dict[str, object] | None:
         raw = self._client.get(keys.pixel_health(pixel_id))
-        return msgspec.json.decode(raw) if raw else None  # type: ignore[arg-type]
+        return msgspec.json.decode(raw) if raw else None

@@ -110,12 +110,12 @@ class Ledger:
     # -- reading (trace, audit, dashboard) ----------------------------------------------------
     def life(self, dedup_key: str) -> list[dict[str, Any]]:
         raw = self._client.lrange(keys.life(dedup_key), 0, -1)
-        return [msgspec.json.decode(line) for line in raw]  # type: ignore[union-attr]
+        return [msgspec.json.decode(line) for line in raw]
 
     def state(self, dedup_key: str) -> str | None:
         value = self._client.get(keys.state(dedup_key))
         return value.decode() if isinstance(value, bytes) else None
 
     def keys_for_event(self, event_id: str) -> list[str]:
-        members: Iterable[bytes] = self._client.smembers(keys.event_index(event_id))  # type: ignore[assignment]
+        members: Iterable[bytes] = self._client.smembers(keys.event_index(event_id))
         return sorted(m.decode() for m in members)

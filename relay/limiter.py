@@ -104,7 +104,7 @@ class PixelLimiter:
     def factor(self, pixel_id: str, now_ms: int | None = None) -> float:
         now = now_ms if now_ms is not None else int(time.time() * 1000)
         raw = self._client.hmget(keys.throttle(pixel_id), "factor", "at")
-        if not raw or raw[0] is None:  # type: ignore[index]
+        if not raw or raw[0] is None:
             return 1.0
-        factor, at = float(raw[0]), float(raw[1])  # type: ignore[index]
+        factor, at = float(raw[0]), float(raw[1])
         return float(min(1.0, factor * 2 ** ((now - at) / self._recovery_ms)))

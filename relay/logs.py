@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
 
@@ -42,7 +44,7 @@ def configure_logging(process: str, level: str = "INFO", json: bool = True) -> N
 
 
 def _add_process(name: str) -> structlog.typing.Processor:
-    def add(_: object, __: str, event: dict[str, object]) -> dict[str, object]:
+    def add(_: object, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         event.setdefault("process", name)
         return event
 

@@ -73,18 +73,18 @@ def classify_meta_error(status: int, body: bytes) -> DeliveryError:
             return TransientError(message, status=status)
         return PermanentError(message, status=status)
     text = err.error_user_msg or err.message or f"Graph API error {err.code}"
-    fields = {"code": err.code, "subcode": err.error_subcode, "fbtrace_id": err.fbtrace_id,
-              "status": status}
     code = err.code
+    kind: type[DeliveryError] = PermanentError
     if code in THROTTLE_CODES:
-        return ThrottledError(text, **fields)
-    if code in TOKEN_CODES or code in PERMISSION_CODES:
-        return PermanentError(text, **fields)
-    if code in TRANSIENT_CODES or err.is_transient or status >= 500 or status == 429:
-        return TransientError(text, **fields)
-    if code == 100:
-        return InvalidBatchError(text, **fields)
-    return PermanentError(text, **fields)
+        kind = ThrottledError
+    elif code in TOKEN_CODES or code in PERMISSION_CODES:
+        kind = PermanentError
+    elif code in TRANSIENT_CODES or err.is_transient or status >= 500 or status == 429:
+        kind = TransientError
+    elif code == 100:
+        kind = InvalidBatchError
+    return kind(text, code=code, subcode=err.error_subcode, fbtrace_id=err.fbtrace_id,
+                status=status)
 
 
 def appsecret_proof(access_token: str, app_secret: str) -> str:

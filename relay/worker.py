@@ -59,8 +59,8 @@ class RelayWorker:
         self.health = PixelHealth(self.client, self.meta)
         self.queues = [QUEUE_NAMES[p] for p in self.priorities]
         for priority in self.priorities:
-            dramatiq.actor(self._deliver, actor_name=actor_name(priority),
-                           queue_name=QUEUE_NAMES[priority], broker=self.broker)
+            dramatiq.Actor(self._deliver, broker=self.broker, actor_name=actor_name(priority),
+                           queue_name=QUEUE_NAMES[priority], priority=0, options={})
         self.batchers = [
             Batcher(self.client, QUEUE_NAMES[p], actor_name(p), relay.max_batch_events,
                     relay.queued_batches_max)

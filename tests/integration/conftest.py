@@ -221,8 +221,12 @@ class CleanProcess(Process):
 
 
 @pytest.fixture
-def processes(request: pytest.FixtureRequest) -> Iterator[Callable[[Process], None]]:
-    """Register a process: it is stopped at teardown and its log shown if the test fails."""
+def processes(request: pytest.FixtureRequest, redis_server: RedisServer
+              ) -> Iterator[Callable[[Process], None]]:
+    """Register a process: it is stopped at teardown and its log shown if the test fails.
+
+    Depends on ``redis_server`` so that workers stop before their Redis does.
+    """
     started: list[Process] = []
     request.node.stash[_processes_key] = started
     yield started.append

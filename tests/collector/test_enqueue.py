@@ -1,0 +1,239 @@
+"""collector.enqueue: group commit to Redis, the disk spool while Redis is down, replay in order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from collector.enqueue import DurableEnqueuer
+from collector.spool import Spool
+from relay.errors import StorageError
+from relay.inbox import EventWrite, Write, write_decoder, write_encoder
+from tests.collector.support import eventually
+
+
+def write(n: int) -> EventWrite:
+    return EventWrite(queue="relay_low", pixel_id="1234567890", dedup_key=f"key-{n}",
+                      received_ms=1_790_000_000_000 + n, payload=b'{"n": %d}' % n)
+
+
+class FakeRedis:
+    """A store function and a ping function in front of a switchable, pausable Redis."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[Write]] = []
+        self.entered = 0
+        self.down = False
+        self.hang = False
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def store(self, writes: Sequence[Write]) -> None:
+        self.entered += 1
+        await self.gate.wait()
+        if self.hang:
+            await asyncio.Event().wait()
+        if self.down:
+            raise ConnectionError("Connection refused")
+        self.calls.append(list(writes))
+
+    async def ping(self) -> bool:
+        if self.hang:
+            await asyncio.Event().wait()
+        if self.down:
+            raise ConnectionError("Connection refused")
+        return True
+
+    @property
+    def stored(self) -> list[Write]:
+        return [w for call in self.calls for w in call]
+
+
+def spooled(spool: Spool) -> list[Write]:
+    return [write_decoder.decode(record) for segment in spool.segments()
+            for record in Spool.read_segment(segment)]
+
+
+@pytest.fixture
+def fake() -> FakeRedis:
+    return FakeRedis()
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "spool")
+
+
+def make_enqueuer(fake: FakeRedis, spool: Spool) -> DurableEnqueuer:
+    return DurableEnqueuer(fake.store, fake.ping, spool, redis_timeout_s=0.2,
+                           probe_interval_s=0.01)
+
+
+@pytest.fixture
+async def enqueuer(fake: FakeRedis, spool: Spool) -> AsyncIterator[DurableEnqueuer]:
+    enqueuer = make_enqueuer(fake, spool)
+    await enqueuer.start()
+    yield enqueuer
+    await enqueuer.stop()
+
+
+async def test_a_write_is_stored_in_redis(enqueuer: DurableEnqueuer, fake: FakeRedis) -> None:
+    destination = await enqueuer.store([write(1)])
+
+    assert ("redis", [write(1)]) == (destination, fake.stored)
+
+
+async def test_concurrent_requests_share_store_calls(enqueuer: DurableEnqueuer,
+                                                     fake: FakeRedis) -> None:
+    # Given a round trip in flight that holds back the writer
+    fake.gate.clear()
+    requests = [asyncio.create_task(enqueuer.store([write(i)])) for i in range(50)]
+    await eventually(lambda: fake.entered, what="the first store call")
+
+    # When it completes
+    fake.gate.set()
+    destinations = await asyncio.gather(*requests)
+
+    # Then the other requests went in one more call, and every caller was answered
+    assert ["redis"] * 50 == destinations
+    assert sorted(range(50)) == sorted(int(w.dedup_key.split("-")[1]) for w in fake.stored)
+    assert len(fake.calls) <= 2
+
+
+async def test_writes_go_to_the_spool_when_redis_fails(enqueuer: DurableEnqueuer,
+                                                       fake: FakeRedis, spool: Spool) -> None:
+    fake.down = True
+
+    destination = await enqueuer.store([write(1), write(2)])
+
+    assert ("spool", [write(1), write(2)], True) == (
+        destination, spooled(spool), enqueuer.spooling
+    )
+
+
+async def test_writes_go_to_the_spool_while_spooling_in_arrival_order(
+        enqueuer: DurableEnqueuer, fake: FakeRedis, spool: Spool) -> None:
+    fake.down = True
+    await enqueuer.store([write(1)])
+
+    destinations = [await enqueuer.store([write(2)]), await enqueuer.store([write(3)])]
+
+    assert (["spool", "spool"], [write(1), write(2), write(3)], []) == (
+        destinations, spooled(spool), fake.stored
+    )
+
+
+async def test_the_spool_is_replayed_in_order_when_redis_is_back(
+        enqueuer: DurableEnqueuer, fake: FakeRedis, spool: Spool) -> None:
+    # Given three writes spooled while Redis was down
+    fake.down = True
+    for n in (1, 2, 3):
+        await enqueuer.store([write(n)])
+
+    # When Redis answers again
+    fake.down = False
+    await eventually(lambda: not spool.has_pending(), what="the spool to drain")
+
+    # Then they reached Redis in order, and the collector writes to Redis again
+    assert [write(1), write(2), write(3)] == fake.stored
+    assert ("redis", False) == (await enqueuer.store([write(4)]), enqueuer.spooling)
+    assert [write(1), write(2), write(3), write(4)] == fake.stored
+
+
+async def test_a_slow_store_times_out_to_the_spool(enqueuer: DurableEnqueuer, fake: FakeRedis,
+                                                   spool: Spool) -> None:
+    fake.hang = True
+
+    destination = await enqueuer.store([write(1)])
+
+    assert ("spool", [write(1)]) == (destination, spooled(spool))
+
+
+async def test_storage_error_when_redis_and_the_spool_both_fail(
+        enqueuer: DurableEnqueuer, fake: FakeRedis, spool: Spool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake.down = True
+
+    def disk_full(records: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool, "append", disk_full)
+
+    with pytest.raises(StorageError):
+        await enqueuer.store([write(1)])
+
+
+async def test_stop_stores_the_pending_writes(fake: FakeRedis, spool: Spool) -> None:
+    # Given writes waiting behind a round trip in flight
+    enqueuer = make_enqueuer(fake, spool)
+    await enqueuer.start()
+    fake.gate.clear()
+    requests = [asyncio.create_task(enqueuer.store([write(i)])) for i in range(5)]
+    await eventually(lambda: fake.entered, what="the first store call")
+
+    # When the collector stops
+    stopping = asyncio.create_task(enqueuer.stop())
+    fake.gate.set()
+    await stopping
+
+    # Then every pending write was stored before stop returned
+    assert (["redis"] * 5, 5) == (await asyncio.gather(*requests), len(fake.stored))
+
+
+async def test_writes_after_stop_are_refused(fake: FakeRedis, spool: Spool) -> None:
+    enqueuer = make_enqueuer(fake, spool)
+    await enqueuer.start()
+    await enqueuer.stop()
+
+    with pytest.raises(StorageError):
+        await enqueuer.store([write(1)])
+
+
+def spool_from_last_run(spool: Spool, writes: list[EventWrite]) -> None:
+    spool.append([write_encoder.encode(w) for w in writes])
+    spool.close()
+
+
+async def test_the_last_runs_spool_is_replayed_at_start(fake: FakeRedis, spool: Spool) -> None:
+    spool_from_last_run(spool, [write(1), write(2)])
+    enqueuer = make_enqueuer(fake, spool)
+
+    await enqueuer.start()
+    try:
+        await eventually(lambda: not spool.has_pending(), what="the old spool to drain")
+    finally:
+        await enqueuer.stop()
+
+    assert [write(1), write(2)] == fake.stored
+
+
+async def test_the_last_runs_spool_is_replayed_before_new_writes(fake: FakeRedis,
+                                                                 spool: Spool) -> None:
+    spool_from_last_run(spool, [write(1), write(2)])
+    enqueuer = make_enqueuer(fake, spool)
+    await enqueuer.start()
+    try:
+        await enqueuer.store([write(3)])
+        await eventually(lambda: not spool.has_pending(), what="the spool to drain")
+    finally:
+        await enqueuer.stop()
+
+    assert [write(1), write(2), write(3)] == fake.stored
+
+
+async def test_the_last_runs_spool_waits_for_redis_at_start(fake: FakeRedis,
+                                                            spool: Spool) -> None:
+    spool_from_last_run(spool, [write(1)])
+    fake.down = True
+    enqueuer = make_enqueuer(fake, spool)
+
+    await enqueuer.start()
+    try:
+        destination = await enqueuer.store([write(2)])
+    finally:
+        await enqueuer.stop()
+
+    assert ("spool", [write(1), write(2)], []) == (destination, spooled(spool), fake.stored)
