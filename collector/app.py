@@ -16,6 +16,7 @@ from litestar import Litestar, Request, Response, get, post, route
 from litestar.config.cors import CORSConfig
 from litestar.enums import HttpMethod
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 from redis.asyncio import Redis
 
 from collector.context import CollectorContext, json_encode
@@ -69,7 +70,7 @@ def build_app(settings: Settings, redis: Redis | None = None) -> Litestar:
             log.info("collector_stopped", pid=os.getpid())
 
     @route("/go/{slug:str}", http_method=[HttpMethod.GET, HttpMethod.HEAD])
-    async def go(request: Request, slug: str) -> Response:
+    async def go(request: Request, slug: FromPath[str]) -> Response:
         return await handle_redirect(ctx, request, slug)
 
     @post("/v1/events")

@@ -55,18 +55,21 @@ def _decode(decoder: msgspec.json.Decoder, body: bytes, what: str) -> object:
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise InputError(f"invalid {what}: {_plain(str(exc))}", 422) from None
+        raise InputError(_plain(str(exc), what), 422) from None
     except msgspec.DecodeError as exc:
         raise InputError(f"the request body is not valid JSON ({exc})", 400) from None
 
 
-def _plain(message: str) -> str:
+def _plain(message: str, what: str) -> str:
+    """msgspec's "Expected `int` - at `$[1].user_data.em`" as "events[1].user_data.em: ..."."""
     text, _, where = message.partition(" - at `")
     text = text.replace("`", "")
-    if not where:
-        return text
-    path = where.rstrip("`").removeprefix("$").lstrip(".")
-    return f"{path or 'body'}: {text}" if path else text
+    path = where.rstrip("`").removeprefix("$")
+    if not path:
+        return f"invalid {what}: {text}"
+    # Named like build_event's messages: events[1].x for a list, event.x / beacon.x for one.
+    root = what if path.startswith("[") else what.removesuffix("s")
+    return f"{root}{path}: {text}"
 
 
 def _pixels_for(ctx: CollectorContext, key: ApiKeySettings, requested: str | None,
@@ -122,7 +125,10 @@ def _origin_of(request: Request) -> str | None:
         return origin.rstrip("/")
     referer = request.headers.get("referer")
     if referer:
-        parts = urlsplit(referer)
+        try:
+            parts = urlsplit(referer)
+        except ValueError:  # e.g. "http://[::1": not a URL, so no origin
+            return None
         if parts.scheme and parts.netloc:
             return f"{parts.scheme}://{parts.netloc}"
     return None

@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import subprocess
@@ -84,6 +85,7 @@ class WrkResult:
     max_lag_ms: float
     socket_errors: dict[str, int]
     latency_ms: dict[str, float]
+    cpu: CpuUse | None = None
 
     @property
     def answered(self) -> int:
@@ -96,6 +98,60 @@ class WrkResult:
     @property
     def rate(self) -> float:
         return self.answered / self.window_s if self.window_s else 0.0
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU seconds used during one run: by the server under test, and by processes not ours."""
+
+    server_s: float
+    foreign_s: float
+    elapsed_s: float
+
+
+class CpuMeter:
+    """Reads /proc so a report can say how much CPU the server used per request, and whether
+    something else on the machine (a test suite, a build) was competing for the two cores."""
+
+    TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, ours: list[Process]) -> None:
+        self._ours = ours
+
+    @staticmethod
+    def _machine_busy() -> int:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+        return user + nice + system + irq + softirq + steal
+
+    @staticmethod
+    def _group_ticks(pgids: set[int]) -> int:
+        """utime + stime of every live process in these process groups."""
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) in pgids:
+                    total += int(fields[11]) + int(fields[12])
+        return total
+
+    def _sample(self, server: Process) -> tuple[float, int, int, int, float]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        mine = children.ru_utime + children.ru_stime + me.ru_utime + me.ru_stime
+        ours = {p.pid for p in self._ours if p.popen is not None}
+        return (time.monotonic(), self._machine_busy(), self._group_ticks(ours),
+                self._group_ticks({server.pid}), mine)
+
+    @contextlib.contextmanager
+    def measure(self, server: Process) -> Iterator[list[CpuUse]]:
+        """Yield a list that holds the run's ``CpuUse`` once the block has finished."""
+        out: list[CpuUse] = []
+        t0, busy0, ours0, server0, mine0 = self._sample(server)
+        yield out
+        t1, busy1, ours1, server1, mine1 = self._sample(server)
+        foreign = (busy1 - busy0 - (ours1 - ours0)) * self.TICK_S - (mine1 - mine0)
+        out.append(CpuUse((server1 - server0) * self.TICK_S, max(foreign, 0.0), t1 - t0))
 
 
 # -- the servers ---------------------------------------------------------------------------------
@@ -140,14 +196,15 @@ def worker_pid(process: Process) -> int | None:
 
 
 # -- the load ------------------------------------------------------------------------------------
-def run_wrk(label: str, url: str, *, duration_s: float, connections: int,
-            rate: float = 0.0) -> WrkResult:
+def run_wrk(label: str, url: str, server: Process, meter: CpuMeter, *, duration_s: float,
+            connections: int, rate: float = 0.0) -> WrkResult:
     """One wrk run of ``duration_s`` (plus the drain); ``rate`` > 0 paces it (requests/s)."""
     wrk = shutil.which("wrk") or "/usr/bin/wrk"
     args = [wrk, "-t1", f"-c{connections}", f"-d{int(duration_s + DRAIN_S)}s", "-T5s",
             "-H", f"User-Agent: {BROWSER_UA}", "-s", str(WRK_SCRIPT), url,
             "--", str(duration_s), str(rate)]
-    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    with meter.measure(server) as cpu:
+        done = subprocess.run(args, capture_output=True, text=True, check=False)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
     if done.returncode != 0 or line is None:
         raise BenchError(f"wrk failed for {label} (exit {done.returncode}):\n"
@@ -160,6 +217,7 @@ def run_wrk(label: str, url: str, *, duration_s: float, connections: int,
         max_lag_ms=data["max_lag_ms"],
         socket_errors={k: v for k, v in data["errors"].items() if v},
         latency_ms={k: v / 1000 for k, v in data["latency_us"].items()},
+        cpu=cpu[0],
     )
 
 
@@ -204,18 +262,21 @@ def _versions() -> str:
 
 def _row(name: str, r: WrkResult) -> str:
     lat = r.latency_ms
+    cpu_us = r.cpu.server_s / r.answered * 1e6 if r.cpu and r.answered else 0.0
+    foreign = r.cpu.foreign_s / r.cpu.elapsed_s if r.cpu else 0.0
     others = {s: n for s, n in r.statuses.items() if s != 302}
-    extra = ""
-    if others:
-        extra += f"  other statuses {others}"
+    extra = f"  other statuses {others}" if others else ""
     if r.socket_errors:
         extra += f"  socket errors {r.socket_errors}"
-    return (f"  {name:<10} {r.rate:>9,.0f} {lat['p50']:>8.2f} {lat['p90']:>8.2f} "
-            f"{lat['p99']:>8.2f} {lat['max']:>8.2f} {r.redirects:>9,}{extra}")
+    return (f"  {name:<10} {r.rate:>9,.0f} {lat['p50']:>7.2f} {lat['p90']:>7.2f} "
+            f"{lat['p99']:>7.2f} {lat['max']:>7.2f} {r.redirects:>10,} {cpu_us:>8.0f} "
+            f"{foreign:>7.2f}{extra}")
 
 
-HEADER = (f"  {'':<10} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-          f"{'302s':>9}")
+HEADER = (f"  {'':<10} {'req/s':>9} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'max ms':>7} "
+          f"{'302s':>10} {'CPU us':>8} {'other':>7}")
+LEGEND = ("  CPU us: CPU time of the server's processes per answered request (all cores);\n"
+          "  other: CPUs busy with processes that are neither the servers nor wrk (noise).")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,7 +331,9 @@ def _bench(args: argparse.Namespace, tmp: Path, processes: list[Process]) -> int
     inbox_key = keys.inbox(queue_for(settings.links[0].event_name, settings.relay), DEMO_PIXEL)
     collector = start_collector(tmp, config, collector_port, args.granian_arg)
     processes.append(collector)
-    processes.append(start_nginx(tmp, nginx_port))
+    nginx = start_nginx(tmp, nginx_port)
+    processes.append(nginx)
+    meter = CpuMeter(processes)
     collector_url = f"http://127.0.0.1:{collector_port}{REDIRECT_PATH}"
     nginx_url = f"http://127.0.0.1:{nginx_port}{REDIRECT_PATH}"
     client = redis.client()
@@ -284,18 +347,18 @@ def _bench(args: argparse.Namespace, tmp: Path, processes: list[Process]) -> int
 
     def on_collector(label: str, **kw: float) -> WrkResult:
         before = client.llen(inbox_key)
-        result = run_wrk(label, collector_url, **kw)  # type: ignore[arg-type]
+        result = run_wrk(label, collector_url, collector, meter, **kw)  # type: ignore[arg-type]
         inbox_growth.append(client.llen(inbox_key) - before)
         collector_runs.append(result)
         return result
 
     on_collector("warm-up", duration_s=args.warmup_s, connections=args.connections)
-    run_wrk("nginx warm-up", nginx_url, duration_s=args.warmup_s, connections=args.connections)
+    run_wrk("nginx warm-up", nginx_url, nginx, meter, duration_s=args.warmup_s, connections=args.connections)
 
     with py_spy(worker_pid(collector), args.profile):
         unpaced = on_collector("unpaced", duration_s=args.duration_s,
                                connections=args.connections)
-    reference = run_wrk("nginx", nginx_url, duration_s=args.duration_s,
+    reference = run_wrk("nginx", nginx_url, nginx, meter, duration_s=args.duration_s,
                         connections=args.connections)
     paced = on_collector("paced", duration_s=args.duration_s,
                          connections=args.paced_connections, rate=args.rate)
@@ -313,6 +376,7 @@ def _bench(args: argparse.Namespace, tmp: Path, processes: list[Process]) -> int
           f"max schedule lag {paced.max_lag_ms:.1f} ms")
     print(HEADER)
     print(_row("collector", paced))
+    print(LEGEND)
 
     print()
     stored = client.llen(inbox_key)

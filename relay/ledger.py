@@ -1,7 +1,8 @@
 """The event ledger: each event's life, its current state, per-minute counters and latencies.
 
 Per event (key: pixel:event_name:event_id) a list of JSON entries (queued, attempt, delivered,
-dead, duplicate, deferred) and a state string, both expiring after ``ledger_ttl_days``; an index
+dead, duplicate, deferred) and a state string, both expiring after ``ledger_ttl_days``; a
+duplicate only sets the state when there is none, so a delivered event stays 'delivered'; an index
 from event_id to its keys for ``pixelrelay trace``. Per minute a hash of counters
 (``<what>:<pixel>:<event_name>``) and a latency histogram per pixel: what the dashboard reads.
 Writes are one Lua call per batch, so the ledger costs the worker little per event.
@@ -34,7 +35,10 @@ while i <= #ARGV do
   local life = prefix .. ':life:' .. dedup_key
   redis.call('RPUSH', life, entry)
   redis.call('EXPIRE', life, ttl)
-  if state ~= 'attempt' then
+  if state == 'duplicate' then
+    -- a later copy must not hide what happened to the first: it only names a state never set
+    redis.call('SET', prefix .. ':state:' .. dedup_key, state, 'EX', ttl, 'NX')
+  elseif state ~= 'attempt' then
     redis.call('SET', prefix .. ':state:' .. dedup_key, state, 'EX', ttl)
   end
   local index = prefix .. ':eventid:' .. event_id

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
 
 import httpx
 import pytest
@@ -15,7 +14,7 @@ from litestar import Litestar
 
 from collector.app import build_app
 from relay.config import Settings
-from tests.collector.support import PROXY, VISITOR_IP, make_settings
+from tests.collector.support import PROXY, VISITOR_IP, asgi_client, make_settings, serving
 
 
 @pytest.fixture
@@ -43,14 +42,8 @@ def app(settings: Settings, fake_server: FakeServer) -> Litestar:
 @pytest.fixture
 async def running_app(app: Litestar) -> AsyncIterator[Litestar]:
     """The app with its lifespan entered: the enqueuer runs; leaving it stops and flushes."""
-    async with app.lifespan():
+    async with serving(app):
         yield app
-
-
-def asgi_client(app: Litestar, peer: str) -> httpx.AsyncClient:
-    """An in-process client whose TCP peer is ``peer``; the cast bridges the ASGI typings."""
-    transport = httpx.ASGITransport(app=cast(Any, app), client=(peer, 51000))
-    return httpx.AsyncClient(transport=transport, base_url="http://go.test")
 
 
 @pytest.fixture

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+import httpx
+from litestar import Litestar
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
@@ -81,7 +84,8 @@ async def eventually(condition: Callable[[], T | Awaitable[T]], timeout_s: float
 
 async def inbox(redis: Redis, queue: str, pixel_id: str) -> list[Envelope]:
     """The envelopes waiting in one queue's inbox for one pixel, oldest first."""
-    return [decode_envelope(raw) for raw in await redis.lrange(f"pixelrelay:inbox:{queue}:{pixel_id}", 0, -1)]
+    items = await redis.lrange(f"pixelrelay:inbox:{queue}:{pixel_id}", 0, -1)
+    return [decode_envelope(raw) for raw in items]
 
 
 async def everything_in(redis: Redis) -> bytes:
@@ -113,3 +117,36 @@ def metric_value(exposition: str, name: str, **labels: str) -> float:
             if sample.name == name and sample.labels == labels:
                 return float(sample.value)
     return 0.0
+
+
+@asynccontextmanager
+async def serving(app: Litestar) -> AsyncIterator[Litestar]:
+    """Run the app's lifespan (start-up now, shutdown on leaving) as a server would.
+
+    The lifespan holds anyio cancel scopes, which must be left by the task that entered them,
+    and pytest-asyncio tears fixtures down in another task: so a task of its own runs it.
+    """
+    started, stopping = asyncio.Event(), asyncio.Event()
+
+    async def serve() -> None:
+        async with app.lifespan():
+            started.set()
+            await stopping.wait()
+
+    server = asyncio.create_task(serve())
+    waiting = asyncio.create_task(started.wait())
+    await asyncio.wait({server, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    if server.done():
+        waiting.cancel()
+        server.result()  # start-up failed: raise its error here
+    try:
+        yield app
+    finally:
+        stopping.set()
+        await server
+
+
+def asgi_client(app: Litestar, peer: str) -> httpx.AsyncClient:
+    """An in-process client whose TCP peer is ``peer``; the cast bridges the ASGI typings."""
+    transport = httpx.ASGITransport(app=cast(Any, app), client=(peer, 51000))
+    return httpx.AsyncClient(transport=transport, base_url="http://go.test")

@@ -208,7 +208,9 @@ def test_a_malformed_cookie_is_ignored() -> None:
     assert (None, False) == choose_fbc(None, "fb.1.yesterday.abc", NOW_MS)
 
 
-@pytest.mark.parametrize("fbclid", ["a b", "a;b", "a\r\nSet-Cookie: x=y", "caf\u00e9", "\ufffd", 'a"b'])
+@pytest.mark.parametrize(
+    "fbclid", ["a b", "a;b", "a\r\nSet-Cookie: x=y", "caf\u00e9", "\ufffd", 'a"b', "a\\b", "a,b"]
+)
 def test_an_fbclid_that_cannot_be_a_cookie_value_is_ignored(fbclid: str) -> None:
     # Such an fbc would be refused by Meta (and by is_valid_fbc) and cannot be set as a cookie.
     cookie = f"fb.1.{OLD_MS}.{FBCLID}"

@@ -53,7 +53,7 @@ def nginx_binary() -> str:
     """The nginx executable; its absence fails the test (CI installs it with apt-get)."""
     found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
     if found is None:
-        pytest.fail("nginx is not installed: the ops tests need it (apt-get install nginx-light)",
+        pytest.fail("nginx is not installed: the ops tests need it (apt-get install nginx)",
                     pytrace=False)
     return found
 
@@ -177,7 +177,7 @@ class Stack:
 def stack(module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Redis, a collector (granian, as `pixelrelay collector` runs it), a stand-in dashboard and
     nginx with the shipped site config, all on free loopback ports."""
-    nginx = nginx_binary()
+    nginx_binary()  # fail before starting anything when nginx is missing
     base = tmp_path_factory.mktemp("nginx-stack")
     ports = Ports(*distinct_free_ports(4))
     config = write_config(base, redis_url=module_redis.url, collector_port=ports.collector)
@@ -195,8 +195,7 @@ def stack(module_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
          "127.0.0.1", "--directory", str(base / "dashboard")],
         base / "dashboard.log",
     )
-    proxy = Process([nginx, "-p", f"{prefix}/", "-c", str(conf), "-e", "stderr",
-                     "-g", "daemon off;"], base / "nginx.log")
+    proxy = Process(nginx_args(prefix, conf, "-g", "daemon off;"), base / "nginx.log")
     processes = [collector, dashboard, proxy]
     try:
         for process in processes:
@@ -382,3 +381,24 @@ def test_dashboard_server_proxies_to_the_dashboard(stack: Stack) -> None:
 
     assert 200 == response.status_code
     assert DASHBOARD_PAGE == response.text
+
+
+def test_collector_down_is_a_503_with_retry_after(tmp_path: Path) -> None:
+    # Given nginx whose collector port has nothing listening
+    ports = Ports(*distinct_free_ports(4))
+    conf = write_nginx_conf(tmp_path, render_site(tmp_path / "logs", ports))
+    proxy = Process(nginx_args(tmp_path, conf, "-g", "daemon off;"), tmp_path / "nginx.log")
+    try:
+        proxy.start()
+        wait_started(proxy, f"http://127.0.0.1:{ports.public}/unknown")
+
+        # When an API client posts an event
+        response = httpx.post(f"http://127.0.0.1:{ports.public}/v1/events", headers=API_HEADERS,
+                              json=PURCHASE, timeout=10)
+    finally:
+        proxy.stop()
+
+    # Then it is told to come back, in the collector's error format
+    assert 503 == response.status_code
+    assert "1" == response.headers["retry-after"]
+    assert "collector is unavailable" in response.json()["error"]

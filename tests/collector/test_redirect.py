@@ -1,0 +1,221 @@
+"""collector.redirect through the app: ``GET /go/{slug}`` on fakeredis."""
+
+from __future__ import annotations
+
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+from fakeredis.aioredis import FakeRedis
+
+from relay.config import Settings
+from relay.events import Envelope, decode_click
+from tests.collector.support import (
+    BROWSER_UA,
+    DESTINATION_HOST,
+    PIXEL,
+    SECOND_PIXEL,
+    VISITOR_IP,
+    inbox,
+    metric_value,
+)
+
+FBCLID = "IwAR2F4-dbP0l7Mn1Iaw_QQGCINEz7PYXQvwjNwB_qa2ofrHy"
+BROWSER = {"user-agent": BROWSER_UA}
+
+
+def cookies_set(response: httpx.Response) -> dict[str, str]:
+    jar: SimpleCookie = SimpleCookie()
+    for header in response.headers.get_list("set-cookie"):
+        jar.load(header)
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+async def click(client: httpx.AsyncClient, query: str = "", **headers: str) -> httpx.Response:
+    return await client.get(f"/go/demo{query}", headers={**BROWSER, **headers})
+
+
+async def stored_events(redis: FakeRedis) -> list[Envelope]:
+    return [*await inbox(redis, "relay_low", PIXEL), *await inbox(redis, "relay_low", SECOND_PIXEL)]
+
+
+async def test_a_click_is_redirected_to_the_configured_destination(
+        client: httpx.AsyncClient) -> None:
+    response = await click(client)
+
+    assert 302 == response.status_code
+    assert (DESTINATION_HOST, "/landing") == (urlsplit(response.headers["location"]).netloc,
+                                              urlsplit(response.headers["location"]).path)
+
+
+async def test_the_destination_gets_the_click_id_and_the_links_query(
+        client: httpx.AsyncClient) -> None:
+    response = await click(client, f"?fbclid={FBCLID}&utm_source=fb")
+
+    query = parse_qs(urlsplit(response.headers["location"]).query)
+    assert {"cid": [cookies_set(response)["_prclk"]], "fbclid": [FBCLID],
+            "utm_source": ["fb"]} == query
+
+
+async def test_the_redirect_is_never_cached(client: httpx.AsyncClient) -> None:
+    response = await click(client)
+
+    assert "no-store" == response.headers["cache-control"]
+
+
+async def test_a_click_sets_the_fbc_fbp_and_click_cookies(client: httpx.AsyncClient) -> None:
+    response = await click(client, f"?fbclid={FBCLID}")
+
+    cookies = cookies_set(response)
+    assert {"_fbc", "_fbp", "_prclk"} == set(cookies)
+    assert FBCLID == cookies["_fbc"].split(".", 3)[3]
+
+
+async def test_the_cookies_last_the_configured_days_for_the_whole_site(
+        client: httpx.AsyncClient, settings: Settings) -> None:
+    response = await click(client, f"?fbclid={FBCLID}")
+
+    jar: SimpleCookie = SimpleCookie()
+    jar.load(response.headers.get_list("set-cookie")[0])
+    morsel = next(iter(jar.values()))
+    assert (str(settings.collector.cookie_max_age_days * 86_400), "/", "lax") == (
+        morsel["max-age"], morsel["path"], morsel["samesite"].lower()
+    )
+
+
+async def test_each_pixel_gets_a_page_view_with_the_visitors_data(
+        client: httpx.AsyncClient, redis: FakeRedis) -> None:
+    response = await click(client, f"?fbclid={FBCLID}")
+
+    cookies = cookies_set(response)
+    events = await stored_events(redis)
+    assert [PIXEL, SECOND_PIXEL] == [e.pixel_id for e in events]
+    for envelope in events:
+        event = envelope.event
+        assert ("PageView", "website", "redirect", cookies["_prclk"]) == (
+            event.event_name, event.action_source, envelope.source, envelope.click_id
+        )
+        assert (cookies["_fbc"], cookies["_fbp"], VISITOR_IP, BROWSER_UA) == (
+            event.user_data.fbc, event.user_data.fbp, event.user_data.client_ip_address,
+            event.user_data.client_user_agent,
+        )
+
+
+async def test_each_pixels_page_view_has_its_own_event_id(client: httpx.AsyncClient,
+                                                         redis: FakeRedis) -> None:
+    await click(client)
+    await click(client)
+
+    event_ids = [e.event.event_id for e in await stored_events(redis)]
+    assert 4 == len(set(event_ids))
+
+
+async def test_the_click_context_is_kept_for_the_click_ttl(
+        client: httpx.AsyncClient, redis: FakeRedis, settings: Settings) -> None:
+    response = await click(client, f"?fbclid={FBCLID}&utm_campaign=spring",
+                           referer="https://m.facebook.com/")
+
+    click_id = cookies_set(response)["_prclk"]
+    context = decode_click(await redis.get(f"pixelrelay:click:{click_id}"))
+    ttl_s = await redis.ttl(f"pixelrelay:click:{click_id}")
+    assert ("demo", cookies_set(response)["_fbc"], VISITOR_IP, {"utm_campaign": "spring"},
+            "https://m.facebook.com/") == (
+        context.slug, context.fbc, context.client_ip_address, context.utm, context.referrer
+    )
+    assert settings.collector.click_ttl_days * 86_400 - 5 <= ttl_s <= (
+        settings.collector.click_ttl_days * 86_400
+    )
+
+
+async def test_an_fbc_cookie_with_the_same_fbclid_is_kept(client: httpx.AsyncClient,
+                                                          redis: FakeRedis) -> None:
+    existing = f"fb.1.1780000000000.{FBCLID}"
+
+    response = await click(client, f"?fbclid={FBCLID}", cookie=f"_fbc={existing}")
+
+    assert "_fbc" not in cookies_set(response)
+    assert {existing} == {e.event.user_data.fbc for e in await stored_events(redis)}
+
+
+async def test_an_fbc_cookie_with_another_fbclid_is_replaced(client: httpx.AsyncClient) -> None:
+    response = await click(client, f"?fbclid={FBCLID}", cookie="_fbc=fb.1.1780000000000.Older")
+
+    assert FBCLID == cookies_set(response)["_fbc"].split(".", 3)[3]
+
+
+async def test_an_fbp_cookie_is_kept_and_reported(client: httpx.AsyncClient,
+                                                  redis: FakeRedis) -> None:
+    existing = "fb.1.1780000000000.1234567890"
+
+    response = await click(client, cookie=f"_fbp={existing}")
+
+    assert "_fbp" not in cookies_set(response)
+    assert {existing} == {e.event.user_data.fbp for e in await stored_events(redis)}
+
+
+async def test_a_click_through_the_trusted_proxy_reports_the_forwarded_address(
+        proxied_client: httpx.AsyncClient, redis: FakeRedis) -> None:
+    await click(proxied_client, **{"x-forwarded-for": "6.6.6.6, 198.51.100.1"})
+
+    assert {"198.51.100.1"} == {
+        e.event.user_data.client_ip_address for e in await stored_events(redis)
+    }
+
+
+async def test_cookies_are_secure_behind_a_tls_proxy(proxied_client: httpx.AsyncClient) -> None:
+    response = await click(proxied_client, **{"x-forwarded-proto": "https"})
+
+    assert all("secure" in h.lower() for h in response.headers.get_list("set-cookie"))
+
+
+async def test_a_bot_is_redirected_but_not_reported(client: httpx.AsyncClient,
+                                                    redis: FakeRedis) -> None:
+    response = await click(client, **{"user-agent": "facebookexternalhit/1.1"})
+
+    assert (302, [], []) == (response.status_code, await redis.keys("*"),
+                             response.headers.get_list("set-cookie"))
+
+
+async def test_a_head_request_is_redirected_but_not_reported(client: httpx.AsyncClient,
+                                                             redis: FakeRedis) -> None:
+    response = await client.head("/go/demo", headers=BROWSER)
+
+    assert (302, [], DESTINATION_HOST) == (response.status_code, await redis.keys("*"),
+                                           urlsplit(response.headers["location"]).netloc)
+
+
+async def test_bots_are_counted_in_the_metrics(client: httpx.AsyncClient) -> None:
+    await click(client, **{"user-agent": "Slackbot-LinkExpanding 1.0"})
+    await client.head("/go/demo", headers=BROWSER)
+
+    metrics = (await client.get("/metrics")).text
+    assert 2.0 == metric_value(metrics, "pixelrelay_collector_bot_clicks_total")
+
+
+async def test_an_unknown_slug_is_a_404_page(client: httpx.AsyncClient,
+                                             redis: FakeRedis) -> None:
+    response = await client.get("/go/nope", headers=BROWSER)
+
+    assert (404, "text/html", []) == (response.status_code,
+                                      response.headers["content-type"].split(";")[0],
+                                      await redis.keys("*"))
+    assert "Link not found" in response.text
+
+
+async def test_a_redirect_never_leaves_the_configured_host(client: httpx.AsyncClient) -> None:
+    for query in ("?next=https://evil.example", "?url=//evil.example", "?cid=https://evil.example",
+                  "?%0d%0aLocation:%20https://evil.example"):
+        response = await click(client, query)
+
+        target = urlsplit(response.headers["location"])
+        assert ("https", DESTINATION_HOST) == (target.scheme, target.netloc), query
+
+
+async def test_a_forged_fbclid_keeps_the_visitors_fbc(client: httpx.AsyncClient,
+                                                      redis: FakeRedis) -> None:
+    existing = f"fb.1.1780000000000.{FBCLID}"
+
+    response = await click(client, "?fbclid=%ff%fe%0d%0a", cookie=f"_fbc={existing}")
+
+    assert (302, False) == (response.status_code, "_fbc" in cookies_set(response))
+    assert {existing} == {e.event.user_data.fbc for e in await stored_events(redis)}

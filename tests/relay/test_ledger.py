@@ -1,0 +1,106 @@
+"""relay.ledger: each event's life and state, the index by event_id, per-minute counters."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import fakeredis
+import pytest
+
+from relay import keys
+from relay.ledger import Entry, Ledger, bucket_for, minute_of
+
+TTL_S = 7 * 86_400
+AT_MS = 1_790_000_000_000
+
+
+def entry(state: str, event_id: str = "e1", pixel: str = "111", **detail: object) -> Entry:
+    return Entry(f"{pixel}:Purchase:{event_id}", event_id, pixel, "Purchase",
+                 state, dict(detail))  # type: ignore[arg-type]
+
+
+def test_life_lists_entries_in_order(redis: fakeredis.FakeRedis) -> None:
+    ledger = Ledger(redis, TTL_S)
+    ledger.record([entry("attempt", code=2)], AT_MS)
+    ledger.record([entry("delivered", fbtrace_id="T")], AT_MS + 5)
+
+    assert [{"at_ms": AT_MS, "state": "attempt", "pixel_id": "111", "code": 2},
+            {"at_ms": AT_MS + 5, "state": "delivered", "pixel_id": "111", "fbtrace_id": "T"}
+            ] == ledger.life("111:Purchase:e1")
+
+
+def test_state_is_the_latest_state(redis: fakeredis.FakeRedis) -> None:
+    ledger = Ledger(redis, TTL_S)
+    ledger.record([entry("deferred")], AT_MS)
+    ledger.record([entry("delivered")], AT_MS)
+
+    assert "delivered" == ledger.state("111:Purchase:e1")
+
+
+def test_attempt_does_not_change_the_state(redis: fakeredis.FakeRedis) -> None:
+    ledger = Ledger(redis, TTL_S)
+    ledger.record([entry("deferred")], AT_MS)
+    ledger.record([entry("attempt")], AT_MS)
+
+    assert "deferred" == ledger.state("111:Purchase:e1")
+
+
+def test_unknown_event_has_no_state(redis: fakeredis.FakeRedis) -> None:
+    assert None is Ledger(redis, TTL_S).state("111:Purchase:nope")
+
+
+def test_event_id_index_finds_every_pixel(redis: fakeredis.FakeRedis) -> None:
+    ledger = Ledger(redis, TTL_S)
+    ledger.record([entry("delivered", pixel="222"), entry("dead", pixel="111"),
+                   entry("delivered", event_id="other")], AT_MS)
+
+    assert ["111:Purchase:e1", "222:Purchase:e1"] == ledger.keys_for_event("e1")
+
+
+def test_life_state_and_index_expire_after_the_ttl(redis: fakeredis.FakeRedis) -> None:
+    Ledger(redis, 3600).record([entry("delivered")], AT_MS)
+
+    assert [3600, 3600, 3600] == [redis.ttl(keys.life("111:Purchase:e1")),
+                                  redis.ttl(keys.state("111:Purchase:e1")),
+                                  redis.ttl(keys.event_index("e1"))]
+
+
+def test_record_counts_per_minute_state_pixel_and_name(redis: fakeredis.FakeRedis) -> None:
+    Ledger(redis, TTL_S).record([entry("delivered", "e1"), entry("delivered", "e2"),
+                                 entry("dead", "e3")], AT_MS)
+
+    assert {b"delivered:111:Purchase": b"2", b"dead:111:Purchase": b"1"} == redis.hgetall(
+        keys.counters(minute_of(AT_MS)))
+
+
+def test_count_adds_up(redis: fakeredis.FakeRedis) -> None:
+    ledger = Ledger(redis, TTL_S)
+    ledger.count(Counter({"accepted:111:Lead": 2}), AT_MS)
+    ledger.count(Counter({"accepted:111:Lead": 3}), AT_MS + 1)
+
+    assert b"5" == redis.hget(keys.counters(minute_of(AT_MS)), "accepted:111:Lead")
+
+
+def test_record_of_nothing_writes_nothing(redis: fakeredis.FakeRedis) -> None:
+    Ledger(redis, TTL_S).record([], AT_MS)
+
+    assert [] == redis.keys("*")
+
+
+def test_latency_is_kept_as_histogram_sum_and_count(redis: fakeredis.FakeRedis) -> None:
+    ledger = Ledger(redis, TTL_S)
+    ledger.observe_latency("111", 80.0, AT_MS)
+    ledger.observe_latency("111", 90.5, AT_MS)
+
+    assert {b"111:100": b"2", b"111:sum_ms": b"170.5", b"111:count": b"2"} == redis.hgetall(
+        keys.latency(minute_of(AT_MS)))
+
+
+@pytest.mark.parametrize(("latency_ms", "bucket"),
+                         [(0, "25"), (25, "25"), (25.1, "50"), (6400, "6400"), (6401, "inf")])
+def test_bucket_for(latency_ms: float, bucket: str) -> None:
+    assert bucket == bucket_for(latency_ms)
+
+
+def test_minute_of() -> None:
+    assert 2 == minute_of(179_999)
