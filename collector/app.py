@@ -6,11 +6,13 @@ granian serves ``collector.app:create_app`` as a factory; the settings come from
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 
+import msgspec
 import structlog
 from litestar import Litestar, Request, Response, get, post, route
 from litestar.config.cors import CORSConfig
@@ -25,6 +27,7 @@ from collector.ingest import handle_beacon, handle_server_events
 from collector.metrics import CollectorMetrics
 from collector.redirect import handle_redirect
 from collector.spool import Spool
+from relay import keys
 from relay.config import Settings, load_settings
 from relay.errors import InputError, StorageError
 from relay.inbox import AsyncStore
@@ -95,9 +98,23 @@ def build_app(settings: Settings, redis: Redis | None = None) -> Litestar:
         spool_ok = os.access(spool.directory, os.W_OK)
         ready = enqueuer.redis_up or spool_ok
         body = {"ready": ready, "redis": enqueuer.redis_up, "spool_writable": spool_ok,
-                "spooling": enqueuer.spooling}
+                "spooling": enqueuer.spooling, "pixels": await _pixel_health()}
         return Response(json_encode(body), status_code=200 if ready else 503,
                         media_type="application/json")
+
+    async def _pixel_health() -> dict[str, object]:
+        """The relay's last token/reachability check per pixel (informational: the collector
+        stays ready while Meta is unhappy, events wait in Redis)."""
+        if not enqueuer.redis_up or not settings.pixels:
+            return {}
+        try:
+            raw = await asyncio.wait_for(
+                client.mget([keys.pixel_health(p.id) for p in settings.pixels]),
+                settings.collector.redis_timeout_ms / 1000)
+        except Exception:  # noqa: BLE001 - health is best effort here
+            return {}
+        return {p.id: msgspec.json.decode(r) if r else None
+                for p, r in zip(settings.pixels, raw, strict=True)}
 
     @get("/metrics")
     async def metrics_endpoint() -> Response:

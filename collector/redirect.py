@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Mapping
+from functools import lru_cache
+from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from litestar import Request, Response
@@ -49,8 +52,36 @@ def _is_https(request: Request, ctx: CollectorContext) -> bool:
     return ctx.proxies.trusts(peer) and request.headers.get("x-forwarded-proto") == "https"
 
 
+# What SimpleCookie writes unquoted (http.cookies._LegalChars): such a name=value pair can be
+# written as is. Anything else goes through Litestar's SimpleCookie path, which quotes it.
+_PLAIN_COOKIE_TEXT = re.compile(r"[\w!#$%&'*+\-.^`|~:]+", re.ASCII)
+
+
+@lru_cache(maxsize=64)
+def _cookie_attributes(path: str, max_age: int | None, domain: str | None, secure: bool | None,
+                       httponly: bool | None, samesite: Literal["lax", "strict", "none"]) -> str:
+    """The '; Max-Age=...; Path=/; ...' tail, as Litestar itself renders it for these settings."""
+    header = Cookie(key="k", value="v", path=path, max_age=max_age, domain=domain, secure=secure,
+                    httponly=httponly, samesite=samesite).to_header(header="").strip()
+    return header.removeprefix("k=v")
+
+
+class _RedirectCookie(Cookie):
+    """A Cookie that writes its own Set-Cookie header: the same bytes as Litestar's, without
+    building a SimpleCookie per cookie (about a tenth of a redirect's CPU with three cookies)."""
+
+    def to_encoded_header(self) -> tuple[bytes, bytes]:
+        value = self.value or ""
+        if (self.expires is not None or not _PLAIN_COOKIE_TEXT.fullmatch(self.key)
+                or not _PLAIN_COOKIE_TEXT.fullmatch(value)):
+            return super().to_encoded_header()
+        tail = _cookie_attributes(self.path, self.max_age, self.domain, self.secure,
+                                  self.httponly, self.samesite)
+        return b"set-cookie", f"{self.key}={value}{tail}".encode("latin-1")
+
+
 def _cookie(ctx: CollectorContext, name: str, value: str, secure: bool) -> Cookie:
-    return Cookie(
+    return _RedirectCookie(
         key=name, value=value, max_age=ctx.cookie_max_age_s, path="/",
         domain=ctx.settings.collector.cookie_domain or None, samesite="lax", secure=secure,
         httponly=False,  # Meta's pixel reads _fbc/_fbp in the browser

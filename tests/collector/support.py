@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import httpx
 from litestar import Litestar
@@ -18,8 +18,6 @@ from redis.asyncio import Redis
 from relay.config import Settings, settings_from_mapping
 from relay.events import Envelope, decode_envelope
 from tests.support import DEMO_API_KEY, DEMO_PIXEL
-
-T = TypeVar("T")
 
 PIXEL = DEMO_PIXEL
 SECOND_PIXEL = "2234567890"
@@ -67,8 +65,8 @@ def make_settings(tmp_path: Path, **collector: Any) -> Settings:
     return settings_from_mapping(raw, environ={})
 
 
-async def eventually(condition: Callable[[], T | Awaitable[T]], timeout_s: float = 5.0,
-                     what: str = "condition") -> T:
+async def eventually(condition: Callable[[], Any], timeout_s: float = 5.0,
+                     what: str = "condition") -> Any:
     """Await until ``condition`` returns something truthy; fail after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -11,7 +13,7 @@ from fakeredis.aioredis import FakeRedis
 
 from collector.app import build_app
 from collector.spool import Spool
-from relay.config import Settings
+from relay.config import Settings, load_settings
 from relay.events import decode_envelope
 from relay.inbox import EventWrite, write_decoder
 from tests.collector.support import (
@@ -27,6 +29,14 @@ from tests.collector.support import (
     metric_value,
     serving,
 )
+from tests.support import write_config
+
+
+def readiness(response: httpx.Response) -> dict[str, Any]:
+    """The storage part of /readyz (it may carry more, e.g. the relay's view of the pixels)."""
+    body = response.json()
+    return {k: body[k] for k in ("ready", "redis", "spool_writable", "spooling")}
+
 
 # -- small routes -------------------------------------------------------------------------------
 
@@ -53,7 +63,7 @@ async def test_readyz_is_ready_with_redis_up(client: httpx.AsyncClient) -> None:
     response = await client.get("/readyz")
 
     assert (200, {"ready": True, "redis": True, "spool_writable": True, "spooling": False}) == (
-        response.status_code, response.json()
+        response.status_code, readiness(response)
     )
 
 
@@ -211,7 +221,7 @@ async def test_readyz_is_ready_on_the_spool_while_redis_is_down(
     response = await client.get("/readyz")
 
     assert (200, {"ready": True, "redis": False, "spool_writable": True, "spooling": True}) == (
-        response.status_code, response.json()
+        response.status_code, readiness(response)
     )
 
 
@@ -268,3 +278,14 @@ async def test_a_previous_runs_spool_is_replayed_when_the_app_starts(
 
         # Then the click reaches the inbox without waiting for new traffic
         await eventually(in_inbox, what="the last run's click in the inbox")
+
+
+async def test_an_app_built_from_a_config_file_serves_its_link(tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path, redis_url="redis://127.0.0.1:9/0"), {})
+    app = build_app(settings, redis=FakeRedis(server=FakeServer()))
+
+    async with serving(app), asgi_client(app, VISITOR_IP) as visitor:
+        response = await visitor.get("/go/demo", headers={"user-agent": BROWSER_UA})
+
+    assert (302, "shop.example") == (response.status_code,
+                                     urlsplit(response.headers["location"]).netloc)

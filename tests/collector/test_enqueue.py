@@ -99,7 +99,7 @@ async def test_concurrent_requests_share_store_calls(enqueuer: DurableEnqueuer,
 
     # Then the other requests went in one more call, and every caller was answered
     assert ["redis"] * 50 == destinations
-    assert sorted(range(50)) == sorted(int(w.dedup_key.split("-")[1]) for w in fake.stored)
+    assert sorted(map(repr, [write(i) for i in range(50)])) == sorted(map(repr, fake.stored))
     assert len(fake.calls) <= 2
 
 
@@ -141,6 +141,23 @@ async def test_the_spool_is_replayed_in_order_when_redis_is_back(
     assert [write(1), write(2), write(3)] == fake.stored
     assert ("redis", False) == (await enqueuer.store([write(4)]), enqueuer.spooling)
     assert [write(1), write(2), write(3), write(4)] == fake.stored
+
+
+async def test_writes_arriving_during_replay_are_stored_after_the_spooled_ones(
+        enqueuer: DurableEnqueuer, fake: FakeRedis, spool: Spool) -> None:
+    # Given a spooled write whose replay is in flight
+    fake.down = True
+    await enqueuer.store([write(1)])
+    fake.gate.clear()
+    fake.down = False
+    await eventually(lambda: fake.entered >= 2, what="the replay to start")
+
+    # When a new write arrives meanwhile
+    arriving = asyncio.create_task(enqueuer.store([write(2)]))
+    fake.gate.set()
+
+    # Then it is stored after the replayed one
+    assert ("redis", [write(1), write(2)]) == (await arriving, fake.stored)
 
 
 async def test_a_slow_store_times_out_to_the_spool(enqueuer: DurableEnqueuer, fake: FakeRedis,

@@ -32,7 +32,7 @@ def test_append_returns_the_bytes_written(tmp_path: Path) -> None:
 
     written = spool.append([b"abc", b"de"])
 
-    assert (2 * 8 + 5, written) == (spool.pending_bytes(), 2 * 8 + 5)
+    assert (2 * 8 + 5, 2 * 8 + 5) == (written, spool.pending_bytes())  # 8-byte frame headers
 
 
 def test_an_empty_append_creates_no_segment(tmp_path: Path) -> None:

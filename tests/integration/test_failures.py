@@ -164,3 +164,5 @@ def test_a_throttled_pixel_slows_down_and_another_pixel_keeps_flowing(
     assert {e.event.event_id: 1 for e in busy} == dict(ids)
     assert {} == _reasons(stack)
     assert 0 == stack.client().zcard("dramatiq:relay_normal.XQ")
+    throttled = [e for e in stack.ledger().life(busy[-1].dedup_key) if e["state"] == "deferred"]
+    assert throttled and {("throttled", 80004)} == {(e["outcome"], e["code"]) for e in throttled}

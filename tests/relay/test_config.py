@@ -18,6 +18,7 @@ from relay.config import (
     Settings,
     hash_api_key,
     load_settings,
+    reference,
 )
 from relay.errors import ConfigError
 
@@ -388,3 +389,7 @@ def test_pixel_settings_repr_is_overridden_by_the_struct() -> None:
     pixel = PixelSettings(id="12345", access_token="tok", app_secret="sec")
 
     assert "PixelSettings(id='12345')" == repr(pixel)
+
+
+def test_reference_table_lists_every_file_setting() -> None:
+    assert FILE_SETTINGS == [name for name, _, _ in reference()]

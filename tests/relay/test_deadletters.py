@@ -87,7 +87,7 @@ def test_requeue_puts_the_event_back_into_its_inbox(redis: fakeredis.FakeRedis) 
 
     inbox = redis.lrange(keys.inbox(QUEUE, PIXEL), 0, -1)
     assert (True, [env], {PIXEL.encode()}) == (
-        moved, [decode_envelope(i) for i in inbox],  # type: ignore[union-attr]
+        moved, [decode_envelope(i) for i in inbox],
         redis.smembers(keys.inbox_pixels(QUEUE)))
 
 

@@ -31,13 +31,13 @@ def event_write(i: int, *, pixel: str = PIXEL, queue: str = QUEUE,
 
 
 def items(redis: fakeredis.FakeRedis, key: str) -> list[bytes]:
-    return redis.lrange(key, 0, -1)  # type: ignore[return-value]
+    return redis.lrange(key, 0, -1)
 
 
 def messages(redis: fakeredis.FakeRedis, queue: str = QUEUE) -> list[dramatiq.Message]:
     ids = redis.lrange(keys.dramatiq_queue(queue), 0, -1)
     return [dramatiq.Message.decode(redis.hget(f"{keys.dramatiq_queue(queue)}.msgs", i))
-            for i in ids]  # type: ignore[union-attr]
+            for i in ids]
 
 
 # -- STORE ----------------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ def test_batch_message_id_is_its_redis_message_id(redis: fakeredis.FakeRedis) ->
     batcher(redis).run_once()
 
     [message] = messages(redis)
-    stored_id = redis.lindex(keys.dramatiq_queue(QUEUE), 0).decode()  # type: ignore[union-attr]
+    stored_id = redis.lindex(keys.dramatiq_queue(QUEUE), 0).decode()
     assert (stored_id, stored_id) == (message.message_id, message.options["redis_message_id"])
 
 

@@ -104,3 +104,20 @@ def test_bucket_for(latency_ms: float, bucket: str) -> None:
 
 def test_minute_of() -> None:
     assert 2 == minute_of(179_999)
+
+
+def test_duplicate_does_not_hide_an_earlier_state(redis: fakeredis.FakeRedis) -> None:
+    ledger = Ledger(redis, TTL_S)
+    ledger.record([entry("delivered")], AT_MS)
+    ledger.record([entry("duplicate")], AT_MS + 1)
+
+    assert ("delivered", ["delivered", "duplicate"]) == (
+        ledger.state("111:Purchase:e1"),
+        [e["state"] for e in ledger.life("111:Purchase:e1")])
+
+
+def test_duplicate_of_an_unknown_event_sets_the_state(redis: fakeredis.FakeRedis) -> None:
+    ledger = Ledger(redis, TTL_S)
+    ledger.record([entry("duplicate")], AT_MS)
+
+    assert "duplicate" == ledger.state("111:Purchase:e1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from typing import Any
 
 import httpx
 import msgspec
@@ -200,7 +201,7 @@ def test_send_returns_meta_counts_and_trace() -> None:
 
 
 def test_fewer_events_received_than_sent_is_transient() -> None:
-    def respond(request: httpx.Request, data: list[object]) -> httpx.Response:
+    def respond(request: httpx.Request, data: list[dict[str, Any]]) -> httpx.Response:
         return httpx.Response(200, json={"events_received": len(data) - 1, "fbtrace_id": "T"})
 
     error = send_error(respond)
@@ -226,7 +227,7 @@ def test_graph_error_answer_is_classified() -> None:
     [httpx.ReadTimeout, httpx.ConnectTimeout, httpx.WriteTimeout, httpx.PoolTimeout],
 )
 def test_timeouts_are_transient(exception: type[httpx.TimeoutException]) -> None:
-    def respond(request: httpx.Request, data: list[object]) -> httpx.Response:
+    def respond(request: httpx.Request, data: list[dict[str, Any]]) -> httpx.Response:
         raise exception("too slow", request=request)
 
     error = send_error(respond)
@@ -237,7 +238,7 @@ def test_timeouts_are_transient(exception: type[httpx.TimeoutException]) -> None
 @pytest.mark.parametrize("exception", [httpx.ConnectError, httpx.RemoteProtocolError,
                                        httpx.ReadError])
 def test_transport_errors_are_transient(exception: type[httpx.TransportError]) -> None:
-    def respond(request: httpx.Request, data: list[object]) -> httpx.Response:
+    def respond(request: httpx.Request, data: list[dict[str, Any]]) -> httpx.Response:
         raise exception("connection refused", request=request)
 
     error = send_error(respond)
@@ -246,7 +247,7 @@ def test_transport_errors_are_transient(exception: type[httpx.TransportError]) -
 
 
 def test_errors_never_carry_the_token() -> None:
-    def respond(request: httpx.Request, data: list[object]) -> httpx.Response:
+    def respond(request: httpx.Request, data: list[dict[str, Any]]) -> httpx.Response:
         raise httpx.ConnectError(f"failed {request.url}", request=request)
 
     error = send_error(respond)
@@ -291,7 +292,7 @@ def test_check_pixel_reports_an_expired_token() -> None:
 
 
 def test_check_pixel_reports_an_unreachable_api() -> None:
-    def respond(request: httpx.Request, data: list[object]) -> httpx.Response:
+    def respond(request: httpx.Request, data: list[dict[str, Any]]) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
     error = client_for(FakeGraph(respond=respond)).check_pixel(PIXEL)

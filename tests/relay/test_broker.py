@@ -1,0 +1,200 @@
+"""relay.broker: the retry policy, and recovery of a dead worker's unacked messages."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import dramatiq
+import dramatiq.broker
+import fakeredis
+import pytest
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import Retries
+
+from relay import keys
+from relay.broker import MAX_DEAD_MESSAGE_TTL_MS, RelayBroker, make_broker, retry_when
+from relay.config import RelaySettings
+from relay.errors import TransientError
+
+QUEUE = "relay_high"
+HEARTBEATS = f"{keys.DRAMATIQ_NAMESPACE}:__heartbeats__"
+HEARTBEAT_TIMEOUT_MS = 10_000
+
+
+@pytest.fixture(autouse=True)
+def keep_global_broker() -> Iterator[None]:
+    """make_broker sets Dramatiq's global broker: put the previous one back."""
+    previous = dramatiq.broker.global_broker
+    yield
+    dramatiq.broker.global_broker = previous
+
+
+# -- retry_when -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("retries", "expected"), [(0, True), (1, True), (2, False), (5, False)])
+def test_retry_when_allows_max_attempts_in_all(retries: int, expected: bool) -> None:
+    assert expected == retry_when(3)(retries, TransientError("x"))
+
+
+def test_single_attempt_is_never_retried() -> None:
+    assert False is retry_when(1)(0, RuntimeError("x"))
+
+
+def test_dramatiq_runs_an_always_failing_actor_max_attempts_times() -> None:
+    broker = StubBroker(middleware=[Retries(min_backoff=1, max_backoff=5,
+                                            retry_when=retry_when(3))])
+    calls: list[int] = []
+    done = threading.Event()
+
+    def flaky() -> None:
+        calls.append(1)
+        raise TransientError("Meta is down")
+
+    actor = dramatiq.actor(broker=broker, queue_name=QUEUE)(flaky)
+    worker = dramatiq.Worker(broker, worker_timeout=10)
+    worker.start()
+    try:
+        actor.send()
+        deadline = time.monotonic() + 10
+        while not broker.dead_letters and time.monotonic() < deadline:
+            done.wait(0.01)
+    finally:
+        worker.stop()
+
+    assert (3, 1) == (len(calls), len(broker.dead_letters))
+
+
+# -- make_broker ----------------------------------------------------------------------------------
+def test_make_broker_applies_the_relay_settings(redis: fakeredis.FakeRedis) -> None:
+    settings = RelaySettings(heartbeat_timeout_ms=3000, min_backoff_ms=100, max_backoff_ms=2000,
+                             max_attempts=4)
+
+    broker = make_broker(redis, settings)
+
+    retries = next(m for m in broker.middleware if isinstance(m, Retries))
+    assert (3000, 0, MAX_DEAD_MESSAGE_TTL_MS, keys.DRAMATIQ_NAMESPACE, 100, 2000,
+            [True, True, True, False]) == (
+        broker.heartbeat_timeout, broker.maintenance_chance, broker.dead_message_ttl,
+        broker.namespace, retries.min_backoff, retries.max_backoff,
+        [retries.retry_when(n, TransientError("x")) for n in range(4)])  # type: ignore[misc]
+
+
+def test_make_broker_becomes_the_global_broker(redis: fakeredis.FakeRedis) -> None:
+    broker = make_broker(redis, RelaySettings())
+
+    assert broker is dramatiq.get_broker()
+
+
+# -- recover --------------------------------------------------------------------------------------
+def relay_broker(redis: fakeredis.FakeRedis) -> RelayBroker:
+    broker = RelayBroker(client=redis, namespace=keys.DRAMATIQ_NAMESPACE,
+                         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS, maintenance_chance=0,
+                         middleware=[])
+    broker.declare_queue(QUEUE)
+    return broker
+
+
+def enqueue(broker: RelayBroker, queue: str = QUEUE) -> str:
+    message: dramatiq.Message[None] = dramatiq.Message(
+        queue_name=queue, actor_name="deliver_high", args=("111", []), kwargs={}, options={})
+    return str(broker.enqueue(message).options["redis_message_id"])
+
+
+def ready(redis: fakeredis.FakeRedis, queue: str = QUEUE) -> list[str]:
+    return [i.decode() for i in redis.lrange(keys.dramatiq_queue(queue), 0, -1)]
+
+
+def last_seen_long_ago(redis: fakeredis.FakeRedis, broker: RelayBroker) -> None:
+    old_ms = int(time.time() * 1000) - HEARTBEAT_TIMEOUT_MS - 1000
+    redis.zadd(HEARTBEATS, {broker.broker_id: old_ms})
+
+
+def test_fetched_message_leaves_the_queue(redis: fakeredis.FakeRedis) -> None:
+    producer, worker = relay_broker(redis), relay_broker(redis)
+    message_id = enqueue(producer)
+
+    worker.do_fetch(QUEUE, 1)
+
+    assert ([], {message_id.encode()}) == (
+        ready(redis), redis.smembers(f"dramatiq:__acks__.{worker.broker_id}.{QUEUE}"))
+
+
+def test_recover_requeues_a_dead_workers_unacked_message(redis: fakeredis.FakeRedis) -> None:
+    producer, worker, survivor = relay_broker(redis), relay_broker(redis), relay_broker(redis)
+    message_id = enqueue(producer)
+    worker.do_fetch(QUEUE, 1)
+    last_seen_long_ago(redis, worker)
+
+    survivor.recover([QUEUE])
+
+    assert [message_id] == ready(redis)
+
+
+def test_recover_forgets_the_dead_worker(redis: fakeredis.FakeRedis) -> None:
+    producer, worker, survivor = relay_broker(redis), relay_broker(redis), relay_broker(redis)
+    enqueue(producer)
+    worker.do_fetch(QUEUE, 1)
+    last_seen_long_ago(redis, worker)
+
+    survivor.recover([QUEUE])
+
+    assert (0, None) == (redis.exists(f"dramatiq:__acks__.{worker.broker_id}.{QUEUE}"),
+                         redis.zscore(HEARTBEATS, worker.broker_id))
+
+
+def test_recover_leaves_a_live_workers_messages_alone(redis: fakeredis.FakeRedis) -> None:
+    producer, worker, survivor = relay_broker(redis), relay_broker(redis), relay_broker(redis)
+    enqueue(producer)
+    worker.do_fetch(QUEUE, 1)  # heartbeat: now
+
+    survivor.recover([QUEUE])
+
+    assert [] == ready(redis)
+
+
+def test_recover_does_not_requeue_an_acked_message(redis: fakeredis.FakeRedis) -> None:
+    producer, worker, survivor = relay_broker(redis), relay_broker(redis), relay_broker(redis)
+    message_id = enqueue(producer)
+    worker.do_fetch(QUEUE, 1)
+    worker.do_ack(QUEUE, message_id)
+    last_seen_long_ago(redis, worker)
+
+    survivor.recover([QUEUE])
+
+    assert [] == ready(redis)
+
+
+def test_recover_requeues_a_dead_workers_delayed_message(redis: fakeredis.FakeRedis) -> None:
+    producer, worker, survivor = relay_broker(redis), relay_broker(redis), relay_broker(redis)
+    message: dramatiq.Message[None] = dramatiq.Message(
+        queue_name=QUEUE, actor_name="deliver_high", args=("111", []), kwargs={}, options={})
+    delayed_id = producer.enqueue(message, delay=60_000).options["redis_message_id"]
+    worker.do_fetch(f"{QUEUE}.DQ", 1)
+    last_seen_long_ago(redis, worker)
+
+    survivor.recover([QUEUE])
+
+    assert ([delayed_id], []) == (ready(redis, f"{QUEUE}.DQ"), ready(redis))
+
+
+def test_recover_refreshes_the_callers_heartbeat(redis: fakeredis.FakeRedis) -> None:
+    survivor = relay_broker(redis)
+    before_ms = int(time.time() * 1000)
+
+    survivor.recover([QUEUE])
+
+    score = redis.zscore(HEARTBEATS, survivor.broker_id)
+    assert True is (score is not None and score >= before_ms)
+
+
+def test_recover_only_touches_the_named_queues(redis: fakeredis.FakeRedis) -> None:
+    producer, worker, survivor = relay_broker(redis), relay_broker(redis), relay_broker(redis)
+    producer.declare_queue("relay_low")
+    enqueue(producer, "relay_low")
+    worker.do_fetch("relay_low", 1)
+    last_seen_long_ago(redis, worker)
+
+    survivor.recover([QUEUE])
+
+    assert [] == ready(redis, "relay_low")

@@ -1,0 +1,608 @@
+"""relay.delivery: one batch through dedup, enrichment, validation, rate limit, Meta, ledger."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import fakeredis
+import httpx
+import msgspec
+import pytest
+
+from relay import keys
+from relay.config import Settings
+from relay.deadletters import DeadLetters
+from relay.delivery import Attempt, Defer, Deliverer
+from relay.errors import TransientError
+from relay.events import ClickContext, Envelope, encode
+from relay.meta_client import MetaClient
+from tests.relay.factories import (
+    FBC,
+    FBP,
+    PIXEL,
+    TOKEN,
+    USER_AGENT,
+    FakeGraph,
+    encoded,
+    envelope,
+    graph_error,
+    make_settings,
+)
+
+FIRST = Attempt("batch-1", 1, last=False)
+LAST = Attempt("batch-1", 10, last=True)
+DAY_S = 86_400
+
+
+def make_deliverer(redis: fakeredis.FakeRedis, graph: FakeGraph,
+                   settings: Settings | None = None) -> Deliverer:
+    settings = settings or make_settings()
+    return Deliverer(settings, redis, MetaClient(settings.meta, graph.transport()))
+
+
+def error_for(event_id: str, answer: httpx.Response) -> Callable[..., httpx.Response | None]:
+    """Meta's answer for any batch that contains ``event_id``; others are accepted."""
+
+    def respond(request: httpx.Request, data: list[dict[str, Any]]) -> httpx.Response | None:
+        return answer if any(e["event_id"] == event_id for e in data) else None
+
+    return respond
+
+
+def always(answer: httpx.Response) -> Callable[..., httpx.Response]:
+    return lambda request, data: answer
+
+
+def state(d: Deliverer, env: Envelope) -> str | None:
+    return d.ledger.state(env.dedup_key)
+
+
+def states(d: Deliverer, life_of: Envelope) -> list[str]:
+    return [entry["state"] for entry in d.ledger.life(life_of.dedup_key)]
+
+
+def reason(d: Deliverer, env: Envelope) -> dict[str, Any]:
+    letter = d.dead.get(env.dedup_key)
+    assert letter is not None, f"{env.dedup_key} is not dead-lettered"
+    return letter.reason
+
+
+@pytest.fixture
+def graph() -> FakeGraph:
+    return FakeGraph()
+
+
+# -- the happy path -------------------------------------------------------------------------------
+def test_batch_is_sent_once_in_one_request(redis: fakeredis.FakeRedis, graph: FakeGraph) -> None:
+    envs = [envelope("e1"), envelope("e2"), envelope("e3")]
+
+    outcome = make_deliverer(redis, graph).deliver(PIXEL, encoded(*envs), FIRST)
+
+    assert (None, [["e1", "e2", "e3"]]) == (outcome, graph.batches)
+
+
+def test_request_carries_the_pixel_token(redis: fakeredis.FakeRedis, graph: FakeGraph) -> None:
+    make_deliverer(redis, graph).deliver(PIXEL, encoded(envelope("e1")), FIRST)
+
+    assert (f"/v26.0/{PIXEL}/events", TOKEN) == (
+        graph.requests[0].url.path, graph.requests[0].url.params["access_token"])
+
+
+def test_delivered_events_are_recorded_delivered(redis: fakeredis.FakeRedis,
+                                                 graph: FakeGraph) -> None:
+    d = make_deliverer(redis, graph)
+    envs = [envelope("e1"), envelope("e2")]
+
+    d.deliver(PIXEL, encoded(*envs), FIRST)
+
+    assert ["delivered", "delivered"] == [state(d, e) for e in envs]
+
+
+def test_delivered_entry_names_batch_attempt_and_trace(redis: fakeredis.FakeRedis,
+                                                       graph: FakeGraph) -> None:
+    d = make_deliverer(redis, graph)
+    env = envelope("e1")
+
+    d.deliver(PIXEL, encoded(env), FIRST)
+
+    [entry] = d.ledger.life(env.dedup_key)
+    assert ("delivered", "batch-1", 1, "ok-trace", env.received_ms, "server") == (
+        entry["state"], entry["batch"], entry["attempt"], entry["fbtrace_id"],
+        entry["received_ms"], entry["source"])
+
+
+def test_delivery_is_counted_and_its_latency_observed(redis: fakeredis.FakeRedis,
+                                                     graph: FakeGraph) -> None:
+    d = make_deliverer(redis, graph)
+
+    d.deliver(PIXEL, encoded(envelope("e1"), envelope("e2")), FIRST)
+
+    minute = int(time.time()) // 60
+    counters = redis.hgetall(keys.counters(minute)) or redis.hgetall(keys.counters(minute - 1))
+    latency = redis.hgetall(keys.latency(minute)) or redis.hgetall(keys.latency(minute - 1))
+    assert (b"2", b"1") == (counters[f"delivered:{PIXEL}:Purchase".encode()],
+                            latency[f"{PIXEL}:count".encode()])
+
+
+def test_undecodable_item_is_dropped_and_the_rest_delivered(redis: fakeredis.FakeRedis,
+                                                           graph: FakeGraph) -> None:
+    items = ["not json", *encoded(envelope("e1"))]
+
+    make_deliverer(redis, graph).deliver(PIXEL, items, FIRST)
+
+    assert [["e1"]] == graph.batches
+
+
+# -- deduplication --------------------------------------------------------------------------------
+def test_duplicate_in_the_same_batch_is_sent_once(redis: fakeredis.FakeRedis,
+                                                  graph: FakeGraph) -> None:
+    make_deliverer(redis, graph).deliver(
+        PIXEL, encoded(envelope("e1"), envelope("e2"), envelope("e1")), FIRST)
+
+    assert [["e1", "e2"]] == graph.batches
+
+
+def test_duplicate_in_the_same_batch_is_recorded(redis: fakeredis.FakeRedis,
+                                                 graph: FakeGraph) -> None:
+    d = make_deliverer(redis, graph)
+    env = envelope("e1")
+
+    d.deliver(PIXEL, encoded(env, env), FIRST)
+
+    assert ["duplicate", "delivered"] == states(d, env)
+
+
+def test_duplicate_across_batches_is_not_sent_again(redis: fakeredis.FakeRedis,
+                                                    graph: FakeGraph) -> None:
+    d = make_deliverer(redis, graph)
+    d.deliver(PIXEL, encoded(envelope("e1")), Attempt("batch-1", 1, last=False))
+
+    outcome = d.deliver(PIXEL, encoded(envelope("e1"), envelope("e2")),
+                        Attempt("batch-2", 1, last=False))
+
+    assert (None, [["e1"], ["e2"]]) == (outcome, graph.batches)
+
+
+def test_duplicate_across_batches_is_recorded(redis: fakeredis.FakeRedis,
+                                              graph: FakeGraph) -> None:
+    d = make_deliverer(redis, graph)
+    env = envelope("e1")
+    d.deliver(PIXEL, encoded(env), Attempt("batch-1", 1, last=False))
+
+    d.deliver(PIXEL, encoded(env), Attempt("batch-2", 1, last=False))
+
+    assert (["delivered", "duplicate"], "batch-2") == (
+        states(d, env), d.ledger.life(env.dedup_key)[-1]["batch"])
+
+
+def test_duplicate_of_a_batch_in_flight_is_not_sent(redis: fakeredis.FakeRedis,
+                                                    graph: FakeGraph) -> None:
+    d = make_deliverer(redis, graph)
+    d.dedup.claim("batch-1", [envelope("e1").dedup_key])  # batch-1 is being sent elsewhere
+
+    d.deliver(PIXEL, encoded(envelope("e1")), Attempt("batch-2", 1, last=False))
+
+    assert [] == graph.batches
+
+
+def test_same_event_id_for_another_event_name_is_not_a_duplicate(
+        redis: fakeredis.FakeRedis, graph: FakeGraph) -> None:
+    make_deliverer(redis, graph).deliver(
+        PIXEL, encoded(envelope("e1"), envelope("e1", event_name="Lead")), FIRST)
+
+    assert [["e1", "e1"]] == graph.batches
+
+
+def test_redelivered_batch_after_success_is_not_sent_again(redis: fakeredis.FakeRedis,
+                                                          graph: FakeGraph) -> None:
+    d = make_deliverer(redis, graph)
+    items = encoded(envelope("e1"), envelope("e2"))
+    d.deliver(PIXEL, items, FIRST)
+
+    # Given the worker died after marking the batch sent, before its ack
+    outcome = d.deliver(PIXEL, items, Attempt("batch-1", 1, last=False))
+
+    assert (None, [["e1", "e2"]]) == (outcome, graph.batches)
+
+
+def test_redelivered_batch_sends_only_what_it_had_not_sent(redis: fakeredis.FakeRedis,
+                                                          graph: FakeGraph) -> None:
+    d = make_deliverer(redis, graph)
+    e1, e2 = envelope("e1"), envelope("e2")
+    # Given an earlier run of batch-1 died right after Meta took e1 (a split batch)
+    d.dedup.claim("batch-1", [e1.dedup_key, e2.dedup_key])
+    d.dedup.mark_sent("batch-1", [e1.dedup_key])
+
+    d.deliver(PIXEL, encoded(e1, e2), Attempt("batch-1", 2, last=False))
+
+    assert [["e2"]] == graph.batches
+
+
+# -- events refused before sending ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"fbc": "IwAR-no-prefix"}, "user_data.fbc is not of the form fb.<index>.<ms>.<fbclid>"),
+        ({"em": "jane@example.com"}, "user_data.em is not a SHA-256 hex digest"),
+        ({"client_user_agent": None}, "website events need user_data.client_user_agent"),
+    ],
+    ids=["malformed-fbc", "unhashed-em", "no-user-agent"],
+)
+def test_invalid_event_is_dead_lettered_and_never_sent(
+        redis: fakeredis.FakeRedis, graph: FakeGraph, bad: dict[str, Any], message: str) -> None:
+    d = make_deliverer(redis, graph)
+    culprit = envelope("bad", **bad)
+
+    d.deliver(PIXEL, encoded(envelope("e1"), culprit, envelope("e3")), FIRST)
+
+    assert ([["e1", "e3"]], {"kind": "invalid", "message": message}, "dead") == (
+        graph.batches, reason(d, culprit), state(d, culprit))
+
+
+def test_expired_event_is_dead_lettered_as_expired_and_never_sent(
+        redis: fakeredis.FakeRedis, graph: FakeGraph) -> None:
+    d = make_deliverer(redis, graph)
+    old = envelope("old", event_time=int(time.time()) - 7 * DAY_S + 60)
+
+    d.deliver(PIXEL, encoded(old, envelope("e2")), FIRST)
+
+    assert ([["e2"]], "expired") == (graph.batches, reason(d, old)["kind"])
+
+
+def test_batch_of_only_invalid_events_sends_nothing(redis: fakeredis.FakeRedis,
+                                                    graph: FakeGraph) -> None:
+    d = make_deliverer(redis, graph)
+
+    outcome = d.deliver(PIXEL, encoded(envelope("bad", fbc="x")), FIRST)
+
+    assert (None, [], 1) == (outcome, graph.requests, d.dead.count())
+
+
+def test_event_for_an_unconfigured_pixel_is_dead_lettered(redis: fakeredis.FakeRedis,
+                                                          graph: FakeGraph) -> None:
+    d = make_deliverer(redis, graph)
+    stray = envelope("e1", pixel_id="5555555555")
+
+    d.deliver("5555555555", encoded(stray), FIRST)
+
+    assert ([], "config") == (graph.requests, reason(d, stray)["kind"])
+
+
+def test_dead_letter_releases_the_claim_so_a_requeue_can_send(redis: fakeredis.FakeRedis,
+                                                             graph: FakeGraph) -> None:
+    d = make_deliverer(redis, graph, make_settings(relay={"max_attempts": 1}))
+    env = envelope("e1")
+    graph.respond = always(httpx.Response(500))
+    d.deliver(PIXEL, encoded(env), Attempt("batch-1", 1, last=True))
+    graph.respond = None
+
+    d.deliver(PIXEL, encoded(env), Attempt("batch-2", 1, last=False))
+
+    assert (["e1"], "delivered") == (graph.accepted, state(d, env))
+
+
+# -- click enrichment -----------------------------------------------------------------------------
+def test_event_is_enriched_from_its_stored_click(redis: fakeredis.FakeRedis,
+                                                 graph: FakeGraph) -> None:
+    click = ClickContext(click_id="c-1", slug="demo", time_ms=1, fbc=FBC, fbp=FBP,
+                         client_ip_address="198.51.100.9", client_user_agent=USER_AGENT)
+    redis.set(keys.click("c-1"), encode(click))
+    env = envelope("e1", click_id="c-1", client_user_agent=None, client_ip_address=None)
+
+    make_deliverer(redis, graph).deliver(PIXEL, encoded(env), FIRST)
+
+    sent = msgspec.json.decode(graph.requests[0].content)["data"][0]["user_data"]
+    assert (FBC, FBP, "198.51.100.9", USER_AGENT) == (
+        sent["fbc"], sent["fbp"], sent["client_ip_address"], sent["client_user_agent"])
+
+
+def test_event_keeps_its_own_keys_over_the_click(redis: fakeredis.FakeRedis,
+                                                 graph: FakeGraph) -> None:
+    click = ClickContext(click_id="c-1", slug="demo", time_ms=1, fbc=FBC,
+                         client_user_agent="ClickAgent/1.0")
+    redis.set(keys.click("c-1"), encode(click))
+    env = envelope("e1", click_id="c-1")
+
+    make_deliverer(redis, graph).deliver(PIXEL, encoded(env), FIRST)
+
+    sent = msgspec.json.decode(graph.requests[0].content)["data"][0]["user_data"]
+    assert (FBC, USER_AGENT) == (sent["fbc"], sent["client_user_agent"])
+
+
+def test_event_with_an_expired_click_is_sent_as_is(redis: fakeredis.FakeRedis,
+                                                   graph: FakeGraph) -> None:
+    env = envelope("e1", click_id="gone")
+
+    make_deliverer(redis, graph).deliver(PIXEL, encoded(env), FIRST)
+
+    sent = msgspec.json.decode(graph.requests[0].content)["data"][0]["user_data"]
+    assert None is sent.get("fbc")
+
+
+# -- Meta refuses the batch -----------------------------------------------------------------------
+def test_invalid_batch_is_split_until_the_culprit_stands_alone(redis: fakeredis.FakeRedis,
+                                                              graph: FakeGraph) -> None:
+    graph.respond = error_for("bad", httpx.Response(400, json=graph_error(100)))
+    envs = [envelope("e1"), envelope("bad"), envelope("e3"), envelope("e4")]
+
+    outcome = make_deliverer(redis, graph).deliver(PIXEL, encoded(*envs), FIRST)
+
+    assert (None, [["e1", "bad", "e3", "e4"], ["e1", "bad"], ["e1"], ["bad"], ["e3", "e4"]],
+            ["e1", "e3", "e4"]) == (outcome, graph.batches, graph.accepted)
+
+
+def test_only_the_culprit_is_dead_lettered_with_meta_reason(redis: fakeredis.FakeRedis,
+                                                           graph: FakeGraph) -> None:
+    graph.respond = error_for("bad", httpx.Response(400, json=graph_error(
+        100, subcode=2804001, message="Invalid fbc", fbtrace_id="T-100")))
+    d = make_deliverer(redis, graph)
+    envs = [envelope("e1"), envelope("bad"), envelope("e3")]
+
+    d.deliver(PIXEL, encoded(*envs), FIRST)
+
+    assert ({"kind": "rejected", "message": "Invalid fbc", "code": 100, "subcode": 2804001,
+             "fbtrace_id": "T-100", "status": 400},
+            [f"{PIXEL}:Purchase:bad"], ["delivered", "dead", "delivered"]) == (
+        reason(d, envs[1]), [x.dedup_key for x in d.dead.list()], [state(d, e) for e in envs])
+
+
+def test_two_culprits_are_both_isolated(redis: fakeredis.FakeRedis, graph: FakeGraph) -> None:
+    def respond(request: httpx.Request, data: list[dict[str, Any]]) -> httpx.Response | None:
+        if {"bad1", "bad2"} & {e["event_id"] for e in data}:
+            return httpx.Response(400, json=graph_error(100))
+        return None
+
+    graph.respond = respond
+    d = make_deliverer(redis, graph)
+    envs = [envelope(i) for i in ("e1", "bad1", "e3", "e4", "e5", "bad2")]
+
+    d.deliver(PIXEL, encoded(*envs), FIRST)
+
+    assert (["e1", "e3", "e4", "e5"], {f"{PIXEL}:Purchase:bad1", f"{PIXEL}:Purchase:bad2"}) == (
+        sorted(graph.accepted), {x.dedup_key for x in d.dead.list()})
+
+
+@pytest.mark.parametrize("code", [190, 10, 200])
+def test_token_or_permission_error_dead_letters_the_whole_batch_at_once(
+        redis: fakeredis.FakeRedis, graph: FakeGraph, code: int) -> None:
+    graph.respond = always(httpx.Response(400, json=graph_error(
+        code, message="Error validating access token", fbtrace_id="T-perm")))
+    d = make_deliverer(redis, graph)
+    envs = [envelope("e1"), envelope("e2")]
+
+    outcome = d.deliver(PIXEL, encoded(*envs), FIRST)
+
+    expected_reason = {"kind": "rejected", "message": "Error validating access token",
+                       "code": code, "fbtrace_id": "T-perm"}
+    assert (None, 1, [expected_reason, expected_reason]) == (
+        outcome, len(graph.requests),
+        [{k: reason(d, e)[k] for k in expected_reason} for e in envs])
+
+
+def test_rejected_batch_leaves_events_dead_in_the_ledger(redis: fakeredis.FakeRedis,
+                                                         graph: FakeGraph) -> None:
+    graph.respond = always(httpx.Response(400, json=graph_error(190)))
+    d = make_deliverer(redis, graph)
+    env = envelope("e1")
+
+    d.deliver(PIXEL, encoded(env), FIRST)
+
+    assert ("dead", "rejected", 190) == (state(d, env), d.ledger.life(env.dedup_key)[-1]["kind"],
+                                         d.ledger.life(env.dedup_key)[-1]["code"])
+
+
+# -- transient failures ---------------------------------------------------------------------------
+def _timeout(request: httpx.Request, data: object) -> httpx.Response:
+    raise httpx.ReadTimeout("slow", request=request)
+
+
+TRANSIENT_ANSWERS = {
+    "code-2": always(httpx.Response(400, json=graph_error(2, message="Service unavailable"))),
+    "http-500": always(httpx.Response(500, text="oops")),
+    "timeout": _timeout,
+}
+
+
+@pytest.mark.parametrize("answer", TRANSIENT_ANSWERS.values(), ids=TRANSIENT_ANSWERS.keys())
+def test_transient_failure_raises_for_a_retry(redis: fakeredis.FakeRedis, graph: FakeGraph,
+                                              answer: Callable[..., httpx.Response]) -> None:
+    graph.respond = answer
+
+    with pytest.raises(TransientError):
+        make_deliverer(redis, graph).deliver(PIXEL, encoded(envelope("e1")), FIRST)
+
+
+@pytest.mark.parametrize("answer", TRANSIENT_ANSWERS.values(), ids=TRANSIENT_ANSWERS.keys())
+def test_transient_failure_is_recorded_as_an_attempt(redis: fakeredis.FakeRedis,
+                                                     graph: FakeGraph,
+                                                     answer: Callable[..., httpx.Response]
+                                                     ) -> None:
+    graph.respond = answer
+    d = make_deliverer(redis, graph)
+    env = envelope("e1")
+
+    with pytest.raises(TransientError):
+        d.deliver(PIXEL, encoded(env), Attempt("batch-1", 3, last=False))
+
+    [entry] = d.ledger.life(env.dedup_key)
+    assert ("attempt", 3, "transient", 0) == (entry["state"], entry["attempt"],
+                                               entry["outcome"], d.dead.count())
+
+
+def test_retry_after_a_transient_failure_sends_the_batch(redis: fakeredis.FakeRedis,
+                                                         graph: FakeGraph) -> None:
+    graph.respond = always(httpx.Response(503))
+    d = make_deliverer(redis, graph)
+    env = envelope("e1")
+    with pytest.raises(TransientError):
+        d.deliver(PIXEL, encoded(env), Attempt("batch-1", 1, last=False))
+    graph.respond = None
+
+    d.deliver(PIXEL, encoded(env), Attempt("batch-1", 2, last=False))
+
+    assert (["e1"], "delivered") == (graph.accepted, state(d, env))
+
+
+@pytest.mark.parametrize("answer", TRANSIENT_ANSWERS.values(), ids=TRANSIENT_ANSWERS.keys())
+def test_transient_failure_on_the_last_attempt_dead_letters(redis: fakeredis.FakeRedis,
+                                                            graph: FakeGraph,
+                                                            answer: Callable[..., httpx.Response]
+                                                            ) -> None:
+    graph.respond = answer
+    d = make_deliverer(redis, graph)
+    envs = [envelope("e1"), envelope("e2")]
+
+    outcome = d.deliver(PIXEL, encoded(*envs), LAST)
+
+    assert (None, ["retries_exhausted", "retries_exhausted"], ["dead", "dead"]) == (
+        outcome, [reason(d, e)["kind"] for e in envs], [state(d, e) for e in envs])
+
+
+def test_retries_exhausted_keeps_meta_error_fields(redis: fakeredis.FakeRedis,
+                                                   graph: FakeGraph) -> None:
+    graph.respond = always(httpx.Response(400, json=graph_error(
+        2, message="Service temporarily unavailable", fbtrace_id="T-2")))
+    d = make_deliverer(redis, graph)
+    env = envelope("e1")
+
+    d.deliver(PIXEL, encoded(env), LAST)
+
+    assert {"kind": "retries_exhausted", "message": "Service temporarily unavailable",
+            "code": 2, "subcode": None, "fbtrace_id": "T-2", "status": 400} == reason(d, env)
+
+
+def test_transient_failure_after_part_of_a_split_retries_only_the_rest(
+        redis: fakeredis.FakeRedis, graph: FakeGraph) -> None:
+    answers = iter([httpx.Response(400, json=graph_error(100)), None,
+                    httpx.Response(503)])
+    graph.respond = lambda request, data: next(answers, None)
+    d = make_deliverer(redis, graph)
+    envs = [envelope("e1"), envelope("e2"), envelope("e3"), envelope("e4")]
+    with pytest.raises(TransientError):
+        d.deliver(PIXEL, encoded(*envs), Attempt("batch-1", 1, last=False))
+
+    d.deliver(PIXEL, encoded(*envs), Attempt("batch-1", 2, last=False))
+
+    assert ([["e1", "e2", "e3", "e4"], ["e1", "e2"], ["e3", "e4"], ["e3", "e4"]],
+            ["delivered"] * 4) == (graph.batches, [state(d, e) for e in envs])
+
+
+def test_last_attempt_dead_letters_only_what_was_not_delivered(redis: fakeredis.FakeRedis,
+                                                              graph: FakeGraph) -> None:
+    answers = iter([httpx.Response(400, json=graph_error(100)), None, httpx.Response(503)])
+    graph.respond = lambda request, data: next(answers, None)
+    d = make_deliverer(redis, graph)
+    envs = [envelope("e1"), envelope("e2"), envelope("e3"), envelope("e4")]
+
+    d.deliver(PIXEL, encoded(*envs), LAST)
+
+    assert ["delivered", "delivered", "dead", "dead"] == [state(d, e) for e in envs]
+
+
+# -- throttling and rate limits -------------------------------------------------------------------
+def test_throttling_defers_the_batch_without_raising(redis: fakeredis.FakeRedis,
+                                                     graph: FakeGraph) -> None:
+    graph.respond = always(httpx.Response(400, json=graph_error(613)))
+    d = make_deliverer(redis, graph)
+
+    outcome = d.deliver(PIXEL, encoded(envelope("e1")), FIRST)
+
+    assert Defer(4000, "throttled by Meta (code 613)") == outcome
+
+
+def test_throttling_halves_the_pixel_rate(redis: fakeredis.FakeRedis, graph: FakeGraph) -> None:
+    graph.respond = always(httpx.Response(400, json=graph_error(613)))
+    d = make_deliverer(redis, graph)
+
+    d.deliver(PIXEL, encoded(envelope("e1")), FIRST)
+
+    assert 0.5 == pytest.approx(d.limiter.factor(PIXEL), rel=1e-3)
+
+
+def test_repeated_throttling_defers_longer(redis: fakeredis.FakeRedis, graph: FakeGraph) -> None:
+    graph.respond = always(httpx.Response(400, json=graph_error(80004)))
+    d = make_deliverer(redis, graph)
+    d.deliver(PIXEL, encoded(envelope("e1")), FIRST)
+
+    outcome = d.deliver(PIXEL, encoded(envelope("e1")), FIRST)
+
+    assert isinstance(outcome, Defer) and 7000 < outcome.delay_ms <= 8000
+
+
+def test_throttled_events_are_recorded_deferred_not_dead(redis: fakeredis.FakeRedis,
+                                                         graph: FakeGraph) -> None:
+    graph.respond = always(httpx.Response(400, json=graph_error(613)))
+    d = make_deliverer(redis, graph)
+    env = envelope("e1")
+
+    d.deliver(PIXEL, encoded(env), LAST)
+
+    assert ("deferred", 0) == (state(d, env), d.dead.count())
+
+
+def test_throttling_midway_leaves_delivered_events_delivered(redis: fakeredis.FakeRedis,
+                                                            graph: FakeGraph) -> None:
+    answers = iter([httpx.Response(400, json=graph_error(100)), None,
+                    httpx.Response(400, json=graph_error(613))])
+    graph.respond = lambda request, data: next(answers, None)
+    d = make_deliverer(redis, graph)
+    envs = [envelope("e1"), envelope("e2"), envelope("e3"), envelope("e4")]
+
+    outcome = d.deliver(PIXEL, encoded(*envs), FIRST)
+
+    assert (True, ["delivered", "delivered", "deferred", "deferred"]) == (
+        isinstance(outcome, Defer), [state(d, e) for e in envs])
+
+
+def test_exhausted_rate_limit_defers_without_calling_meta(redis: fakeredis.FakeRedis,
+                                                          graph: FakeGraph) -> None:
+    settings = make_settings(pixel={"requests_per_s": 0.01})
+    d = make_deliverer(redis, graph, settings)
+    pixel = settings.pixel(PIXEL)
+    assert pixel is not None
+    assert 0 == d.limiter.acquire(PIXEL, d.rates(pixel), 1)  # the one token of the bucket
+
+    outcome = d.deliver(PIXEL, encoded(envelope("e1")), FIRST)
+
+    assert (True, "rate limit", []) == (
+        isinstance(outcome, Defer) and outcome.delay_ms > 90_000,
+        outcome.reason if outcome else None, graph.requests)
+
+
+def test_rates_default_to_the_relay_settings(redis: fakeredis.FakeRedis,
+                                             graph: FakeGraph) -> None:
+    settings = make_settings(relay={"requests_per_s": 7, "events_per_s": 70},
+                             pixel={"events_per_s": 5})
+    d = make_deliverer(redis, graph, settings)
+    pixel = settings.pixel(PIXEL)
+    assert pixel is not None
+
+    rates = d.rates(pixel)
+
+    assert (7, 5) == (rates.requests_per_s, rates.events_per_s)
+
+
+# -- the dead letters can be requeued -------------------------------------------------------------
+def test_dead_letter_keeps_the_envelope_for_a_requeue(redis: fakeredis.FakeRedis,
+                                                      graph: FakeGraph) -> None:
+    graph.respond = always(httpx.Response(400, json=graph_error(190)))
+    d = make_deliverer(redis, graph)
+    env = envelope("e1")
+
+    d.deliver(PIXEL, encoded(env), FIRST)
+
+    letter = DeadLetters(redis, 3600).get(env.dedup_key)
+    assert env == (letter.envelope if letter else None)
+
+
+def test_duplicate_across_batches_leaves_the_event_delivered(redis: fakeredis.FakeRedis,
+                                                             graph: FakeGraph) -> None:
+    d = make_deliverer(redis, graph)
+    env = envelope("e1")
+    d.deliver(PIXEL, encoded(env), Attempt("batch-1", 1, last=False))
+
+    d.deliver(PIXEL, encoded(env), Attempt("batch-2", 1, last=False))
+
+    assert "delivered" == state(d, env)
