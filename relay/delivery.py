@@ -113,15 +113,22 @@ class Deliverer:
 
     def _drop_duplicates(self, envelopes: list[Envelope], attempt: Attempt) -> list[Envelope]:
         claims = self.dedup.claim(attempt.batch_id, [e.dedup_key for e in envelopes])
-        keep, duplicates, seen = [], [], set()
+        keep, duplicates, confirmed, seen = [], [], [], set()
         for env, claim in zip(envelopes, claims, strict=True):
+            if claim is Claim.ALREADY_DEAD:
+                continue  # dead-lettered by this batch before a redelivery
             if claim is Claim.ALREADY_SENT:
-                continue  # delivered by this batch before a redelivery; not a new duplicate
+                confirmed.append(env)  # delivered before a redelivery: not a new duplicate
+                continue
             if claim is Claim.DUPLICATE or env.dedup_key in seen:
                 duplicates.append(env)
                 continue
             seen.add(env.dedup_key)
             keep.append(env)
+        if confirmed:
+            # The worker may have died between Meta's answer and the ledger write.
+            self.ledger.record([_entry(e, "delivered", batch=attempt.batch_id,
+                                       confirmed="on redelivery") for e in confirmed])
         if duplicates:
             self.ledger.record([_entry(e, "duplicate", batch=attempt.batch_id)
                                 for e in duplicates])
@@ -226,7 +233,7 @@ class Deliverer:
         if not envelopes:
             return
         self.dead.add(envelopes, reason)
-        self.dedup.release([e.dedup_key for e in envelopes])
+        self.dedup.mark_dead(attempt.batch_id, [e.dedup_key for e in envelopes])
         self.ledger.record([_entry(e, "dead", batch=attempt.batch_id, attempt=attempt.number,
                                    **reason) for e in envelopes])
         for env in envelopes:

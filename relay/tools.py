@@ -103,7 +103,11 @@ def run_audit(settings: Settings, client: Redis, hours: int,
 
 
 def _waiting_keys(client: Redis) -> set[str]:
-    """Dedup keys of events sitting in an inbox or inside a batch message not yet done."""
+    """Dedup keys of events sitting in an inbox or inside a batch message not yet done.
+
+    Batches in Dramatiq's own dead-letter queue (.XQ: failed by an unexpected error, not by a
+    Meta answer) do not count as waiting: the audit lists their events.
+    """
     found: set[str] = set()
     for queue in QUEUE_NAMES.values():
         for pixel in client.smembers(keys.inbox_pixels(queue)):
@@ -112,8 +116,6 @@ def _waiting_keys(client: Redis) -> set[str]:
         for suffix in ("", ".DQ"):
             for payload in client.hvals(f"{keys.dramatiq_queue(queue)}{suffix}.msgs"):
                 found.update(_keys_in_message(payload))
-        for payload in client.hvals(f"{keys.dramatiq_queue(queue)}.XQ.msgs"):
-            found.update(_keys_in_message(payload))
     return found
 
 

@@ -44,12 +44,14 @@ def test_sent_event_is_a_duplicate_for_other_batches(redis: fakeredis.FakeRedis)
     assert [Claim.DUPLICATE] == dedup.claim("b2", ["k1"])
 
 
-def test_released_event_can_be_claimed_again(redis: fakeredis.FakeRedis) -> None:
+def test_dead_event_is_skipped_by_its_own_batch_and_a_duplicate_for_others(
+        redis: fakeredis.FakeRedis) -> None:
     dedup = Dedup(redis, WINDOW_S)
     dedup.claim("b1", ["k1"])
-    dedup.release(["k1"])
+    dedup.mark_dead("b1", ["k1"])
 
-    assert [Claim.CLAIMED] == dedup.claim("b2", ["k1"])
+    assert ([Claim.ALREADY_DEAD], [Claim.DUPLICATE]) == (dedup.claim("b1", ["k1"]),
+                                                         dedup.claim("b2", ["k1"]))
 
 
 def test_claims_expire_after_the_window(redis: fakeredis.FakeRedis) -> None:
@@ -65,7 +67,7 @@ def test_claim_of_nothing_is_nothing(redis: fakeredis.FakeRedis) -> None:
     assert [] == Dedup(redis, WINDOW_S).claim("b1", [])
 
 
-def test_release_of_nothing_does_nothing(redis: fakeredis.FakeRedis) -> None:
-    Dedup(redis, WINDOW_S).release([])
+def test_marking_nothing_does_nothing(redis: fakeredis.FakeRedis) -> None:
+    Dedup(redis, WINDOW_S).mark_dead("b1", [])
 
     assert [] == redis.keys("*")

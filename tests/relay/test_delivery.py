@@ -270,14 +270,43 @@ def test_event_for_an_unconfigured_pixel_is_dead_lettered(redis: fakeredis.FakeR
     assert ([], "config") == (graph.requests, reason(d, stray)["kind"])
 
 
-def test_dead_letter_releases_the_claim_so_a_requeue_can_send(redis: fakeredis.FakeRedis,
-                                                             graph: FakeGraph) -> None:
+def test_a_dead_letter_is_not_sent_again_by_another_copy(redis: fakeredis.FakeRedis,
+                                                          graph: FakeGraph) -> None:
     d = make_deliverer(redis, graph, make_settings(relay={"max_attempts": 1}))
     env = envelope("e1")
     graph.respond = always(httpx.Response(500))
     d.deliver(PIXEL, encoded(env), Attempt("batch-1", 1, last=True))
     graph.respond = None
 
+    d.deliver(PIXEL, encoded(env), Attempt("batch-2", 1, last=False))
+
+    assert ([], "dead") == (graph.accepted, state(d, env))
+
+
+def test_a_redelivered_batch_skips_what_it_dead_lettered(redis: fakeredis.FakeRedis,
+                                                         graph: FakeGraph) -> None:
+    d = make_deliverer(redis, graph)
+    bad = envelope("bad", fbc="not-an-fbc")
+    good = envelope("good")
+    graph.respond = always(httpx.Response(500))
+    with pytest.raises(TransientError):
+        d.deliver(PIXEL, encoded(bad, good), Attempt("batch-1", 1, last=False))
+    graph.respond = None
+
+    d.deliver(PIXEL, encoded(bad, good), Attempt("batch-1", 2, last=False))
+
+    assert (["good"], "dead") == (graph.accepted, state(d, bad))
+
+
+def test_requeue_of_a_dead_letter_lets_it_be_sent(redis: fakeredis.FakeRedis,
+                                                  graph: FakeGraph) -> None:
+    d = make_deliverer(redis, graph, make_settings(relay={"max_attempts": 1}))
+    env = envelope("e1")
+    graph.respond = always(httpx.Response(500))
+    d.deliver(PIXEL, encoded(env), Attempt("batch-1", 1, last=True))
+    graph.respond = None
+
+    assert d.dead.requeue(env.dedup_key, "relay_high")
     d.deliver(PIXEL, encoded(env), Attempt("batch-2", 1, last=False))
 
     assert (["e1"], "delivered") == (graph.accepted, state(d, env))
