@@ -33,27 +33,6 @@ Source = Literal["redirect", "beacon", "server"]
 StrOrList = str | list[str]
 
 
-class InboundUserData(Struct, forbid_unknown_fields=True, omit_defaults=True):
-    em: StrOrList | None = None
-    ph: StrOrList | None = None
-    fn: StrOrList | None = None
-    ln: StrOrList | None = None
-    db: StrOrList | None = None
-    ge: StrOrList | None = None
-    ct: StrOrList | None = None
-    st: StrOrList | None = None
-    zp: StrOrList | None = None
-    country: StrOrList | None = None
-    external_id: StrOrList | None = None
-    client_ip_address: str | None = None
-    client_user_agent: str | None = None
-    fbc: str | None = None
-    fbp: str | None = None
-    subscription_id: str | None = None
-    fb_login_id: str | None = None
-    lead_id: str | None = None
-
-
 class UserData(Struct, omit_defaults=True):
     """Meta's user_data, hashed keys already hashed."""
 
@@ -75,6 +54,10 @@ class UserData(Struct, omit_defaults=True):
     subscription_id: str | None = None
     fb_login_id: str | None = None
     lead_id: str | None = None
+
+
+class InboundUserData(UserData, forbid_unknown_fields=True, omit_defaults=True):
+    """``user_data`` as clients send it: the same keys, hashed ones possibly still raw."""
 
 
 class InboundEvent(Struct, forbid_unknown_fields=True, omit_defaults=True):
