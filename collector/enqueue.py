@@ -16,8 +16,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Literal
 
+import msgspec
 import structlog
 
 from collector.spool import Spool
@@ -128,7 +130,7 @@ class DurableEnqueuer:
                 records = [write_encoder.encode(w) for w in writes]
                 await asyncio.to_thread(self._spool.append, records)
                 self._backlog = True
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever it is, the client must retry
                 log.error("spool_write_failed", error=str(exc), events=len(writes))
                 error = StorageError("neither Redis nor the disk spool accepted the event")
         self._observer.stored(destination, len(writes), time.perf_counter() - started)
@@ -151,8 +153,17 @@ class DurableEnqueuer:
         if segment is None:
             self._backlog = False
             return
-        records = await asyncio.to_thread(self._spool.read_segment, segment)
-        writes = [write_decoder.decode(r) for r in records]
+        try:
+            records = await asyncio.to_thread(self._spool.read_segment, segment)
+        except OSError as exc:
+            await self._quarantine(segment, f"unreadable: {exc}")
+            return
+        writes = []
+        for record in records:
+            try:
+                writes.append(write_decoder.decode(record))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.error("spool_record_undecodable", segment=segment.name, error=str(exc))
         try:
             for start in range(0, len(writes), REPLAY_CHUNK):
                 chunk = writes[start : start + REPLAY_CHUNK]
@@ -166,6 +177,12 @@ class DurableEnqueuer:
         log.info("spool_segment_replayed", events=len(writes), pending_bytes=left)
         self._observer.spool_state(left > 0, left)
 
+    async def _quarantine(self, segment: Path, why: str) -> None:
+        """Set a segment aside (renamed, kept for an operator) so the spool keeps draining."""
+        kept = await asyncio.to_thread(self._spool.quarantine, segment)
+        log.error("spool_segment_quarantined", segment=str(kept), reason=why)
+        self._backlog = await asyncio.to_thread(self._spool.has_pending)
+
     # -- the probe -----------------------------------------------------------------------------
     async def _probe_once(self) -> bool:
         try:
@@ -175,7 +192,9 @@ class DurableEnqueuer:
         return True
 
     async def _probe_loop(self) -> None:
-        while True:
+        # Not `while True`: Python 3.11's wait_for swallows a cancel that lands just as the ping
+        # finishes, and stop() would then wait for this loop forever.
+        while not self._closing:
             await asyncio.sleep(self._probe_interval)
             if self._redis_up:
                 continue

@@ -117,3 +117,10 @@ class Spool:
     @staticmethod
     def remove_segment(path: Path) -> None:
         path.unlink(missing_ok=True)
+
+    @staticmethod
+    def quarantine(path: Path) -> Path:
+        """Rename a segment that cannot be replayed; it no longer counts as pending."""
+        kept = path.with_suffix(".bad")
+        path.rename(kept)
+        return kept

@@ -13,12 +13,16 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Crawlers, link previews and monitors: they follow links but are not people. Kept short and
 # specific; operators add more with collector.extra_bot_user_agents.
 DEFAULT_BOT_USER_AGENTS = (
-    "bot", "crawler", "spider", "slurp", "facebookexternalhit", "facebot", "facebookcatalog",
-    "meta-externalagent", "twitterbot", "slackbot", "linkedinbot", "whatsapp", "telegrambot",
-    "discordbot", "skypeuripreview", "pinterest", "embedly", "quora link preview",
-    "outbrain", "vkshare", "w3c_validator", "redditbot", "applebot", "bingpreview",
-    "headlesschrome", "lighthouse", "pingdom", "uptimerobot", "statuscake", "python-requests",
-    "go-http-client", "okhttp", "preview",
+    # Generic: "Googlebot/2.1", "compatible; AhrefsBot;", "(+http://...bot)". A bare "bot" would
+    # also match phones such as CUBOT, so it must be followed by one of these characters.
+    "bot/", "bot;", "bot)", "bot-", "bot+", "bot.html",
+    "googlebot", "bingbot", "facebot", "twitterbot", "slackbot", "linkedinbot", "telegrambot",
+    "discordbot", "applebot", "redditbot", "yandexbot", "duckduckbot", "crawler", "spider", "slurp", "facebookexternalhit", "facebookcatalog",
+    "meta-externalagent", "whatsapp/", "skypeuripreview", "pinterestbot", "embedly",
+    "quora link preview", "outbrain", "vkshare", "w3c_validator", "bingpreview",
+    "google-pagerenderer", "headlesschrome", "lighthouse", "pingdom", "uptimerobot",
+    "statuscake", "python-requests", "python-urllib", "go-http-client", "okhttp", "wget/",
+    "scrapy", "feedfetcher", "mediapartners-google", "adsbot-google", "yahoo! slurp",
 )
 
 FBC_COOKIE = "_fbc"

@@ -200,6 +200,31 @@ async def test_stop_stores_the_pending_writes(fake: FakeRedis, spool: Spool) -> 
     assert (["redis"] * 5, 5) == (await asyncio.gather(*requests), len(fake.stored))
 
 
+async def test_stop_returns_while_the_probe_pings_a_dead_redis(fake: FakeRedis,
+                                                               spool: Spool) -> None:
+    # Python 3.11's wait_for swallows a cancellation that lands just as the ping has failed;
+    # back-to-back pings hit that window in most rounds, so twenty rounds catch a probe that
+    # outlives stop().
+    fake.down = True
+    for round_ in range(20):
+        enqueuer = DurableEnqueuer(fake.store, fake.ping, spool, redis_timeout_s=0.2,
+                                   probe_interval_s=0)
+        await enqueuer.start()
+        await enqueuer.store([write(round_)])  # spooled: Redis is down, the probe runs
+        for _ in range(round_ % 5):
+            await asyncio.sleep(0)
+
+        stopping = asyncio.create_task(enqueuer.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=2)
+
+        if not done:  # end the runaway probe before failing: once pings block, a cancel lands
+            fake.hang = True
+            while not stopping.done():
+                stopping.cancel()
+                await asyncio.wait({stopping}, timeout=0.1)
+        assert {stopping} == done, f"stop() hung in round {round_}"
+
+
 async def test_writes_after_stop_are_refused(fake: FakeRedis, spool: Spool) -> None:
     enqueuer = make_enqueuer(fake, spool)
     await enqueuer.start()
@@ -254,3 +279,44 @@ async def test_the_last_runs_spool_waits_for_redis_at_start(fake: FakeRedis,
         await enqueuer.stop()
 
     assert ("spool", [write(1), write(2)], []) == (destination, spooled(spool), fake.stored)
+
+
+async def test_an_undecodable_record_is_skipped_and_the_rest_replayed(fake: FakeRedis,
+                                                                       spool: Spool) -> None:
+    spool.append([write_encoder.encode(write(1)), b"\xc1 not msgpack",
+                  write_encoder.encode(write(2))])
+    spool.close()
+    enqueuer = make_enqueuer(fake, spool)
+
+    await enqueuer.start()
+    try:
+        await eventually(lambda: not spool.has_pending(), what="the spool to drain")
+        await enqueuer.store([write(3)])
+    finally:
+        await enqueuer.stop()
+
+    assert [write(1), write(2), write(3)] == fake.stored
+
+
+async def test_an_unreadable_segment_is_set_aside_and_writes_go_on(fake: FakeRedis,
+                                                                    spool: Spool) -> None:
+    spool.append([write_encoder.encode(write(1))])
+    spool.close()
+    broken = spool.segments()[0]
+    enqueuer = make_enqueuer(fake, spool)
+    original = Spool.read_segment
+
+    def unreadable(path: Path) -> list[bytes]:
+        if path == broken:
+            raise PermissionError(13, "Permission denied", str(path))
+        return original(path)
+
+    spool.read_segment = unreadable  # type: ignore[method-assign]
+    await enqueuer.start()
+    try:
+        await eventually(lambda: not spool.has_pending(), what="the segment to be set aside")
+        await enqueuer.store([write(2)])
+    finally:
+        await enqueuer.stop()
+
+    assert ([write(2)], True) == (fake.stored, broken.with_suffix(".bad").exists())

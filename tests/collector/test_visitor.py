@@ -127,6 +127,8 @@ def test_a_peer_that_is_not_an_address_is_not_trusted() -> None:
         "LinkedInBot/1.0 (compatible; Mozilla/5.0; Apache-HttpClient +http://www.linkedin.com)",
         "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 HeadlessChrome/120.0 Safari/537.36",
         "python-requests/2.32.3",
+        "Facebot",
+        "Mozilla/5.0 (compatible; Pinterestbot/1.0; +http://www.pinterest.com/bot.html)",
     ],
 )
 def test_crawlers_and_link_previews_are_bots(user_agent: str) -> None:
@@ -150,6 +152,11 @@ def test_a_missing_user_agent_is_a_bot(user_agent: str | None) -> None:
         # Facebook's in-app browser is a person who clicked an ad, not the link previewer.
         "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 "
         "(KHTML, like Gecko) Mobile/15E148 [FBAN/FBIOS;FBAV/470.0.0.35.106;FBBV/600000000]",
+        # A phone whose brand ends in "bot", and Pinterest's in-app browser.
+        "Mozilla/5.0 (Linux; Android 10; CUBOT X30) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/90.0 Mobile Safari/537.36",
+        "Mozilla/5.0 (Linux; Android 12; Pixel 6 Build/SD1A; wv) AppleWebKit/537.36 "
+        "Chrome/96.0 Mobile Safari/537.36 [Pinterest/Android]",
     ],
 )
 def test_people_are_not_bots(user_agent: str) -> None:
