@@ -25,6 +25,7 @@ DEFAULT_BOT_USER_AGENTS = (
     "scrapy", "feedfetcher", "mediapartners-google", "adsbot-google", "yahoo! slurp",
 )
 
+MAX_FBCLID_LENGTH = 1000  # real ones are a few hundred characters; a cookie must stay small
 FBC_COOKIE = "_fbc"
 FBP_COOKIE = "_fbp"
 CLICK_COOKIE = "_prclk"
@@ -116,7 +117,7 @@ def is_valid_fbp(value: str | None) -> bool:
 def choose_fbc(fbclid: str | None, cookie: str | None, now_ms: int) -> tuple[str | None, bool]:
     """Return (fbc, set_cookie): a new fbc only when absent or the URL's fbclid differs."""
     current = cookie if is_valid_fbc(cookie) else None
-    if fbclid and not _FBCLID_FORM.fullmatch(fbclid):
+    if fbclid and (len(fbclid) > MAX_FBCLID_LENGTH or not _FBCLID_FORM.fullmatch(fbclid)):
         fbclid = None  # a forged or mangled fbclid must not replace a good cookie
     if fbclid and (current is None or current.rsplit(".", 1)[-1] != fbclid):
         return make_fbc(fbclid, now_ms), True

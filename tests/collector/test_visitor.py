@@ -282,3 +282,7 @@ def test_a_missing_or_malformed_fbp_cookie_is_replaced() -> None:
     fbp, new = choose_fbp("garbage", NOW_MS)
 
     assert (True, True) == (new, is_valid_fbp(fbp))
+
+
+def test_an_oversized_fbclid_is_ignored() -> None:
+    assert (None, False) == choose_fbc("a" * 1001, None, 1_790_000_000_000)
