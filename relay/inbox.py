@@ -1,7 +1,8 @@
 """The inbox protocol between collector and relay: two Lua scripts, each one atomic step.
 
 ``STORE`` (collector): append a group of events to the per-queue, per-pixel inbox lists, record
-them as accepted for the audit, and save click contexts. One EVALSHA per group commit, so the
+them as accepted for the audit (the first time an event_id is seen stays its acceptance time),
+and save click contexts. One EVALSHA per group commit, so the
 collector's cost per event is a few list items, not a round trip.
 
 ``BATCH`` (relay): move up to ``max_batch`` events of one pixel out of the inbox into one Dramatiq
@@ -37,7 +38,7 @@ for _ = 1, n do
   redis.call('RPUSH', prefix .. ':inbox:' .. queue .. ':' .. pixel, payload)
   redis.call('SADD', prefix .. ':inbox:' .. queue, pixel)
   local hour_key = prefix .. ':accepted:' .. math.floor(tonumber(ms) / 3600000)
-  redis.call('ZADD', hour_key, ms, dedup_key)
+  redis.call('ZADD', hour_key, 'NX', ms, dedup_key)  -- a repeat keeps the first time
   redis.call('EXPIRE', hour_key, ttl)
 end
 while i <= #ARGV do

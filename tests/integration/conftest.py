@@ -15,7 +15,7 @@ import os
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,11 +91,13 @@ class FakeMeta:
         return f"http://127.0.0.1:{self.port}"
 
     def received(self) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/_fake/received", timeout=10).json()  # type: ignore[no-any-return]
+        received: dict[str, Any] = httpx.get(f"{self.url}/_fake/received", timeout=10).json()
+        return received
 
     def pixel(self, pixel_id: str = DEMO_PIXEL) -> dict[str, Any]:
         empty = {"events": 0, "event_ids": [], "duplicates": 0}
-        return self.received()["pixels"].get(pixel_id, empty)  # type: ignore[no-any-return]
+        pixel: dict[str, Any] = self.received()["pixels"].get(pixel_id, empty)
+        return pixel
 
     def event_ids(self, pixel_id: str = DEMO_PIXEL) -> Counter[str]:
         return Counter(self.pixel(pixel_id)["event_ids"])
@@ -112,7 +114,8 @@ class FakeMeta:
     def faults(self, **changes: Any) -> dict[str, Any]:
         response = httpx.post(f"{self.url}/_fake/faults", json=changes, timeout=10)
         response.raise_for_status()
-        return response.json()  # type: ignore[no-any-return]
+        settings: dict[str, Any] = response.json()
+        return settings
 
 
 @dataclass
@@ -183,7 +186,7 @@ class RelayStack:
         """Messages fetched by some worker and not yet acked, on ``queue``."""
         client = self.client()
         try:
-            return sum(int(client.scard(k))  # type: ignore[arg-type]
+            return sum(int(client.scard(k))
                        for k in client.scan_iter(f"dramatiq:__acks__.*.{queue}"))
         finally:
             client.close()
@@ -193,9 +196,9 @@ class RelayStack:
         """Wait until fake Meta has every one of ``envelopes``; return the id counts."""
         wanted = {e.event.event_id for e in envelopes if e.pixel_id == pixel_id}
 
-        def arrived() -> Counter[str] | None:
+        def arrived() -> Counter[str]:
             ids = self.meta.event_ids(pixel_id)
-            return ids if wanted <= ids.keys() else None
+            return ids if wanted <= ids.keys() else Counter()  # empty: keep waiting
 
         return wait_for(arrived, timeout_s, interval_s=0.1,
                         what=f"{len(wanted)} events to reach fake Meta")
@@ -272,12 +275,11 @@ def relay_stack(tmp_path: Path, redis_server: RedisServer,
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
-                              ) -> Iterator[None]:
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     started = item.stash.get(_processes_key, [])
-    if report.when == "call" and report.failed:  # type: ignore[attr-defined]
+    if report.when == "call" and report.failed:
         for process in started:
             tail = process.output()[-4000:]
-            report.sections.append(  # type: ignore[attr-defined]
-                (f"log of {process.log_path.name}", tail))
-    return report  # type: ignore[return-value]
+            report.sections.append((f"log of {process.log_path.name}", tail))
+    return report

@@ -33,9 +33,12 @@ def test_purchases_overtake_a_backlog_of_pageviews(
         purchases.append(purchase)
         time.sleep(0.005)  # pacing, like separate checkouts; nothing is awaited here
     injecting_s = time.monotonic() - started
-    arrivals = wait_for(
-        lambda: (found := meta.arrivals("Purchase")) and len(found) == PURCHASES and found,
-        20, interval_s=0.1, what="every Purchase at fake Meta")
+
+    def every_purchase() -> dict[str, int]:
+        found = meta.arrivals("Purchase")
+        return found if len(found) == PURCHASES else {}  # empty: keep waiting
+
+    arrivals = wait_for(every_purchase, 20, interval_s=0.1, what="every Purchase at fake Meta")
     last_arrival_ms = max(arrivals.values())
     wait_for(lambda: meta.pixel()["events"] >= BACKLOG + PURCHASES, 60, interval_s=0.2,
              what="the backlog to drain")

