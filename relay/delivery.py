@@ -168,11 +168,12 @@ class Deliverer:
     def _send(self, pixel: PixelSettings, envelopes: list[Envelope], attempt: Attempt
               ) -> Defer | None:
         started = time.perf_counter()
+        started_ms = int(self.clock() * 1000)
         settled: set[str] = set()  # delivered or dead-lettered during this attempt
         try:
             self._send_isolating(pixel, envelopes, attempt, settled)
         except ThrottledError as exc:
-            factor = self.limiter.throttled(pixel.id)
+            factor = self.limiter.throttled(pixel.id, sent_ms=started_ms)
             self._log_batch(pixel.id, envelopes, attempt, started, "throttled", exc)
             pending = [e for e in envelopes if e.dedup_key not in settled]
             self.ledger.record([_entry(e, "deferred", batch=attempt.batch_id,

@@ -56,11 +56,15 @@ return wait
 
 _THROTTLED = """
 local key, now = KEYS[1], tonumber(ARGV[1])
-local recovery_ms, floor = tonumber(ARGV[2]), tonumber(ARGV[3])
+local recovery_ms, floor, sent = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local factor = 1.0
 local t = redis.call('HMGET', key, 'factor', 'at')
 if t[1] then
   factor = math.min(1.0, tonumber(t[1]) * 2 ^ ((now - tonumber(t[2])) / recovery_ms))
+  if sent < tonumber(t[2]) then
+    -- sent before the last slow-down, at the old rate: already answered for
+    return tostring(factor)
+  end
 end
 factor = math.max(floor, factor / 2)
 redis.call('HSET', key, 'factor', factor, 'at', now)
@@ -94,11 +98,18 @@ class PixelLimiter:
         )
         return int(wait)
 
-    def throttled(self, pixel_id: str, now_ms: int | None = None) -> float:
-        """Meta said slow down: halve the pixel's rates; return the new factor."""
+    def throttled(self, pixel_id: str, now_ms: int | None = None,
+                  sent_ms: int | None = None) -> float:
+        """Meta said slow down: halve the pixel's rates; return the new factor.
+
+        A request sent (``sent_ms``) before the last slow-down was sent at the old rate, so its
+        throttling answer does not halve again: eight threads throttled at once slow the pixel
+        down once, not eight times.
+        """
         now = now_ms if now_ms is not None else int(time.time() * 1000)
+        sent = sent_ms if sent_ms is not None else now
         factor = self._throttled(keys=[keys.throttle(pixel_id)],
-                                 args=[now, self._recovery_ms, self._floor])
+                                 args=[now, self._recovery_ms, self._floor, sent])
         return float(factor)
 
     def factor(self, pixel_id: str, now_ms: int | None = None) -> float:

@@ -160,6 +160,16 @@ def test_recovered_pixel_gets_its_full_rate_again(redis: fakeredis.FakeRedis) ->
     assert [0, 0, 0, 0, 250] == waits
 
 
+def test_answers_to_requests_sent_before_a_slow_down_do_not_halve_again(
+        redis: fakeredis.FakeRedis) -> None:
+    lim = limiter(redis)
+    lim.throttled(PIXEL, now_ms=T0 + 10, sent_ms=T0)
+
+    again = [lim.throttled(PIXEL, now_ms=T0 + 20, sent_ms=T0 + 5) for _ in range(7)]
+
+    assert [0.5] * 7 == [pytest.approx(f, rel=1e-3) for f in again]
+
+
 def test_throttling_one_pixel_leaves_others_alone(redis: fakeredis.FakeRedis) -> None:
     lim = limiter(redis)
     lim.throttled(PIXEL, now_ms=T0)
