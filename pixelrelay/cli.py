@@ -81,8 +81,6 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    import granian  # noqa: F401 - fail early with a clear import error
-
     settings = _settings(args)
     d = settings.dashboard
     argv = [sys.executable, "-m", "granian", "--interface", "asgi", "--factory",

@@ -57,11 +57,16 @@ def trace(settings: Settings, event_id: str, out: TextIO, client: Redis | None =
     return 0
 
 
+def _glob_escape(text: str) -> str:
+    """Escape Redis glob characters so an event_id matches only itself."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
 def _accepted_matching(redis: Redis, event_id: str, hours: int) -> dict[str, float]:
     found: dict[str, float] = {}
     now_hour = int(time.time()) // SECONDS_PER_HOUR
     for hour in range(now_hour - hours, now_hour + 1):
-        for member, score in redis.zscan_iter(keys.accepted(hour), match=f"*:{event_id}"):
+        for member, score in redis.zscan_iter(keys.accepted(hour), match=f"*:{_glob_escape(event_id)}"):
             found[member.decode()] = score
     return found
 

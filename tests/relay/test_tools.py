@@ -283,3 +283,15 @@ def test_requeue_of_nothing_returns_1(redis: fakeredis.FakeRedis, settings: Sett
 
     assert (1, "nothing to requeue: name dead letter keys or pass --all\n") == (
         code, out.getvalue())
+
+
+def test_trace_of_an_event_id_with_glob_characters_matches_only_itself() -> None:
+    import fakeredis
+
+    from relay.tools import _accepted_matching
+
+    redis = fakeredis.FakeRedis()
+    hour = int(time.time()) // 3600
+    redis.zadd(f"pixelrelay:accepted:{hour}", {"1:Purchase:a*": 1.0, "1:Purchase:abc": 2.0})
+
+    assert ["1:Purchase:a*"] == list(_accepted_matching(redis, "a*", hours=1))
