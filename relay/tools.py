@@ -65,8 +65,9 @@ def _glob_escape(text: str) -> str:
 def _accepted_matching(redis: Redis, event_id: str, hours: int) -> dict[str, float]:
     found: dict[str, float] = {}
     now_hour = int(time.time()) // SECONDS_PER_HOUR
+    pattern = f"*:{_glob_escape(event_id)}"
     for hour in range(now_hour - hours, now_hour + 1):
-        for member, score in redis.zscan_iter(keys.accepted(hour), match=f"*:{_glob_escape(event_id)}"):
+        for member, score in redis.zscan_iter(keys.accepted(hour), match=pattern):
             found[member.decode()] = score
     return found
 
