@@ -17,7 +17,8 @@ DEFAULT_BOT_USER_AGENTS = (
     # also match phones such as CUBOT, so it must be followed by one of these characters.
     "bot/", "bot;", "bot)", "bot-", "bot+", "bot.html",
     "googlebot", "bingbot", "facebot", "twitterbot", "slackbot", "linkedinbot", "telegrambot",
-    "discordbot", "applebot", "redditbot", "yandexbot", "duckduckbot", "crawler", "spider", "slurp", "facebookexternalhit", "facebookcatalog",
+    "discordbot", "applebot", "redditbot", "yandexbot", "duckduckbot", "crawler", "spider",
+    "slurp", "facebookexternalhit", "facebookcatalog",
     "meta-externalagent", "whatsapp/", "skypeuripreview", "pinterestbot", "embedly",
     "quora link preview", "outbrain", "vkshare", "w3c_validator", "bingpreview",
     "google-pagerenderer", "headlesschrome", "lighthouse", "pingdom", "uptimerobot",
