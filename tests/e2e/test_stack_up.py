@@ -4,9 +4,9 @@ carrying the click_id arrives enriched with the click's fbc, IP and user agent."
 
 from __future__ import annotations
 
-import sys
 import os
 import signal
+import sys
 from pathlib import Path
 
 import httpx
