@@ -4,7 +4,8 @@ Per event (key: pixel:event_name:event_id) a list of JSON entries (queued, attem
 dead, duplicate, deferred) and a state string, both expiring after ``ledger_ttl_days``; a
 duplicate only sets the state when there is none, so a delivered event stays 'delivered'; an index
 from event_id to its keys for ``pixelrelay trace``. Per minute a hash of counters
-(``<what>:<pixel>:<event_name>``) and a latency histogram per pixel: what the dashboard reads.
+(``<what>:<pixel>:<event_name>``), a histogram of Meta's request latency per pixel and one of
+received-to-delivered delay per pixel and event name: what the dashboard reads.
 Writes are one Lua call per batch, so the ledger costs the worker little per event.
 """
 
@@ -24,6 +25,7 @@ from relay import keys
 State = Literal["queued", "attempt", "delivered", "dead", "duplicate", "deferred", "requeued"]
 FINAL_STATES = frozenset({"delivered", "dead", "duplicate"})
 LATENCY_BUCKETS_MS = (25, 50, 100, 200, 400, 800, 1600, 3200, 6400)
+DELAY_BUCKETS_MS = (250, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 300_000, 3_600_000)
 COUNTER_TTL_S = 8 * 86_400
 
 _RECORD = """
@@ -63,8 +65,8 @@ def minute_of(ms: int) -> int:
     return ms // 60_000
 
 
-def bucket_for(latency_ms: float) -> str:
-    for bound in LATENCY_BUCKETS_MS:
+def bucket_for(latency_ms: float, bounds: Sequence[int] = LATENCY_BUCKETS_MS) -> str:
+    for bound in bounds:
         if latency_ms <= bound:
             return str(bound)
     return "inf"
@@ -108,6 +110,29 @@ class Ledger:
         pipe.hincrby(key, f"{pixel_id}:{bucket_for(latency_ms)}", 1)
         pipe.hincrbyfloat(key, f"{pixel_id}:sum_ms", round(latency_ms, 3))
         pipe.hincrby(key, f"{pixel_id}:count", 1)
+        pipe.expire(key, COUNTER_TTL_S)
+        pipe.execute()
+
+    def observe_delays(self, delays: Iterable[tuple[str, str, float]], at_ms: int) -> None:
+        """Histogram of received-to-delivered time per pixel and event name, for one minute.
+
+        Fields: ``delay:<pixel>:<event_name>:<bucket_ms>``, ``...:sum_ms`` and ``...:count``.
+        """
+        counts: Counter[str] = Counter()
+        sums: Counter[str] = Counter()
+        for pixel_id, event_name, delay_ms in delays:
+            prefix = f"delay:{pixel_id}:{event_name}"
+            counts[f"{prefix}:{bucket_for(delay_ms, DELAY_BUCKETS_MS)}"] += 1
+            counts[f"{prefix}:count"] += 1
+            sums[f"{prefix}:sum_ms"] += delay_ms
+        if not counts:
+            return
+        key = keys.latency(minute_of(at_ms))
+        pipe = self._client.pipeline(transaction=False)
+        for name, n in counts.items():
+            pipe.hincrby(key, name, n)
+        for name, total in sums.items():
+            pipe.hincrbyfloat(key, name, round(total, 3))
         pipe.expire(key, COUNTER_TTL_S)
         pipe.execute()
 

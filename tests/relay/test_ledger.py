@@ -121,3 +121,19 @@ def test_duplicate_of_an_unknown_event_sets_the_state(redis: fakeredis.FakeRedis
     ledger.record([entry("duplicate")], AT_MS)
 
     assert "duplicate" == ledger.state("111:Purchase:e1")
+
+
+def test_delays_are_histogrammed_per_pixel_and_event_name(redis: fakeredis.FakeRedis) -> None:
+    ledger = Ledger(redis, 3600)
+
+    ledger.observe_delays([("111", "Purchase", 300.0), ("111", "Purchase", 700.0),
+                           ("111", "PageView", 40_000.0)], AT_MS)
+
+    stored = {k.decode(): v.decode()
+              for k, v in redis.hgetall(keys.latency(minute_of(AT_MS))).items()}
+    assert {
+        "delay:111:Purchase:500": "1", "delay:111:Purchase:1000": "1",
+        "delay:111:Purchase:count": "2", "delay:111:Purchase:sum_ms": "1000",
+        "delay:111:PageView:60000": "1", "delay:111:PageView:count": "1",
+        "delay:111:PageView:sum_ms": "40000",
+    } == stored
