@@ -119,12 +119,12 @@ class Ledger:
         Fields: ``delay:<pixel>:<event_name>:<bucket_ms>``, ``...:sum_ms`` and ``...:count``.
         """
         counts: Counter[str] = Counter()
-        sums: Counter[str] = Counter()
+        sums: dict[str, float] = {}
         for pixel_id, event_name, delay_ms in delays:
             prefix = f"delay:{pixel_id}:{event_name}"
             counts[f"{prefix}:{bucket_for(delay_ms, DELAY_BUCKETS_MS)}"] += 1
             counts[f"{prefix}:count"] += 1
-            sums[f"{prefix}:sum_ms"] += delay_ms
+            sums[f"{prefix}:sum_ms"] = sums.get(f"{prefix}:sum_ms", 0.0) + delay_ms
         if not counts:
             return
         key = keys.latency(minute_of(at_ms))
