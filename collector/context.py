@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import time
 from dataclasses import dataclass, field
+from functools import cache
 
 import msgspec
 
@@ -40,6 +41,11 @@ class CollectorContext:
         self.origins = frozenset(o.rstrip("/") for o in c.allowed_origins)
         self.click_ttl_s = c.click_ttl_days * SECONDS_PER_DAY
         self.cookie_max_age_s = c.cookie_max_age_days * SECONDS_PER_DAY
+        # prometheus' labels() checks the labels and takes a lock on every call; a child never
+        # changes, so the hot path fetches each once, on first use (a series still appears in
+        # /metrics only once it has been counted).
+        self.requests_counter = cache(self.metrics.requests.labels)
+        self.events_counter = cache(self.metrics.events.labels)
 
     def authenticate(self, authorization: str | None) -> ApiKeySettings:
         scheme, _, token = (authorization or "").partition(" ")
