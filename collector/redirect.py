@@ -160,7 +160,7 @@ async def handle_redirect(ctx: CollectorContext, request: Request, slug: str) ->
     if request.method == "HEAD" or ctx.bots.is_bot(user_agent):
         ctx.metrics.bots.inc()
         ctx.requests_counter("go", "302").inc()
-        return Response(b"", status_code=302, headers=response_headers)
+        return Response(b"", status_code=302, headers=response_headers, media_type="text/plain")
 
     now = now_ms()
     cookies = request.cookies
@@ -193,4 +193,5 @@ async def handle_redirect(ctx: CollectorContext, request: Request, slug: str) ->
         set_cookies.append(_cookie(ctx, FBC_COOKIE, fbc, secure))
     if new_fbp:
         set_cookies.append(_cookie(ctx, FBP_COOKIE, fbp, secure))
-    return Response(b"", status_code=302, headers=response_headers, cookies=set_cookies)
+    return Response(b"", status_code=302, headers=response_headers, cookies=set_cookies,
+                    media_type="text/plain")
