@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
-from functools import lru_cache
-from typing import Literal
-from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl
 
 from litestar import Request, Response
 from litestar.datastructures import Cookie
 
 from collector.context import CollectorContext, now_ms
+from collector.cookies import PlainCookie
+from collector.destination import destination_url
 from collector.visitor import (
     CLICK_COOKIE,
     FBC_COOKIE,
@@ -22,7 +20,6 @@ from collector.visitor import (
     choose_fbp,
     client_ip,
 )
-from relay.config import LinkSettings
 from relay.events import ClickContext, MetaEvent, UserData, new_event_id
 from relay.inbox import Write
 
@@ -32,64 +29,6 @@ NOT_FOUND_PAGE = (
     "<!doctype html><html lang=en><meta charset=utf-8><title>Link not found</title>"
     "<h1>Link not found</h1><p>This link does not exist or is no longer active.</p></html>"
 )
-
-
-def destination_url(link: LinkSettings, click_id: str, query: str) -> str:
-    """The configured target with {click_id} filled and, if asked, the link's query appended."""
-    target = link.destination.replace("{click_id}", click_id)
-    if not link.forward_query or not query:
-        return target
-    template = _template(link.destination) if _INERT_CLICK_ID.fullmatch(click_id) else None
-    if template is not None:
-        extra = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True)
-                 if k not in template.own_names]
-        return template.fill(click_id, urlencode(extra))
-    parts = urlsplit(target)
-    own = parse_qsl(parts.query, keep_blank_values=True)
-    own_names = {name for name, _ in own}
-    extra = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in own_names]
-    return urlunsplit(parts._replace(query=urlencode(own + extra)))
-
-
-# Splitting and re-encoding the destination on every click was a tenth of a redirect's CPU; it
-# is done once per destination instead, with "{click_id}" left in, and the id is filled into the
-# result. That gives the same URL as filling first and splitting after when the id is made of
-# characters that splitting, unquoting and quoting all leave alone (secrets.token_urlsafe's),
-# and when "{click_id}" cannot interact with the query's parsing: no "%" escapes in the
-# destination's query, no "{click_id}" in a parameter name. Anything else takes the general path.
-_INERT_CLICK_ID = re.compile(r"[A-Za-z0-9_-]+")
-_QUOTED_PLACEHOLDER = quote_plus("{click_id}")
-
-
-@dataclass(frozen=True, slots=True)
-class _Template:
-    head: str  # scheme://netloc/path as urlunsplit writes it
-    own_query: str  # the destination's query as urlencode re-writes it
-    own_names: frozenset[str]
-    fragment: str
-
-    def fill(self, click_id: str, extra_query: str) -> str:
-        own = self.own_query.replace(_QUOTED_PLACEHOLDER, click_id)
-        query = f"{own}&{extra_query}" if own and extra_query else own or extra_query
-        url = self.head.replace("{click_id}", click_id)
-        if query:
-            url += "?" + query
-        if self.fragment:
-            url += "#" + self.fragment.replace("{click_id}", click_id)
-        return url
-
-
-@lru_cache(maxsize=256)
-def _template(destination: str) -> _Template | None:
-    parts = urlsplit(destination)
-    if parts.scheme not in ("http", "https") or "%" in parts.query:
-        return None
-    own = parse_qsl(parts.query, keep_blank_values=True)
-    own_names = frozenset(name for name, _ in own)
-    if any("{click_id}" in name for name in own_names):
-        return None
-    return _Template(head=urlunsplit(parts._replace(query="", fragment="")),
-                     own_query=urlencode(own), own_names=own_names, fragment=parts.fragment)
 
 
 def _is_https(request: Request, ctx: CollectorContext) -> bool:
@@ -106,36 +45,8 @@ def _is_https(request: Request, ctx: CollectorContext) -> bool:
     return ctx.proxies.trusts(peer) and request.headers.get("x-forwarded-proto") == "https"
 
 
-# What SimpleCookie writes unquoted (http.cookies._LegalChars): such a name=value pair can be
-# written as is. Anything else goes through Litestar's SimpleCookie path, which quotes it.
-_PLAIN_COOKIE_TEXT = re.compile(r"[\w!#$%&'*+\-.^`|~:]+", re.ASCII)
-
-
-@lru_cache(maxsize=64)
-def _cookie_attributes(path: str, max_age: int | None, domain: str | None, secure: bool | None,
-                       httponly: bool | None, samesite: Literal["lax", "strict", "none"]) -> str:
-    """The '; Max-Age=...; Path=/; ...' tail, as Litestar itself renders it for these settings."""
-    header = Cookie(key="k", value="v", path=path, max_age=max_age, domain=domain, secure=secure,
-                    httponly=httponly, samesite=samesite).to_header(header="").strip()
-    return header.removeprefix("k=v")
-
-
-class _RedirectCookie(Cookie):
-    """A Cookie that writes its own Set-Cookie header: the same bytes as Litestar's, without
-    building a SimpleCookie per cookie (about a tenth of a redirect's CPU with three cookies)."""
-
-    def to_encoded_header(self) -> tuple[bytes, bytes]:
-        value = self.value or ""
-        if (self.expires is not None or not _PLAIN_COOKIE_TEXT.fullmatch(self.key)
-                or not _PLAIN_COOKIE_TEXT.fullmatch(value)):
-            return super().to_encoded_header()
-        tail = _cookie_attributes(self.path, self.max_age, self.domain, self.secure,
-                                  self.httponly, self.samesite)
-        return b"set-cookie", f"{self.key}={value}{tail}".encode("latin-1")
-
-
 def _cookie(ctx: CollectorContext, name: str, value: str, secure: bool) -> Cookie:
-    return _RedirectCookie(
+    return PlainCookie(
         key=name, value=value, max_age=ctx.cookie_max_age_s, path="/",
         domain=ctx.settings.collector.cookie_domain or None, samesite="lax", secure=secure,
         httponly=False,  # Meta's pixel reads _fbc/_fbp in the browser

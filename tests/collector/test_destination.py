@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 
-from collector.redirect import destination_url
+from collector.destination import destination_url
 from relay.config import LinkSettings
 
 
