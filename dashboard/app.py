@@ -1,4 +1,5 @@
-"""The operators' dashboard (server-rendered Jinja2 + HTMX). For now: queue depths and health.
+"""The operators' dashboard (server-rendered Jinja2). For now a placeholder: queue depths, pixel
+health and the dead-letter count; the live views (HTMX) come with the dashboard's own issue.
 
 granian serves ``dashboard.app:create_app`` as a factory; settings from ``$PIXELRELAY_CONFIG``.
 """
@@ -9,12 +10,12 @@ import os
 from pathlib import Path
 
 from litestar import Litestar, get
-from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Template
 from litestar.template.config import TemplateConfig
 from redis.asyncio import Redis
 
-from dashboard.queries import queue_depths
+from dashboard.queries import dead_letter_count, pixel_statuses, queue_depths
 from relay.config import Settings, load_settings
 from relay.logs import configure_logging
 
@@ -26,8 +27,12 @@ def build_app(settings: Settings, redis: Redis | None = None) -> Litestar:
 
     @get("/")
     async def index() -> Template:
-        depths = await queue_depths(client)
-        return Template("index.html", context={"depths": depths, "pixels": settings.pixels})
+        context = {
+            "depths": await queue_depths(client),
+            "pixels": await pixel_statuses(client, [p.id for p in settings.pixels]),
+            "dead_letters": await dead_letter_count(client),
+        }
+        return Template("index.html", context=context)
 
     @get("/healthz")
     async def healthz() -> dict[str, str]:

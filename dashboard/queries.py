@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import msgspec
 from redis.asyncio import Redis
 
 from relay import keys
@@ -37,3 +39,21 @@ async def queue_depths(client: Redis) -> list[QueueDepth]:
         ready, msgs, delayed, dead = values[len(pixels):]
         result.append(QueueDepth(priority, inbox, ready, max(0, msgs - ready), delayed, dead))
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class PixelStatus:
+    pixel_id: str
+    health: dict[str, Any] | None  # the relay's last token/reachability check
+
+
+async def pixel_statuses(client: Redis, pixel_ids: list[str]) -> list[PixelStatus]:
+    if not pixel_ids:
+        return []
+    raw = await client.mget([keys.pixel_health(p) for p in pixel_ids])
+    return [PixelStatus(p, msgspec.json.decode(r) if r else None)
+            for p, r in zip(pixel_ids, raw, strict=True)]
+
+
+async def dead_letter_count(client: Redis) -> int:
+    return int(await client.zcard(keys.dead_letters()))
