@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= pixelrelay.example.toml
 
-.PHONY: install up test lint bench bench-redirect bench-relay clean
+.PHONY: install up test lint bench bench-redirect bench-relay bench-footprint clean
 
 install: $(VENV)/.installed
 
@@ -24,13 +24,16 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: bench-redirect bench-relay
+bench: bench-redirect bench-relay bench-footprint
 
 bench-redirect: install
 	$(BIN)/python loadtest/bench_redirect.py
 
 bench-relay: install
 	$(BIN)/python loadtest/bench_relay.py
+
+bench-footprint: install
+	$(BIN)/python loadtest/bench_footprint.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
