@@ -81,7 +81,7 @@ async def handle_redirect(ctx: CollectorContext, request: Request, slug: str) ->
     utm = {k: query[k] for k in UTM_KEYS if query.get(k)}
     click = ClickContext(
         click_id=click_id, slug=slug, time_ms=now, fbc=fbc, fbp=fbp, client_ip_address=ip,
-        client_user_agent=user_agent, referrer=headers.get("referer"), landing_url=location,
+        client_user_agent=user_agent,
         utm=utm or None,
     )
     user_data = UserData(client_ip_address=ip, client_user_agent=user_agent, fbc=fbc, fbp=fbp)

@@ -110,8 +110,13 @@ class Envelope(Struct, omit_defaults=True):
         return f"{self.pixel_id}:{self.event.event_name}:{self.event.event_id}"
 
 
-class ClickContext(Struct, omit_defaults=True):
-    """What a redirect learned about the visitor; later server events refer to it by click_id."""
+class ClickContext(Struct, array_like=True):
+    """What a redirect learned about the visitor; later server events refer to it by click_id.
+
+    Kept for ``collector.click_ttl_days`` per click, so it is stored compactly (a JSON array) and
+    holds only what enrichment and attribution need; the landing URL and referrer travel with
+    the click's own PageView.
+    """
 
     click_id: str
     slug: str
@@ -120,8 +125,6 @@ class ClickContext(Struct, omit_defaults=True):
     fbp: str | None = None
     client_ip_address: str | None = None
     client_user_agent: str | None = None
-    referrer: str | None = None
-    landing_url: str | None = None
     utm: dict[str, str] | None = None
 
 

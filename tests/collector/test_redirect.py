@@ -119,9 +119,8 @@ async def test_the_click_context_is_kept_for_the_click_ttl(
     click_id = cookies_set(response)["_prclk"]
     context = decode_click(await redis.get(f"pixelrelay:click:{click_id}"))
     ttl_s = await redis.ttl(f"pixelrelay:click:{click_id}")
-    assert ("demo", cookies_set(response)["_fbc"], VISITOR_IP, {"utm_campaign": "spring"},
-            "https://m.facebook.com/") == (
-        context.slug, context.fbc, context.client_ip_address, context.utm, context.referrer
+    assert ("demo", cookies_set(response)["_fbc"], VISITOR_IP, {"utm_campaign": "spring"}) == (
+        context.slug, context.fbc, context.client_ip_address, context.utm
     )
     assert settings.collector.click_ttl_days * 86_400 - 5 <= ttl_s <= (
         settings.collector.click_ttl_days * 86_400

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from relay import keys
+from relay.events import decode_click
 from tests.support import (
     DEMO_API_KEY,
     DEMO_PIXEL,
@@ -161,7 +163,7 @@ class Stack:
         with self.redis.client() as redis:
             raw = redis.get(keys.click(click_id))
         assert raw is not None, f"no click context stored for {click_id}"
-        return dict(json.loads(raw))
+        return msgspec.structs.asdict(decode_click(raw))
 
     def stored_event(self, event_id: str) -> dict[str, Any]:
         with self.redis.client() as redis:
