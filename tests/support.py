@@ -175,8 +175,12 @@ DEMO_API_KEY = "test-api-key"
 
 
 def write_config(directory: Path, *, redis_url: str, graph_url: str = "http://127.0.0.1:9",
-                 collector_port: int | None = None, extra: str = "") -> Path:
-    """A complete config file for tests: one pixel, one link, one API key, paths under tmp."""
+                 collector_port: int | None = None, redis_lines: str = "",
+                 extra: str = "") -> Path:
+    """A complete config file for tests: one pixel, one link, one API key, paths under tmp.
+
+    ``redis_lines`` go into the [redis] table; ``extra`` (more tables) goes at the end.
+    """
     import hashlib
 
     key_hash = hashlib.sha256(DEMO_API_KEY.encode()).hexdigest()
@@ -192,6 +196,7 @@ redis_probe_interval_ms = 100
 
 [redis]
 url = "{redis_url}"
+{redis_lines}
 
 [meta]
 graph_url = "{graph_url}"

@@ -11,47 +11,28 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import DEMO_API_KEY, DEMO_PIXEL, Process, free_port, wait_for, wait_http
+from tests.support import (
+    DEMO_API_KEY,
+    DEMO_PIXEL,
+    Process,
+    free_port,
+    wait_for,
+    wait_http,
+    write_config,
+)
+
+# No Redis URL, no Graph API URL and no token: `up` must start its embedded defaults.
+NO_REAL_SERVICES = {"REDIS_URL": "", "PIXELRELAY_GRAPH_URL": "", "PIXELRELAY_TEST_TOKEN": ""}
 
 
 def _config(tmp_path: Path) -> tuple[Path, dict[str, int]]:
-    import hashlib
-
+    """The test config, with no Redis URL (embedded server) and ports of its own."""
     ports = {name: free_port() for name in ("collector", "dashboard", "fake_meta", "redis")}
-    key_hash = hashlib.sha256(DEMO_API_KEY.encode()).hexdigest()
-    path = tmp_path / "pixelrelay.toml"
-    path.write_text(f"""
-[collector]
-port = {ports['collector']}
-spool_dir = "{tmp_path / 'spool'}"
-
-[redis]
-url = ""
-embedded_port = {ports['redis']}
-data_dir = "{tmp_path / 'redis'}"
-
-[relay]
-linger_ms = 50
-
-[dashboard]
-port = {ports['dashboard']}
-
-[fake_meta]
-port = {ports['fake_meta']}
-
-[[pixels]]
-id = "{DEMO_PIXEL}"
-access_token_env = "PIXELRELAY_E2E_TOKEN_UNSET"
-
-[[links]]
-slug = "demo"
-destination = "https://shop.example/landing?cid={{click_id}}"
-pixels = ["{DEMO_PIXEL}"]
-
-[[api_keys]]
-name = "shop"
-sha256 = "{key_hash}"
-""")
+    path = write_config(
+        tmp_path, redis_url="", collector_port=ports["collector"],
+        redis_lines=f'embedded_port = {ports["redis"]}\ndata_dir = "{tmp_path / "redis"}"',
+        extra=f"\n[dashboard]\nport = {ports['dashboard']}\n"
+              f"\n[fake_meta]\nport = {ports['fake_meta']}\n")
     return path, ports
 
 
@@ -79,7 +60,7 @@ def test_click_and_enriched_server_event_reach_fake_meta(tmp_path: Path) -> None
     # Given the whole stack started by `pixelrelay up` with no Redis URL and no real token
     config, ports = _config(tmp_path)
     stack = Process([sys.executable, "-m", "pixelrelay", "up", "--config", str(config)],
-                    tmp_path / "up.log", env={"REDIS_URL": "", "PIXELRELAY_GRAPH_URL": ""})
+                    tmp_path / "up.log", env=NO_REAL_SERVICES)
     stack.start()
     try:
         base = f"http://127.0.0.1:{ports['collector']}"
@@ -130,7 +111,7 @@ def test_up_stops_and_names_a_child_that_died(tmp_path: Path) -> None:
     # Given a running stack
     config, ports = _config(tmp_path)
     stack = Process([sys.executable, "-m", "pixelrelay", "up", "--config", str(config)],
-                    tmp_path / "up.log", env={"REDIS_URL": "", "PIXELRELAY_GRAPH_URL": ""})
+                    tmp_path / "up.log", env=NO_REAL_SERVICES)
     stack.start()
     try:
         wait_for(lambda: "pixelrelay is up" in stack.output(), 60, what="the stack")
