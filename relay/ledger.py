@@ -94,24 +94,13 @@ class Ledger:
         self.count(counts, at)
 
     def count(self, counts: Counter[str], at_ms: int) -> None:
-        if not counts:
-            return
-        key = keys.counters(minute_of(at_ms))
-        pipe = self._client.pipeline(transaction=False)
-        for name, n in counts.items():
-            pipe.hincrby(key, name, n)
-        pipe.expire(key, COUNTER_TTL_S)
-        pipe.execute()
+        self._add(keys.counters(minute_of(at_ms)), counts, {})
 
     def observe_latency(self, pixel_id: str, latency_ms: float, at_ms: int | None = None) -> None:
+        """Histogram of Meta's request latency per pixel, for one minute."""
         at = at_ms if at_ms is not None else int(time.time() * 1000)
-        key = keys.latency(minute_of(at))
-        pipe = self._client.pipeline(transaction=False)
-        pipe.hincrby(key, f"{pixel_id}:{bucket_for(latency_ms)}", 1)
-        pipe.hincrbyfloat(key, f"{pixel_id}:sum_ms", round(latency_ms, 3))
-        pipe.hincrby(key, f"{pixel_id}:count", 1)
-        pipe.expire(key, COUNTER_TTL_S)
-        pipe.execute()
+        counts = Counter({f"{pixel_id}:{bucket_for(latency_ms)}": 1, f"{pixel_id}:count": 1})
+        self._add(keys.latency(minute_of(at)), counts, {f"{pixel_id}:sum_ms": latency_ms})
 
     def observe_delays(self, delays: Iterable[tuple[str, str, float]], at_ms: int) -> None:
         """Histogram of received-to-delivered time per pixel and event name, for one minute.
@@ -125,9 +114,12 @@ class Ledger:
             counts[f"{prefix}:{bucket_for(delay_ms, DELAY_BUCKETS_MS)}"] += 1
             counts[f"{prefix}:count"] += 1
             sums[f"{prefix}:sum_ms"] = sums.get(f"{prefix}:sum_ms", 0.0) + delay_ms
-        if not counts:
+        self._add(keys.latency(minute_of(at_ms)), counts, sums)
+
+    def _add(self, key: str, counts: Counter[str], sums: dict[str, float]) -> None:
+        """Add to a per-minute hash in one round trip, and keep it for ``COUNTER_TTL_S``."""
+        if not counts and not sums:
             return
-        key = keys.latency(minute_of(at_ms))
         pipe = self._client.pipeline(transaction=False)
         for name, n in counts.items():
             pipe.hincrby(key, name, n)
