@@ -50,6 +50,21 @@ def _pids_with_args(*needles: str) -> list[int]:
     return found
 
 
+def _logged_batches(output: str) -> int:
+    """Relay log lines of delivered batches, with the fields operators read."""
+    import json
+
+    count = 0
+    for line in output.splitlines():
+        _, _, text = line.partition("] ")
+        if '"event": "batch"' not in text:
+            continue
+        entry = json.loads(text)
+        assert {"pixel_id", "size", "attempt", "latency_ms", "outcome", "batch"} <= entry.keys()
+        count += entry["outcome"] == "delivered"
+    return count
+
+
 def _fake_events(ports: dict[str, int]) -> list[dict[str, object]]:
     response = httpx.get(f"http://127.0.0.1:{ports['fake_meta']}/_fake/events",
                          params={"pixel_id": DEMO_PIXEL}, timeout=2)
@@ -101,9 +116,14 @@ def test_click_and_enriched_server_event_reach_fake_meta(tmp_path: Path) -> None
         assert (fbc, "127.0.0.1", browser) == (
             enriched["fbc"], enriched["client_ip_address"], enriched["client_user_agent"])
         assert "joe@example.com" not in str(purchases[0])
+        wait_for(lambda: _logged_batches(stack.output()) >= 2, 10, what="the batch log lines")
     finally:
         code = stack.stop(timeout_s=40)
     assert 0 == code, stack.output()[-3000:]
+    # Every process's log: one structured line per batch, no token, no raw personal data.
+    logs = stack.output()
+    for secret in ("fake-meta-token", "Joe@Example.com", "joe@example.com"):
+        assert secret not in logs
     assert not list((tmp_path / "spool").glob("*.spool"))
 
 
