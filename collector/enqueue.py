@@ -24,7 +24,7 @@ import structlog
 
 from collector.spool import Spool
 from relay.errors import StorageError
-from relay.inbox import Write, write_decoder, write_encoder
+from relay.inbox import EventWrite, Write, write_decoder, write_encoder
 
 log = structlog.get_logger("collector.enqueue")
 
@@ -133,7 +133,8 @@ class DurableEnqueuer:
             except Exception as exc:  # noqa: BLE001 - whatever it is, the client must retry
                 log.error("spool_write_failed", error=str(exc), events=len(writes))
                 error = StorageError("neither Redis nor the disk spool accepted the event")
-        self._observer.stored(destination, len(writes), time.perf_counter() - started)
+        events = sum(isinstance(w, EventWrite) for w in writes)  # click contexts are not events
+        self._observer.stored(destination, events, time.perf_counter() - started)
         for _, future in group:
             if future.done():
                 continue

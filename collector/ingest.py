@@ -155,6 +155,9 @@ async def handle_beacon(ctx: CollectorContext, request: Request) -> Response:
     assert isinstance(beacon, BeaconEvent)
     if beacon.pixel_id not in ctx.pixel_ids:
         raise InputError(f"beacon.pixel_id {beacon.pixel_id} is not a configured pixel", 422)
+    if ctx.bots.is_bot(request.headers.get("user-agent")):
+        ctx.metrics.bots.inc()  # headless browsers and crawlers running the page's script
+        return Response(b"", status_code=204, headers=headers)
     cookies = request.cookies
     fbc = cookies.get(FBC_COOKIE)
     fbp = cookies.get(FBP_COOKIE)

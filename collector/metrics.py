@@ -19,7 +19,8 @@ class CollectorMetrics(EnqueueObserver):
             registry=self.registry,
         )
         self.bots = Counter(
-            "pixelrelay_collector_bot_clicks", "Redirects by bots and HEAD requests, not reported.",
+            "pixelrelay_collector_bot_clicks",
+            "Redirects and beacons from bots (and HEAD requests), answered but not reported.",
             registry=self.registry,
         )
         self.enqueue_seconds = Histogram(

@@ -198,6 +198,8 @@ async def test_a_click_is_redirected_and_spooled_while_redis_is_down(
     events = spooled_events(settings)
     assert (302, [PIXEL, SECOND_PIXEL]) == (response.status_code, [e.pixel_id for e in events])
     assert {"PageView"} == {decode_envelope(e.payload).event.event_name for e in events}
+    metrics = (await client.get("/metrics")).text
+    assert "pixelrelay_collector_spooled_events_total 2.0" in metrics  # events, not the click
 
 
 async def test_server_events_are_accepted_and_spooled_while_redis_is_down(

@@ -341,6 +341,17 @@ async def test_a_beacon_carries_the_visitors_address_agent_cookies_and_click(
     )
 
 
+async def test_a_beacon_from_a_headless_browser_is_answered_but_not_stored(
+        client: httpx.AsyncClient, redis: FakeRedis) -> None:
+    headless = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 HeadlessChrome/120.0"
+
+    response = await send_beacon(client, beacon(), **{"user-agent": headless})
+
+    assert (204, [], ORIGIN) == (response.status_code, await redis.keys("*"),
+                                 response.headers["access-control-allow-origin"])
+    assert "pixelrelay_collector_bot_clicks_total 1.0" in (await client.get("/metrics")).text
+
+
 async def test_malformed_cookies_are_left_out_of_a_beacon(client: httpx.AsyncClient,
                                                           redis: FakeRedis) -> None:
     await send_beacon(client, beacon(), cookie="_fbc=garbage; _fbp=fb.1.2.x")
