@@ -53,6 +53,19 @@ def cmd_config_reference(_: argparse.Namespace) -> int:
     return 0
 
 
+def _granian_log_config(process: str) -> str:
+    """Write granian's logging config (JSON lines) to a private temporary file; its path."""
+    import json
+    import tempfile
+
+    from relay.logs import granian_log_config
+
+    handle, path = tempfile.mkstemp(prefix=f"pixelrelay-{process}-", suffix=".json")
+    with os.fdopen(handle, "w") as file:
+        json.dump(granian_log_config(process), file)
+    return path
+
+
 def cmd_collector(args: argparse.Namespace) -> int:
     settings = _settings(args)
     c = settings.collector
@@ -60,7 +73,8 @@ def cmd_collector(args: argparse.Namespace) -> int:
         sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
         "--host", c.host, "--port", str(c.port), "--workers", str(c.workers),
         "--loop", "uvloop", "--workers-kill-timeout", str(c.shutdown_grace_s),
-        "--no-ws", "--log-level", "warning", "collector.app:create_app",
+        "--no-ws", "--log-level", "info", "--log-config", _granian_log_config("collector"),
+        "collector.app:create_app",
     ]
     os.execv(sys.executable, argv)
     return 0  # not reached
@@ -84,8 +98,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     settings = _settings(args)
     d = settings.dashboard
     argv = [sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
-            "--host", d.host, "--port", str(d.port), "--no-ws", "--log-level", "warning",
-            "dashboard.app:create_app"]
+            "--host", d.host, "--port", str(d.port), "--no-ws", "--log-level", "info",
+            "--log-config", _granian_log_config("dashboard"), "dashboard.app:create_app"]
     os.execv(sys.executable, argv)
     return 0
 

@@ -7,10 +7,12 @@ parameter from URLs that have to be logged.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -49,3 +51,29 @@ def _add_process(name: str) -> structlog.typing.Processor:
         return event
 
     return add
+
+
+class JsonLineFormatter(logging.Formatter):
+    """For loggers outside structlog (granian's own): the same one-JSON-object-per-line shape."""
+
+    def __init__(self, process: str = "", **_: Any) -> None:
+        super().__init__()
+        self._process = process
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "event": record.getMessage(),
+            "level": record.levelname.lower(),
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "logger": record.name,
+            "process": self._process,
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return redact(json.dumps(entry))
+
+
+def granian_log_config(process: str) -> dict[str, Any]:
+    """A ``--log-config`` for granian: its lines in JSON like ours."""
+    formatter = {"()": "relay.logs.JsonLineFormatter", "process": process}
+    return {"formatters": {"generic": formatter, "access": formatter}}
