@@ -227,9 +227,9 @@ class Deliverer:
                    delay_ms=now_ms - e.received_ms)
             for e in envelopes
         ], now_ms)
-        self.ledger.observe_latency(envelopes[0].pixel_id, result.latency_ms, now_ms)
-        self.ledger.observe_delays(
-            ((e.pixel_id, e.event.event_name, now_ms - e.received_ms) for e in envelopes), now_ms)
+        self.ledger.observe_batch(
+            envelopes[0].pixel_id, result.latency_ms,
+            ((e.event.event_name, now_ms - e.received_ms) for e in envelopes), now_ms)
 
     def _dead(self, envelopes: Sequence[Envelope], reason: dict[str, Any], attempt: Attempt
               ) -> None:

@@ -96,20 +96,18 @@ class Ledger:
     def count(self, counts: Counter[str], at_ms: int) -> None:
         self._add(keys.counters(minute_of(at_ms)), counts, {})
 
-    def observe_latency(self, pixel_id: str, latency_ms: float, at_ms: int | None = None) -> None:
-        """Histogram of Meta's request latency per pixel, for one minute."""
-        at = at_ms if at_ms is not None else int(time.time() * 1000)
-        counts = Counter({f"{pixel_id}:{bucket_for(latency_ms)}": 1, f"{pixel_id}:count": 1})
-        self._add(keys.latency(minute_of(at)), counts, {f"{pixel_id}:sum_ms": latency_ms})
+    def observe_batch(self, pixel_id: str, latency_ms: float,
+                      delays: Iterable[tuple[str, float]], at_ms: int) -> None:
+        """One delivered batch, into the minute's latency hash in one round trip.
 
-    def observe_delays(self, delays: Iterable[tuple[str, str, float]], at_ms: int) -> None:
-        """Histogram of received-to-delivered time per pixel and event name, for one minute.
-
-        Fields: ``delay:<pixel>:<event_name>:<bucket_ms>``, ``...:sum_ms`` and ``...:count``.
+        Meta's request latency per pixel (``<pixel>:<bucket_ms>``, ``:sum_ms``, ``:count``) and
+        each event's received-to-delivered delay per pixel and event name
+        (``delay:<pixel>:<event_name>:<bucket_ms>``, ``...:sum_ms``, ``...:count``); ``delays``
+        holds (event_name, delay_ms) pairs.
         """
-        counts: Counter[str] = Counter()
-        sums: dict[str, float] = {}
-        for pixel_id, event_name, delay_ms in delays:
+        counts = Counter({f"{pixel_id}:{bucket_for(latency_ms)}": 1, f"{pixel_id}:count": 1})
+        sums = {f"{pixel_id}:sum_ms": latency_ms}
+        for event_name, delay_ms in delays:
             prefix = f"delay:{pixel_id}:{event_name}"
             counts[f"{prefix}:{bucket_for(delay_ms, DELAY_BUCKETS_MS)}"] += 1
             counts[f"{prefix}:count"] += 1

@@ -89,8 +89,8 @@ def test_record_of_nothing_writes_nothing(redis: fakeredis.FakeRedis) -> None:
 
 def test_latency_is_kept_as_histogram_sum_and_count(redis: fakeredis.FakeRedis) -> None:
     ledger = Ledger(redis, TTL_S)
-    ledger.observe_latency("111", 80.0, AT_MS)
-    ledger.observe_latency("111", 90.5, AT_MS)
+    ledger.observe_batch("111", 80.0, [], AT_MS)
+    ledger.observe_batch("111", 90.5, [], AT_MS)
 
     assert {b"111:100": b"2", b"111:sum_ms": b"170.5", b"111:count": b"2"} == redis.hgetall(
         keys.latency(minute_of(AT_MS)))
@@ -126,14 +126,16 @@ def test_duplicate_of_an_unknown_event_sets_the_state(redis: fakeredis.FakeRedis
 def test_delays_are_histogrammed_per_pixel_and_event_name(redis: fakeredis.FakeRedis) -> None:
     ledger = Ledger(redis, 3600)
 
-    ledger.observe_delays([("111", "Purchase", 300.0), ("111", "Purchase", 700.0),
-                           ("111", "PageView", 40_000.0)], AT_MS)
+    ledger.observe_batch("111", 120.0, [("Purchase", 300.0), ("Purchase", 700.0),
+                                        ("PageView", 40_000.0)], AT_MS)
 
     stored = {k.decode(): v.decode()
               for k, v in redis.hgetall(keys.latency(minute_of(AT_MS))).items()}
+    assert {"111:200": "1", "111:count": "1", "111:sum_ms": "120"} == {
+        k: v for k, v in stored.items() if not k.startswith("delay:")}
     assert {
         "delay:111:Purchase:500": "1", "delay:111:Purchase:1000": "1",
         "delay:111:Purchase:count": "2", "delay:111:Purchase:sum_ms": "1000",
         "delay:111:PageView:60000": "1", "delay:111:PageView:count": "1",
         "delay:111:PageView:sum_ms": "40000",
-    } == stored
+    } == {k: v for k, v in stored.items() if k.startswith("delay:")}
