@@ -36,6 +36,19 @@ def _config(tmp_path: Path) -> tuple[Path, dict[str, int]]:
     return path, ports
 
 
+def _start_stack(tmp_path: Path) -> tuple[Process, dict[str, int]]:
+    """`pixelrelay up` on the test config, once it says it is up (stopped by the caller)."""
+    config, ports = _config(tmp_path)
+    stack = Process([sys.executable, "-m", "pixelrelay", "up", "--config", str(config)],
+                    tmp_path / "up.log", env=NO_REAL_SERVICES).start()
+    try:
+        wait_for(lambda: "pixelrelay is up" in stack.output(), 60, what="the stack")
+    except AssertionError:
+        stack.stop()
+        raise
+    return stack, ports
+
+
 def _pids_with_args(*needles: str) -> list[int]:
     """Processes whose command line holds every needle (a look into /proc)."""
     found = []
@@ -73,13 +86,9 @@ def _fake_events(ports: dict[str, int]) -> list[dict[str, object]]:
 
 def test_click_and_enriched_server_event_reach_fake_meta(tmp_path: Path) -> None:
     # Given the whole stack started by `pixelrelay up` with no Redis URL and no real token
-    config, ports = _config(tmp_path)
-    stack = Process([sys.executable, "-m", "pixelrelay", "up", "--config", str(config)],
-                    tmp_path / "up.log", env=NO_REAL_SERVICES)
-    stack.start()
+    stack, ports = _start_stack(tmp_path)
     try:
         base = f"http://127.0.0.1:{ports['collector']}"
-        wait_for(lambda: "pixelrelay is up" in stack.output(), 60, what="the stack")
         wait_http(f"http://127.0.0.1:{ports['dashboard']}/healthz")
 
         # When a browser follows a tracked link with an fbclid
@@ -129,12 +138,8 @@ def test_click_and_enriched_server_event_reach_fake_meta(tmp_path: Path) -> None
 
 def test_up_stops_and_names_a_child_that_died(tmp_path: Path) -> None:
     # Given a running stack
-    config, ports = _config(tmp_path)
-    stack = Process([sys.executable, "-m", "pixelrelay", "up", "--config", str(config)],
-                    tmp_path / "up.log", env=NO_REAL_SERVICES)
-    stack.start()
+    stack, ports = _start_stack(tmp_path)
     try:
-        wait_for(lambda: "pixelrelay is up" in stack.output(), 60, what="the stack")
         # When the dashboard process dies behind its back
         health = httpx.get(f"http://127.0.0.1:{ports['dashboard']}/healthz", timeout=2)
         assert 200 == health.status_code
