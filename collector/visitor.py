@@ -5,8 +5,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -40,6 +41,11 @@ _FBCLID_FORM = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
 @dataclass(frozen=True, slots=True)
 class TrustedProxies:
     networks: tuple[IPNetwork, ...]
+    # A redirect asks about its peer twice (client IP, https); the peers are a few proxies.
+    _cached: Callable[[str], bool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_cached", lru_cache(maxsize=4096)(self._check))
 
     @classmethod
     def parse(cls, specs: Iterable[str]) -> TrustedProxies:
@@ -48,6 +54,9 @@ class TrustedProxies:
     def trusts(self, address: str | None) -> bool:
         if not address or not self.networks:
             return False
+        return self._cached(address)
+
+    def _check(self, address: str) -> bool:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
