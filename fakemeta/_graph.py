@@ -86,7 +86,11 @@ class FakeGraph:
         """Wait out the injected latency without blocking other requests."""
         delay_s = self.faults.latency_s()
         if delay_s:
-            await asyncio.sleep(delay_s)
+            self.store.hold_started()
+            try:
+                await asyncio.sleep(delay_s)
+            finally:
+                self.store.hold_ended()
 
     def receive_events(self, version: str, pixel_id: str, call: GraphCall) -> int:
         """Handle ``POST /{version}/{pixel_id}/events``; returns events_received."""

@@ -42,6 +42,7 @@ class Store:
         self._max_kept = max_events_kept
         self._clock = clock
         self._lock = threading.Lock()
+        self._in_flight = 0  # not forgotten by reset: those requests are still being held
         self._reset()
 
     def _reset(self) -> None:
@@ -60,6 +61,15 @@ class Store:
         """One more request reached the events endpoint, whatever its outcome."""
         with self._lock:
             self._requests += 1
+
+    def hold_started(self) -> None:
+        """A request began waiting out the injected latency."""
+        with self._lock:
+            self._in_flight += 1
+
+    def hold_ended(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def record_rejection(self, code: int) -> None:
         """A request was refused with Meta error ``code``."""
@@ -115,6 +125,7 @@ class Store:
                     for pixel_id, pixel in self._pixels.items()
                 },
                 "requests": self._requests,
+                "in_flight": self._in_flight,
                 "batches": self._batches,
                 "batch_sizes": list(self._batch_sizes),
                 "rejected": {str(code): n for code, n in sorted(self._rejected.items())},

@@ -19,6 +19,8 @@ from typing import Any
 import msgspec
 import structlog
 from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from relay import keys
 from relay.config import PixelSettings, Settings
@@ -40,6 +42,15 @@ from relay.validation import problem
 log = structlog.get_logger("relay.delivery")
 SECONDS_PER_DAY = 86_400
 THROTTLE_DELAY_MS = 2_000
+
+
+def patient_retry() -> Retry:
+    """How long the bookkeeping after Meta's acceptance waits out a Redis blip: about 33 s.
+
+    Giving up there means a Dramatiq retry, which sends the batch again (a duplicate at Meta),
+    so it is worth outlasting an ordinary Redis restart. Connection errors and timeouts only.
+    """
+    return Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +75,8 @@ def _entry(env: Envelope, state: Any, **detail: Any) -> Entry:
 
 class Deliverer:
     def __init__(self, settings: Settings, client: Redis, meta: MetaClient,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 after_send_retry: Retry | None = None) -> None:
         relay = settings.relay
         ttl_s = relay.ledger_ttl_days * SECONDS_PER_DAY
         self.settings = settings
@@ -75,6 +87,7 @@ class Deliverer:
         self.ledger = Ledger(client, ttl_s)
         self.dead = DeadLetters(client, ttl_s)
         self.limiter = PixelLimiter(client)
+        self.after_send_retry = after_send_retry or patient_retry()
 
     def rates(self, pixel: PixelSettings) -> PixelRates:
         relay = self.settings.relay
@@ -217,19 +230,30 @@ class Deliverer:
 
     def _delivered(self, envelopes: list[Envelope], result: SendResult, attempt: Attempt
                    ) -> None:
+        """Meta has the events: record that, outlasting a Redis restart if need be."""
         # Marked first: if the worker dies after this, a redelivery will not send them again.
-        self.dedup.mark_sent(attempt.batch_id, [e.dedup_key for e in envelopes])
+        self._patiently(attempt, lambda: self.dedup.mark_sent(
+            attempt.batch_id, [e.dedup_key for e in envelopes]))
         now_ms = int(self.clock() * 1000)
-        self.ledger.record([
+        self._patiently(attempt, lambda: self.ledger.record([
             _entry(e, "delivered", batch=attempt.batch_id, attempt=attempt.number,
                    fbtrace_id=result.fbtrace_id, latency_ms=round(result.latency_ms, 1),
                    received_ms=e.received_ms, source=e.source,
                    delay_ms=now_ms - e.received_ms)
             for e in envelopes
-        ], now_ms)
-        self.ledger.observe_batch(
+        ], now_ms))
+        self._patiently(attempt, lambda: self.ledger.observe_batch(
             envelopes[0].pixel_id, result.latency_ms,
-            ((e.event.event_name, now_ms - e.received_ms) for e in envelopes), now_ms)
+            [(e.event.event_name, now_ms - e.received_ms) for e in envelopes], now_ms))
+
+    def _patiently(self, attempt: Attempt, step: Callable[[], None]) -> None:
+        """Run one bookkeeping step, retrying it while Redis is unreachable (``patient_retry``)."""
+
+        def waiting(error: Exception, failures: int) -> None:
+            log.warning("bookkeeping_waits_for_redis", batch=attempt.batch_id,
+                        failures=failures, error=type(error).__name__)
+
+        self.after_send_retry.call_with_retry(step, waiting, with_failure_count=True)
 
     def _dead(self, envelopes: Sequence[Envelope], reason: dict[str, Any], attempt: Attempt
               ) -> None:

@@ -29,6 +29,7 @@ async def test_received_counts_requests_batches_and_rejections(
     assert {
         "pixels": {PIXEL: {"events": 3, "event_ids": ["a", "b", "c"], "duplicates": 0}},
         "requests": 4,
+        "in_flight": 0,
         "batches": 2,
         "batch_sizes": [2, 1],
         "rejected": {"100": 1, "190": 1},
@@ -52,7 +53,8 @@ async def test_reset_forgets_what_was_received(client: httpx.AsyncClient) -> Non
     response = await client.post("/_fake/reset")
 
     assert 200 == response.status_code
-    assert {"pixels": {}, "requests": 0, "batches": 0, "batch_sizes": [], "rejected": {}} == (
+    assert {"pixels": {}, "requests": 0, "in_flight": 0, "batches": 0, "batch_sizes": [],
+            "rejected": {}} == (
         await received(client)
     )
 

@@ -34,6 +34,19 @@ async def test_latency_does_not_block_concurrent_requests(fake_meta: ClientFacto
     assert 0.2 <= elapsed_s < 2.0  # one-by-one would take 4 s
 
 
+async def test_requests_held_by_latency_are_counted_in_flight(fake_meta: ClientFactory) -> None:
+    client = fake_meta(FakeMetaOptions(latency_ms=300))
+
+    sending = asyncio.gather(*(send(client, make_event()) for _ in range(3)))
+    await asyncio.sleep(0.15)
+    during = await received(client)
+    await sending
+    after = await received(client)
+
+    assert [(3, 0), (0, 3)] == [(during["in_flight"], during["requests"]),
+                                (after["in_flight"], after["requests"])]
+
+
 async def test_seeded_error_rates_inject_the_same_errors_every_run(
     fake_meta: ClientFactory,
 ) -> None:

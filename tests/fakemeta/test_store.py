@@ -101,7 +101,8 @@ def test_reset_forgets_everything() -> None:
 
     store.reset()
 
-    assert {"pixels": {}, "requests": 0, "batches": 0, "batch_sizes": [], "rejected": {}} == (
+    assert {"pixels": {}, "requests": 0, "in_flight": 0, "batches": 0, "batch_sizes": [],
+            "rejected": {}} == (
         store.summary()
     )
 

@@ -155,6 +155,36 @@ def test_events_survive_a_redis_restart_and_a_running_worker_reconnects(
     assert 0 == audit.returncode, audit.stdout
 
 
+def test_a_batch_meta_accepts_while_redis_is_down_is_recorded_not_resent(
+    fake_meta: Callable[..., FakeMeta], relay_stack: Callable[..., RelayStack]
+) -> None:
+    meta = fake_meta(FAKEMETA_LATENCY_MS="1000")  # under the relay's 1.5 s timeout
+    stack = relay_stack(meta)
+    worker = stack.worker()
+    wait_for(lambda: 0 == meta.received()["in_flight"], 10, what="the health check to end")
+    events = [make_envelope("Purchase") for _ in range(50)]
+    stack.inject(events)
+    wait_for(lambda: meta.received()["in_flight"], 10, interval_s=0.02,
+             what="the batch to be sent")
+
+    # When: Redis stops while the request is in flight, and Meta accepts it meanwhile.
+    stack.redis.stop()
+    assert 0 == meta.received()["requests"], "Meta answered before Redis stopped"
+    wait_for(lambda: meta.received()["requests"], 5, what="Meta to answer")
+    time.sleep(0.5)  # the worker's bookkeeping fails at least once
+    stack.redis.start()
+    restarted = time.monotonic()
+
+    wait_for(lambda: {"delivered": 50} == stack.states(events), 10, what="ledger")
+    recorded_s = time.monotonic() - restarted
+    print(f"recorded {recorded_s:.1f} s after Redis came back")
+    assert recorded_s < 4.0, "recorded by a Dramatiq retry (5 s or later), not in place"
+    assert "bookkeeping_waits_for_redis" in worker.output()
+    time.sleep(1.0)
+    assert 1 == meta.received()["requests"]
+    assert {e.event.event_id: 1 for e in events} == dict(meta.event_ids())
+
+
 def test_events_survive_redis_being_killed(
     fake_meta: Callable[..., FakeMeta], relay_stack: Callable[..., RelayStack]
 ) -> None:

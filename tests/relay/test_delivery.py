@@ -10,6 +10,9 @@ import fakeredis
 import httpx
 import msgspec
 import pytest
+from redis import exceptions as redis_errors
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from relay import keys
 from relay.config import Settings
@@ -218,6 +221,50 @@ def test_redelivered_batch_sends_only_what_it_had_not_sent(redis: fakeredis.Fake
     d.deliver(PIXEL, encoded(e1, e2), Attempt("batch-1", 2, last=False))
 
     assert [["e2"]] == graph.batches
+
+
+class FlakyStep:
+    """Stands in for one bookkeeping call: fails with a connection error, then does the real one."""
+
+    def __init__(self, real: Callable[..., Any], failures: int) -> None:
+        self.real, self.failures, self.calls = real, failures, 0
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise redis_errors.ConnectionError("Error 111 connecting to Redis.")
+        return self.real(*args)
+
+
+def patient_deliverer(redis: fakeredis.FakeRedis, graph: FakeGraph, retries: int) -> Deliverer:
+    settings = make_settings()
+    return Deliverer(settings, redis, MetaClient(settings.meta, graph.transport()),
+                     after_send_retry=Retry(NoBackoff(), retries))
+
+
+def test_bookkeeping_after_meta_accepts_outlasts_a_redis_blip(redis: fakeredis.FakeRedis,
+                                                                graph: FakeGraph) -> None:
+    d = patient_deliverer(redis, graph, retries=3)
+    d.dedup.mark_sent = FlakyStep(d.dedup.mark_sent, failures=2)  # type: ignore[method-assign]
+    d.ledger.record = FlakyStep(d.ledger.record, failures=2)  # type: ignore[method-assign]
+    env = envelope("e1")
+
+    outcome = d.deliver(PIXEL, encoded(env), FIRST)
+
+    # Sent once, and the redelivery a raise would cause could not send it again.
+    assert (None, [["e1"]], "delivered") == (outcome, graph.batches, state(d, env))
+    assert (None, [["e1"]]) == (d.deliver(PIXEL, encoded(env), FIRST), graph.batches)
+
+
+def test_bookkeeping_raises_for_a_retry_once_its_patience_is_spent(
+        redis: fakeredis.FakeRedis, graph: FakeGraph) -> None:
+    d = patient_deliverer(redis, graph, retries=3)
+    flaky = FlakyStep(d.dedup.mark_sent, failures=10)
+    d.dedup.mark_sent = flaky  # type: ignore[method-assign]
+
+    with pytest.raises(redis_errors.ConnectionError):
+        d.deliver(PIXEL, encoded(envelope("e1")), FIRST)
+    assert 4 == flaky.calls
 
 
 # -- events refused before sending ----------------------------------------------------------------
