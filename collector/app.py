@@ -28,7 +28,7 @@ from collector.ingest import handle_beacon, handle_server_events
 from collector.metrics import CollectorMetrics
 from collector.redirect import handle_redirect
 from collector.spool import Spool
-from relay import keys
+from relay import hashing, keys
 from relay.config import Settings, load_settings
 from relay.errors import InputError, StorageError
 from relay.inbox import AsyncStore
@@ -170,6 +170,7 @@ def create_app() -> Litestar:
     """granian's factory: settings from $PIXELRELAY_CONFIG, JSON logs on stdout."""
     configure_logging("collector", os.environ.get("PIXELRELAY_LOG_LEVEL", "INFO"))
     app = build_app(load_settings())
+    hashing.preload()  # the country and state tables, before the first request and the freeze
     # What exists now (modules, the app, its routes) lives as long as the worker: move it out of
     # the cyclic collector's sight, or every full collection rescans it and stalls all requests
     # (about 40 ms each, several times a minute under load).

@@ -17,7 +17,7 @@ import msgspec
 from msgspec import Struct
 
 from relay.errors import InputError
-from relay.hashing import HASHED_KEYS, hash_user_field
+from relay.hashing import HASHED_KEYS, UnnormalizableValue, hash_user_field
 
 ACTION_SOURCES = frozenset(
     {
@@ -150,8 +150,12 @@ def new_event_id() -> str:
     return f"{int(time.time() * 1000):x}{secrets.token_hex(8)}"
 
 
-def hash_user_data(raw: InboundUserData | None) -> UserData:
-    """Normalize and hash the keys Meta wants hashed; copy the clear keys."""
+def hash_user_data(raw: InboundUserData | None, where: str = "event") -> UserData:
+    """Normalize and hash the keys Meta wants hashed; copy the clear keys.
+
+    Raises ``InputError`` (422) naming ``where`` and the key when a value has no form Meta
+    documents; the sentence never repeats the value.
+    """
     if raw is None:
         return UserData()
     values: dict[str, Any] = {}
@@ -160,7 +164,10 @@ def hash_user_data(raw: InboundUserData | None) -> UserData:
         if value is None:
             continue
         if name in HASHED_KEYS:
-            hashed = hash_user_field(name, value)
+            try:
+                hashed = hash_user_field(name, value)
+            except UnnormalizableValue as exc:
+                raise InputError(f"{where}.user_data.{exc.key} {exc.expected}", 422) from None
             if hashed is not None:
                 values[name] = hashed
         elif isinstance(value, str) and value.strip():
@@ -198,7 +205,7 @@ def build_event(inbound: InboundEvent, *, now_s: float, max_age_days: int,
     value = (inbound.custom_data or {}).get("value")
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise InputError(f"{where}.custom_data.value must be a number", 422)
-    user_data = hash_user_data(inbound.user_data)
+    user_data = hash_user_data(inbound.user_data, where)
     if inbound.action_source == "website" and not inbound.event_source_url:
         raise InputError(f"{where}.event_source_url is required for website events", 422)
     if not _has_user_keys(user_data) and not inbound.click_id:

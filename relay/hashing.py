@@ -2,15 +2,19 @@
 
 Raw personal data is hashed in the collector, before anything is stored. A value that already
 is 64 hex characters is taken as hashed and passed through (lowercased). Keys Meta wants in
-clear (IP, user agent, fbc, fbp, ...) are never hashed.
+clear (IP, user agent, fbc, fbp, ...) are never hashed. A value that cannot be brought into the
+documented form (a birthdate that is not a year-first date, an unknown country) raises
+``UnnormalizableValue`` instead of being hashed into something Meta can never match.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
 from collections.abc import Callable
+from datetime import date
 
 HASHED_KEYS = frozenset(
     {"em", "ph", "fn", "ln", "db", "ge", "ct", "st", "zp", "country", "external_id"}
@@ -27,10 +31,28 @@ _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _NON_DIGITS = re.compile(r"\D+")
 _PUNCT_SPACE = re.compile(r"[\W_]+", re.UNICODE)
 _DIGITS = re.compile(r"\d+")
-_DATE_FORMS = (
-    re.compile(r"^(?P<y>\d{4})-?(?P<m>\d{2})-?(?P<d>\d{2})$"),
-    re.compile(r"^(?P<y>\d{4})/(?P<m>\d{1,2})/(?P<d>\d{1,2})$"),
+# Year first only: 02/03/1990 is 3 February in the US and 2 March in Europe, and a guess would
+# hash a date that never matches.
+_BIRTHDATE_FORMS = (
+    re.compile(r"(?P<y>[0-9]{4})(?P<m>[0-9]{2})(?P<d>[0-9]{2})"),
+    re.compile(r"(?P<y>[0-9]{4})(?P<sep>[-/.])(?P<m>[0-9]{1,2})(?P=sep)(?P<d>[0-9]{1,2})"),
 )
+EARLIEST_BIRTH_YEAR = 1900
+BIRTHDATE_EXPECTED = "must be a date as YYYY-MM-DD or YYYYMMDD, year 1900 to this year"
+COUNTRY_EXPECTED = "must be an ISO 3166-1 country code such as 'us', or a country name"
+
+
+class UnnormalizableValue(ValueError):
+    """A value of ``key`` cannot be brought into the form Meta documents for it.
+
+    ``expected`` says which form is wanted. Neither it nor the message repeats the value: that is
+    personal data, and the message ends up in an HTTP answer or a log.
+    """
+
+    def __init__(self, key: str, expected: str) -> None:
+        super().__init__(f"{key} {expected}")
+        self.key = key
+        self.expected = expected
 
 
 def is_sha256_hex(value: str) -> bool:
@@ -45,6 +67,64 @@ def _letters_only(value: str) -> str:
     """Lowercase, punctuation and spaces removed, Unicode kept (fn, ln)."""
     value = unicodedata.normalize("NFC", value.strip().lower())
     return _PUNCT_SPACE.sub("", value)
+
+
+def _without_accents(value: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", value)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def _lookup_key(value: str) -> str:
+    """How names are compared: ``Côte d'Ivoire``, ``cote divoire`` -> ``cotedivoire``."""
+    return _without_accents(_letters_only(value))
+
+
+# Names people and shop systems use that ISO 3166 (and so pycountry) does not: the United
+# Kingdom's nations and nicknames, former names, endonyms seen in European shop backends.
+COUNTRY_ALIASES = {
+    "uk": "gb", "unitedkingdom": "gb", "greatbritain": "gb", "britain": "gb", "england": "gb",
+    "scotland": "gb", "wales": "gb", "northernireland": "gb",
+    "america": "us",
+    "russia": "ru", "turkey": "tr", "holland": "nl", "thenetherlands": "nl", "korea": "kr",
+    "macedonia": "mk", "ivorycoast": "ci", "swaziland": "sz", "burma": "mm",
+    "capeverde": "cv", "easttimor": "tl", "palestine": "ps", "vatican": "va",
+    "vaticancity": "va", "micronesia": "fm", "uae": "ae",
+    "deutschland": "de", "osterreich": "at", "schweiz": "ch", "suisse": "ch", "espana": "es",
+    "brasil": "br", "italia": "it", "nederland": "nl", "polska": "pl", "sverige": "se",
+    "norge": "no", "danmark": "dk", "suomi": "fi", "belgique": "be", "belgie": "be",
+}
+
+
+@functools.cache
+def _country_codes() -> dict[str, str]:
+    """Each country's alpha-2 and alpha-3 codes and names (as lookup keys) -> its alpha-2."""
+    import pycountry  # imported on first use: it costs ~30 ms and ~5 MB a process
+
+    codes: dict[str, str] = dict(COUNTRY_ALIASES)
+    for country in pycountry.countries:
+        for field in ("alpha_2", "alpha_3", "name", "official_name", "common_name"):
+            name = getattr(country, field, None)
+            if name is not None:
+                codes[_lookup_key(name)] = country.alpha_2.lower()
+    return codes
+
+
+@functools.cache
+def _us_state_codes() -> dict[str, str]:
+    """Names of the US states, DC and territories (as lookup keys) -> their 2-letter code."""
+    import pycountry  # imported on first use, as above; the subdivision table adds ~30 ms, 5 MB
+
+    return {
+        _lookup_key(subdivision.name): subdivision.code.removeprefix("US-").lower()
+        for subdivision in pycountry.subdivisions.get(country_code="US")
+    }
+
+
+def preload() -> None:
+    """Load the country and US state tables now (a collector worker's start), not on the first
+    request that needs them (about 60 ms and 10 MB)."""
+    _country_codes()
+    _us_state_codes()
 
 
 def normalize_email(value: str) -> str:
@@ -70,7 +150,15 @@ def normalize_city(value: str) -> str:
 
 
 def normalize_state(value: str) -> str:
-    return _letters_only(value)
+    """2-letter code, lowercase; a US state's name becomes its code: ``New York`` -> ``ny``.
+
+    Other regions keep the name, lowercase without punctuation or spaces, as Meta asks for
+    states outside the US.
+    """
+    letters = _letters_only(value)
+    if len(letters) <= 2:
+        return letters  # a code already: the subdivision table is not needed
+    return _us_state_codes().get(_without_accents(letters), letters)
 
 
 def normalize_gender(value: str) -> str:
@@ -87,16 +175,37 @@ def normalize_zip(value: str) -> str:
 
 
 def normalize_country(value: str) -> str:
-    return _letters_only(value)
+    """ISO 3166-1 alpha-2, lowercase, from an alpha-2 or alpha-3 code or a country's name."""
+    letters = _letters_only(value)
+    if not letters:
+        return ""
+    code = _country_codes().get(_without_accents(letters))
+    if code is None:
+        raise UnnormalizableValue("country", COUNTRY_EXPECTED)
+    return code
 
 
 def normalize_birthdate(value: str) -> str:
-    v = value.strip()
-    for form in _DATE_FORMS:
-        match = form.match(v)
-        if match:
-            return f"{match['y']}{int(match['m']):02d}{int(match['d']):02d}"
-    return _NON_DIGITS.sub("", v)
+    """``YYYYMMDD`` from a year-first date; day- or month-first dates are refused as ambiguous."""
+    text = value.strip()
+    if not _letters_only(text):
+        return ""
+    birthdate = _year_first_date(text)
+    if birthdate is None:
+        raise UnnormalizableValue("db", BIRTHDATE_EXPECTED)
+    return birthdate.isoformat().replace("-", "")
+
+
+def _year_first_date(text: str) -> date | None:
+    """The calendar date ``text`` spells year first, with a plausible birth year, or ``None``."""
+    match = next((m for form in _BIRTHDATE_FORMS if (m := form.fullmatch(text))), None)
+    if match is None:
+        return None
+    try:
+        parsed = date(int(match["y"]), int(match["m"]), int(match["d"]))
+    except ValueError:  # 1990-02-30, month 13, ...
+        return None
+    return parsed if EARLIEST_BIRTH_YEAR <= parsed.year <= date.today().year else None
 
 
 def normalize_external_id(value: str) -> str:
@@ -119,7 +228,10 @@ NORMALIZERS: dict[str, Callable[[str], str]] = {
 
 
 def hash_value(key: str, value: str) -> str | None:
-    """Hash one value of a hashed key; ``None`` when nothing is left after normalizing."""
+    """Hash one value of a hashed key; ``None`` when nothing is left after normalizing.
+
+    Raises ``UnnormalizableValue`` when the value has no form Meta documents (db, country).
+    """
     if is_sha256_hex(value.strip()):
         return value.strip().lower()
     normalized = NORMALIZERS[key](value)
@@ -129,7 +241,10 @@ def hash_value(key: str, value: str) -> str | None:
 
 
 def hash_user_field(key: str, value: str | list[str]) -> str | list[str] | None:
-    """Hash a single value or a list of values of one ``user_data`` key."""
+    """Hash a single value or a list of values of one ``user_data`` key.
+
+    One value that cannot be normalized rejects the whole field (``UnnormalizableValue``).
+    """
     if isinstance(value, list):
         hashed = [h for v in value if (h := hash_value(key, v)) is not None]
         return hashed or None

@@ -184,6 +184,54 @@ def test_hashed_keys_are_normalized_and_hashed() -> None:
                     external_id=[sha("a-1"), sha("b-2")]) == user
 
 
+def test_birthdate_state_and_country_take_the_form_meta_documents() -> None:
+    raw = InboundUserData(em=EMAIL, db="1990-2-3", st="California", country="United States")
+
+    user = build(inbound(user_data=raw)).user_data
+
+    assert UserData(em=sha(EMAIL), db=sha("19900203"), st=sha("ca"), country=sha("us")) == user
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (InboundUserData(em=EMAIL, db="02/03/1990"),
+         "event.user_data.db must be a date as YYYY-MM-DD or YYYYMMDD, year 1900 to this year"),
+        (InboundUserData(em=EMAIL, country="Atlantis"),
+         "event.user_data.country must be an ISO 3166-1 country code such as 'us', "
+         "or a country name"),
+        (InboundUserData(em=EMAIL, country=["us", "Atlantis"]),
+         "event.user_data.country must be an ISO 3166-1 country code such as 'us', "
+         "or a country name"),
+    ],
+)
+def test_user_data_value_without_a_documented_form_is_refused(
+        raw: InboundUserData, message: str) -> None:
+    error = refusal(inbound(user_data=raw))
+
+    assert (422, message) == (error.status, error.message)
+
+
+def test_user_data_refusal_names_where_the_event_was() -> None:
+    error = refusal(inbound(user_data=InboundUserData(em=EMAIL, db="1990-13-01")),
+                    where="events[3]")
+
+    assert error.message.startswith("events[3].user_data.db ")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [InboundUserData(em=EMAIL, db="31/12/1990"), InboundUserData(em=EMAIL, country="Atlantis")],
+)
+def test_user_data_refusal_never_repeats_the_value(raw: InboundUserData) -> None:
+    value = raw.db or raw.country
+    assert isinstance(value, str)
+
+    error = refusal(inbound(user_data=raw))
+
+    assert value not in f"{error} {error.message}"
+
+
 def test_clear_keys_are_copied_trimmed_and_not_hashed() -> None:
     raw = InboundUserData(client_ip_address=" 2001:db8::1 ", client_user_agent=USER_AGENT,
                           fbc=FBC, fbp=FBP, fb_login_id="42", lead_id="7",

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import date
 
+import pycountry
 import pytest
 
 from relay.hashing import (
+    BIRTHDATE_EXPECTED,
     CLEAR_KEYS,
+    COUNTRY_ALIASES,
+    COUNTRY_EXPECTED,
     HASHED_KEYS,
+    UnnormalizableValue,
+    _us_state_codes,
     hash_user_field,
     hash_value,
     is_sha256_hex,
     sha256_hex,
 )
+
+THIS_YEAR = date.today().year
 
 
 def sha(text: str) -> str:
@@ -68,6 +77,148 @@ def test_value_is_normalized_then_hashed(key: str, raw: str, normalized: str) ->
     assert sha(normalized) == hash_value(key, raw)
 
 
+def refusal(key: str, raw: str | list[str]) -> UnnormalizableValue:
+    with pytest.raises(UnnormalizableValue) as caught:
+        hash_user_field(key, raw)
+    return caught.value
+
+
+# -- db: year-first dates only --------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("raw", "normalized"),
+    [
+        ("1990-2-3", "19900203"),
+        ("1990-02-03", "19900203"),
+        ("1990/12/31", "19901231"),
+        ("1990.2.3", "19900203"),
+        (" 19900203 ", "19900203"),
+        ("2000-02-29", "20000229"),
+        ("1900-01-01", "19000101"),
+        (f"{THIS_YEAR}-1-1", f"{THIS_YEAR}0101"),
+    ],
+)
+def test_year_first_birthdate_becomes_yyyymmdd(raw: str, normalized: str) -> None:
+    assert sha(normalized) == hash_value("db", raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "02/03/1990",  # month or day first: 3 February or 2 March
+        "3.2.1990",
+        "03-02-90",
+        "199023",  # the compact form needs two digits for month and day
+        "1990023",
+        "1990-0203",  # one separator, not two
+        "1990/02-03",
+        "1990-02",
+        "1990-02-03-04",
+        "1990-13-01",
+        "1990-02-30",
+        "1999-02-29",
+        "1899-12-31",
+        f"{THIS_YEAR + 1}-01-01",
+        "1990-02-03T10:00:00",
+        "Feb 3, 1990",
+        "n/a",
+        "\u0661\u0669\u0669\u0660-\u0660\u0662-\u0660\u0663",  # Arabic-Indic digits
+    ],
+)
+def test_birthdate_that_is_not_a_year_first_date_is_refused(raw: str) -> None:
+    error = refusal("db", raw)
+
+    assert ("db", BIRTHDATE_EXPECTED) == (error.key, error.expected)
+
+
+# -- st: 2-letter code; US state names become their code ------------------------------------------
+@pytest.mark.parametrize(
+    ("raw", "normalized"),
+    [
+        ("California", "ca"),
+        ("new york", "ny"),
+        (" NEW  YORK ", "ny"),
+        ("District of Columbia", "dc"),
+        ("Puerto Rico", "pr"),
+        ("Virgin Islands, U.S.", "vi"),
+        # outside the US: lowercase, no punctuation, no spaces
+        ("Ontario", "ontario"),
+        ("Île-de-France", "îledefrance"),
+        ("Baden-Württemberg", "badenwürttemberg"),
+    ],
+)
+def test_state_name_becomes_its_code_in_the_us_or_stays_a_name_elsewhere(
+        raw: str, normalized: str) -> None:
+    assert sha(normalized) == hash_value("st", raw)
+
+
+def test_two_letter_state_does_not_load_the_subdivision_table() -> None:
+    _us_state_codes.cache_clear()
+
+    hash_value("st", "NY")
+
+    assert 0 == _us_state_codes.cache_info().misses
+
+
+# -- country: ISO 3166-1 alpha-2 from a code or a name --------------------------------------------
+@pytest.mark.parametrize(
+    ("raw", "normalized"),
+    [
+        ("de", "de"),
+        ("U.S.", "us"),
+        ("USA", "us"),
+        ("deu", "de"),
+        ("U.S.A.", "us"),
+        ("United States", "us"),
+        ("united states of america", "us"),
+        ("unitedstates", "us"),
+        ("Germany", "de"),
+        ("South Korea", "kr"),
+        ("Côte d'Ivoire", "ci"),
+        ("Cote d'Ivoire", "ci"),
+        ("UK", "gb"),  # not ISO, but what shops send: COUNTRY_ALIASES
+        ("England", "gb"),
+        ("Russia", "ru"),
+        ("The Netherlands", "nl"),
+        ("Österreich", "at"),
+        ("España", "es"),
+    ],
+)
+def test_country_code_or_name_becomes_alpha_2(raw: str, normalized: str) -> None:
+    assert sha(normalized) == hash_value("country", raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "xx",  # 2 letters, but no country's code
+        "UU",
+        "x",
+        "Atlantis",
+        "Untied States",
+        "840",  # numeric codes are not taken
+    ],
+)
+def test_unknown_country_is_refused(raw: str) -> None:
+    error = refusal("country", raw)
+
+    assert ("country", COUNTRY_EXPECTED) == (error.key, error.expected)
+
+
+@pytest.mark.parametrize(("key", "raw"), [("db", "31/12/1990"), ("country", "Atlantis")])
+def test_refusal_never_repeats_the_value(key: str, raw: str) -> None:
+    error = refusal(key, raw)
+
+    assert raw not in f"{error} {error.expected}"
+
+
+def test_every_country_alias_names_a_real_country() -> None:
+    assert set(COUNTRY_ALIASES.values()) <= {c.alpha_2.lower() for c in pycountry.countries}
+
+
+def test_one_bad_value_in_a_list_refuses_the_field() -> None:
+    assert "country" == refusal("country", ["us", "Atlantis"]).key
+
+
 def test_phone_example_from_the_brief_hashes_digits_with_country_code() -> None:
     assert sha("16505551212") == hash_value("ph", "+1 (650) 555-1212")
 
@@ -95,7 +246,8 @@ def test_already_hashed_value_with_surrounding_whitespace_is_not_hashed_again() 
 @pytest.mark.parametrize(
     ("key", "raw"),
     [("em", "   "), ("ph", "(-) "), ("fn", "!!!"), ("ct", "123"), ("ge", "x"),
-     ("ge", "unknown"), ("country", "."), ("zp", " - "), ("external_id", "  ")],
+     ("ge", "unknown"), ("country", "."), ("zp", " - "), ("external_id", "  "),
+     ("db", "  "), ("db", "--"), ("st", ". ")],
 )
 def test_value_empty_after_normalization_is_dropped(key: str, raw: str) -> None:
     assert None is hash_value(key, raw)
