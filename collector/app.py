@@ -52,7 +52,7 @@ def build_app(settings: Settings, redis: Redis | None = None) -> Litestar:
         socket_connect_timeout=settings.collector.redis_timeout_ms / 1000,
     )
     ledger_ttl_s = settings.relay.ledger_ttl_days * SECONDS_PER_DAY
-    spool = Spool(settings.collector.spool_dir)
+    spool = Spool.claim(settings.collector.spool_dir)  # this worker's own subdirectory
     enqueuer = DurableEnqueuer(
         AsyncStore(client, ledger_ttl_s), client.ping, spool,
         redis_timeout_s=settings.collector.redis_timeout_ms / 1000,

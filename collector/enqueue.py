@@ -32,6 +32,7 @@ Destination = Literal["redis", "spool"]
 StoreFn = Callable[[Sequence[Write]], Awaitable[None]]
 PingFn = Callable[[], Awaitable[object]]
 REPLAY_CHUNK = 2000
+REPLAY_RETRY_S = 1.0  # after a failed replay (a file error), before the next attempt
 
 
 class EnqueueObserver:
@@ -101,15 +102,29 @@ class DurableEnqueuer:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            replay_failed = False
             if self._redis_up and self._backlog:
-                await self._replay_one_segment()
+                replay_failed = not await self._replay_guarded()
             group, self._pending = self._pending, []
             if group:
                 await self._commit(group)
             if self._closing and not self._pending:
                 return
             if self._redis_up and self._backlog:
-                self._wake.set()  # keep replaying between groups
+                if replay_failed:  # try again shortly; new writes still wake the loop
+                    asyncio.get_running_loop().call_later(REPLAY_RETRY_S, self._wake.set)
+                else:
+                    self._wake.set()  # keep replaying between groups
+
+    async def _replay_guarded(self) -> bool:
+        """Replay one segment; a file error is logged, never allowed to end the writer (every
+        request waiting for it would wait forever)."""
+        try:
+            await self._replay_one_segment()
+        except Exception as exc:  # noqa: BLE001 - OSError from the disk, above all
+            log.error("spool_replay_failed", error=type(exc).__name__, detail=str(exc))
+            return False
+        return True
 
     async def _commit(self, group: list[tuple[Sequence[Write], asyncio.Future[Destination]]]
                       ) -> None:
@@ -200,6 +215,6 @@ class DurableEnqueuer:
             if self._redis_up:
                 continue
             if await self._probe_once():
-                log.info("redis_available_replaying", pending_bytes=self._spool.pending_bytes())
+                log.info("redis_available_replaying")
                 self._redis_up = True
                 self._wake.set()

@@ -6,30 +6,117 @@ oldest first and removes a segment only after all its records reached Redis: a c
 repeats that segment (the relay's dedup absorbs repeats), it never loses one. A torn record at
 the end of a segment (a crash during ``append``) was never acknowledged and is skipped.
 
+Each collector worker process owns one subdirectory of ``collector.spool_dir``
+(``worker-<n>``), held with an exclusive ``flock`` for as long as it runs: two workers never
+write to, replay or delete each other's segments. A worker that claims its directory also adopts
+the segments of directories no running worker holds (a worker that died and was not replaced,
+fewer workers after a restart, or segments put at the top level by hand).
+
 All methods are synchronous; the collector runs them off the event loop, one group at a time.
 """
 
 from __future__ import annotations
 
+import fcntl
+import itertools
 import os
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _HEADER = struct.Struct(">II")  # length, crc32
 _SUFFIX = ".spool"
+_WORKER_PREFIX = "worker-"
+_LOCK_NAME = ".lock"
+_CLAIMS_LOCK_NAME = ".claims.lock"
+
+
+def _try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on ``path``, or ``None`` if another holder has it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@contextmanager
+def _claims_serialized(root: Path) -> Iterator[None]:
+    """One process at a time chooses its directory and adopts orphans."""
+    fd = os.open(root / _CLAIMS_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # renames and new names survive a power cut too
+    finally:
+        os.close(dir_fd)
 
 
 class Spool:
     def __init__(self, directory: str | os.PathLike[str],
-                 segment_max_bytes: int = 16 * 1024 * 1024) -> None:
+                 segment_max_bytes: int = 16 * 1024 * 1024, *, lock_fd: int | None = None
+                 ) -> None:
         self.directory = Path(directory)
         self.segment_max_bytes = segment_max_bytes
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = lock_fd
         self._fd: int | None = None
         self._active: Path | None = None
         self._active_size = 0
+
+    @classmethod
+    def claim(cls, root: str | os.PathLike[str],
+              segment_max_bytes: int = 16 * 1024 * 1024) -> Spool:
+        """This process's own spool: the first ``root/worker-<n>`` no running process holds,
+        with the segments of every unheld directory (and of ``root`` itself) moved into it."""
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        with _claims_serialized(root):
+            for n in itertools.count():
+                directory = root / f"{_WORKER_PREFIX}{n}"
+                directory.mkdir(exist_ok=True)
+                lock_fd = _try_lock(directory / _LOCK_NAME)
+                if lock_fd is not None:
+                    break
+            spool = cls(directory, segment_max_bytes, lock_fd=lock_fd)
+            spool._adopt_orphans(root)
+        return spool
+
+    def _adopt_orphans(self, root: Path) -> None:
+        self._adopt(root)
+        for directory in sorted(root.glob(f"{_WORKER_PREFIX}*")):
+            if directory == self.directory or not directory.is_dir():
+                continue
+            lock_fd = _try_lock(directory / _LOCK_NAME)
+            if lock_fd is None:
+                continue  # a running worker's own
+            try:
+                self._adopt(directory)
+            finally:
+                os.close(lock_fd)
+
+    def _adopt(self, directory: Path) -> None:
+        """Move ``directory``'s segments, in their order, after this spool's own."""
+        orphans = sorted(directory.glob(f"*{_SUFFIX}"))
+        if not orphans:
+            return
+        self._close_active()
+        number = self._last_number()
+        for orphan in orphans:
+            number += 1
+            orphan.rename(self.directory / f"{number:020d}{_SUFFIX}")
+        _fsync_directory(self.directory)
 
     # -- writing -------------------------------------------------------------------------------
     def append(self, records: Iterable[bytes]) -> int:
@@ -60,11 +147,7 @@ class Spool:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._active = path
         self._active_size = 0
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the new file's name survives a power cut too
-        finally:
-            os.close(dir_fd)
+        _fsync_directory(self.directory)
 
     def _close_active(self) -> None:
         if self._fd is not None:
@@ -74,7 +157,11 @@ class Spool:
         self._active_size = 0
 
     def close(self) -> None:
+        """Close the segment being written and give up the directory (if claimed)."""
         self._close_active()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # -- reading -------------------------------------------------------------------------------
     def segments(self) -> list[Path]:

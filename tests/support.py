@@ -176,10 +176,11 @@ DEMO_API_KEY = "test-api-key"
 
 def write_config(directory: Path, *, redis_url: str, graph_url: str = "http://127.0.0.1:9",
                  collector_port: int | None = None, redis_lines: str = "",
-                 extra: str = "") -> Path:
+                 collector_lines: str = "", extra: str = "") -> Path:
     """A complete config file for tests: one pixel, one link, one API key, paths under tmp.
 
-    ``redis_lines`` go into the [redis] table; ``extra`` (more tables) goes at the end.
+    ``collector_lines`` and ``redis_lines`` go into those tables; ``extra`` (more tables) goes
+    at the end.
     """
     import hashlib
 
@@ -193,6 +194,7 @@ spool_dir = "{directory / 'spool'}"
 allowed_origins = ["https://shop.example"]
 redis_timeout_ms = 300
 redis_probe_interval_ms = 100
+{collector_lines}
 
 [redis]
 url = "{redis_url}"

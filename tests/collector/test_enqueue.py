@@ -320,3 +320,30 @@ async def test_an_unreadable_segment_is_set_aside_and_writes_go_on(fake: FakeRed
         await enqueuer.stop()
 
     assert ([write(2)], True) == (fake.stored, broken.with_suffix(".bad").exists())
+
+
+async def test_a_file_error_during_replay_neither_stops_the_writer_nor_loses_the_segment(
+        fake: FakeRedis, spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a spooled write, and a disk that refuses the first removal of a replayed segment
+    spool.append([write_encoder.encode(write(1))])
+    refusals = []
+    real_remove = Spool.remove_segment
+
+    def remove_once_refused(path: Path) -> None:
+        if not refusals:
+            refusals.append(path)
+            raise PermissionError(13, "Permission denied", str(path))
+        real_remove(path)
+
+    monkeypatch.setattr(Spool, "remove_segment", staticmethod(remove_once_refused))
+    monkeypatch.setattr("collector.enqueue.REPLAY_RETRY_S", 0.01)
+    enqueuer = make_enqueuer(fake, spool)
+    await enqueuer.start()
+    try:
+        # Then new requests are still answered, and the segment is replayed and removed later
+        await asyncio.wait_for(enqueuer.store([write(2)]), 2)
+        await eventually(lambda: not spool.has_pending(), what="the segment to be removed")
+    finally:
+        await enqueuer.stop()
+    assert 1 == len(refusals)
+    assert {repr(write(1)), repr(write(2))} == set(map(repr, fake.stored))

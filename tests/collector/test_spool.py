@@ -165,3 +165,75 @@ def test_records_after_a_failed_append_are_not_lost(tmp_path: Path,
 
     # Then replay finds both acknowledged groups
     assert [b"acknowledged-before", b"acknowledged-after"] == read_all(spool)
+
+
+# -- one directory per worker process -------------------------------------------------------------
+def replay_everything(spool: Spool) -> list[bytes]:
+    """What the enqueuer does when Redis is back: oldest segment first, removed once stored."""
+    replayed = []
+    while (segment := spool.oldest_segment()) is not None:
+        replayed += Spool.read_segment(segment)
+        Spool.remove_segment(segment)
+    return replayed
+
+
+def test_two_workers_claim_different_directories(tmp_path: Path) -> None:
+    first, second = Spool.claim(tmp_path), Spool.claim(tmp_path)
+
+    assert (tmp_path / "worker-0", tmp_path / "worker-1") == (first.directory, second.directory)
+
+
+def test_a_worker_replaying_never_removes_what_another_is_writing(tmp_path: Path) -> None:
+    a, b = Spool.claim(tmp_path), Spool.claim(tmp_path)
+    a.append([b"a1"])
+    b.append([b"b1"])
+
+    replayed_by_a = replay_everything(a)
+    b.append([b"b2"])
+
+    assert ([b"a1"], [b"b1", b"b2"]) == (replayed_by_a, read_all(b))
+
+
+def test_a_closed_workers_directory_is_claimed_again(tmp_path: Path) -> None:
+    first = Spool.claim(tmp_path)
+    first.append([b"left-behind"])
+    first.close()
+
+    again = Spool.claim(tmp_path)
+
+    assert (tmp_path / "worker-0", [b"left-behind"]) == (again.directory, read_all(again))
+
+
+def test_segments_of_a_directory_nobody_holds_are_adopted_in_order(tmp_path: Path) -> None:
+    # Given three workers last time, and the third's segments still on disk
+    workers = [Spool.claim(tmp_path, segment_max_bytes=1) for _ in range(3)]
+    workers[0].append([b"own"])
+    workers[2].append([b"orphan-1"])
+    workers[2].append([b"orphan-2"])
+    for worker in workers:
+        worker.close()
+
+    # When only two come back
+    first, second = Spool.claim(tmp_path), Spool.claim(tmp_path)
+
+    assert ([b"own", b"orphan-1", b"orphan-2"], []) == (read_all(first), read_all(second))
+    assert [] == list((tmp_path / "worker-2").glob("*.spool"))
+
+
+def test_a_running_workers_segments_are_not_adopted(tmp_path: Path) -> None:
+    running = Spool.claim(tmp_path)
+    running.append([b"mine"])
+
+    newcomer = Spool.claim(tmp_path)
+
+    assert ([b"mine"], []) == (read_all(running), read_all(newcomer))
+
+
+def test_segments_put_at_the_top_level_are_adopted(tmp_path: Path) -> None:
+    by_hand = Spool(tmp_path)  # a restored backup, or the layout before worker directories
+    by_hand.append([b"restored"])
+    by_hand.close()
+
+    claimed = Spool.claim(tmp_path)
+
+    assert ([b"restored"], []) == (read_all(claimed), by_hand.segments())

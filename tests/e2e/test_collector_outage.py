@@ -3,7 +3,10 @@ crash of the collector loses nothing it acknowledged."""
 
 from __future__ import annotations
 
+import itertools
+import threading
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -45,7 +48,7 @@ def _fbclids_in_inbox(redis: RedisServer) -> list[str]:
 
 
 def _spooled(tmp_path: Path) -> list[Path]:
-    return sorted((tmp_path / "spool").glob("*.spool"))
+    return sorted((tmp_path / "spool").rglob("*.spool"))
 
 
 def test_events_acknowledged_while_redis_is_down_are_replayed_in_order(
@@ -100,3 +103,53 @@ def test_a_collector_killed_while_spooling_loses_nothing_it_acknowledged(
     # Then the new collector replays what the dead one acknowledged
     wait_for(lambda: not _spooled(tmp_path), 20, what="the spool to drain")
     assert [f"click{n}" for n in range(25)] == _fbclids_in_inbox(redis_server)
+
+
+def test_two_workers_spooling_and_replaying_side_by_side_lose_nothing(
+        tmp_path: Path, redis_server: RedisServer, start_process: StartFn) -> None:
+    # Given a collector with two worker processes, each spooling while Redis is down
+    config = write_config(tmp_path, redis_url=redis_server.url, collector_lines="workers = 2")
+    port = tomllib.loads(config.read_text())["collector"]["port"]
+    base = f"http://127.0.0.1:{port}"
+    start_process("collector", "pixelrelay", "collector", "--config", str(config))
+    wait_http(f"{base}/healthz")
+    numbers = itertools.count()
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+    # One client per thread: the TLS context of a client per request would cost more than
+    # the collector's answers, and one shared pool could keep to one worker.
+    local = threading.local()
+    clients: list[httpx.Client] = []
+
+    def click() -> None:
+        with lock:
+            fbclid = f"click{next(numbers)}"
+            if not hasattr(local, "client"):
+                local.client = httpx.Client(timeout=10)
+                clients.append(local.client)
+        response = local.client.get(f"{base}/go/demo", params={"fbclid": fbclid},
+                                    headers=BROWSER)
+        if response.status_code == 302:
+            with lock:
+                acknowledged.append(fbclid)
+
+    redis_server.stop()
+    with ThreadPoolExecutor(8) as pool:
+        for _ in pool.map(lambda _: click(), range(300)):
+            pass
+    spooling_workers = {p.parent.name for p in _spooled(tmp_path)}
+    assert {"worker-0", "worker-1"} == spooling_workers, "both workers should have spooled"
+
+    # When Redis comes back while clicks keep arriving, so both replay and append at once
+    redis_server.restart()
+    with ThreadPoolExecutor(8) as pool:
+        for _ in pool.map(lambda _: click(), range(500)):
+            pass
+
+    for client in clients:
+        client.close()
+
+    # Then every acknowledged click is in the inbox, once, and nothing is left on disk
+    wait_for(lambda: not _spooled(tmp_path), 20, what="the spool to drain")
+    assert 800 == len(acknowledged)
+    assert sorted(acknowledged) == sorted(_fbclids_in_inbox(redis_server))

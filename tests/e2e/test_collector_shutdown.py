@@ -51,4 +51,4 @@ def test_sigterm_finishes_in_flight_redirects_and_stores_their_events(
     assert collector.popen is not None
     assert 0 == collector.popen.wait(30), collector.output()[-2000:]
     assert 20 == admin.llen(keys.inbox("relay_low", DEMO_PIXEL))
-    assert not list((tmp_path / "spool").glob("*.spool"))
+    assert not list((tmp_path / "spool").rglob("*.spool"))

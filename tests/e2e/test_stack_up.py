@@ -133,7 +133,7 @@ def test_click_and_enriched_server_event_reach_fake_meta(tmp_path: Path) -> None
     logs = stack.output()
     for secret in ("fake-meta-token", "Joe@Example.com", "joe@example.com"):
         assert secret not in logs
-    assert not list((tmp_path / "spool").glob("*.spool"))
+    assert not list((tmp_path / "spool").rglob("*.spool"))
 
 
 def test_up_stops_and_names_a_child_that_died(tmp_path: Path) -> None:
