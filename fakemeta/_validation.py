@@ -1,4 +1,6 @@
-"""Pure checks of a Conversions API request body, following docs/meta-capi.md.
+"""Pure checks of a Conversions API request body, following Meta's Conversions API documentation.
+
+The rules, as this module applies them, are listed in docs/fake-meta.md, Validation rules.
 
 ``validate_payload`` takes the request's parameters (a decoded JSON body, or form/query fields
 whose ``data`` is a JSON string) and returns an ``EventBatch`` or raises ``MetaError`` code 100

@@ -1,4 +1,5 @@
-"""Each of Meta's body rules (docs/meta-capi.md), checked on the pure validation functions."""
+"""Each of Meta's body rules (docs/fake-meta.md, Validation rules), checked on the pure
+validation functions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Meta's user_data rules (docs/meta-capi.md): hashing, fbc/fbp, enough keys to match."""
+"""Meta's user_data rules (docs/fake-meta.md, Validation rules): hashing, fbc/fbp, enough keys
+to match."""
 
 from __future__ import annotations
 
