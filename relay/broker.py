@@ -4,14 +4,22 @@ Dramatiq's own crash recovery runs on 0.1% of commands and only after a 60 s hea
 which can take many minutes at low traffic. ``RelayBroker.recover`` is called every second by each
 worker's pump thread: it refreshes this process's heartbeat (also while every thread is busy) and
 runs the maintenance pass that returns a dead worker's unacked messages to their queue.
+
+A message is never acked without its successor being stored: Dramatiq's ``Retries`` acks the
+message after enqueueing the retry and only logs a failed enqueue, so a Redis outage at that
+moment would delete the batch. ``PatientRetries`` (and the worker's deferrals) enqueue through
+``enqueue_patiently``, which waits for Redis instead.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any, cast
 
 import dramatiq
+import structlog
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import (
     AgeLimit,
@@ -21,11 +29,15 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 from redis import Redis
+from redis import exceptions as redis_errors
 
 from relay import keys
 from relay.config import RelaySettings
 
+log = structlog.get_logger("relay.broker")
 MAX_DEAD_MESSAGE_TTL_MS = 7 * 86_400_000
+ENQUEUE_BACKOFF_CAP_S = 5.0
+REDIS_UNREACHABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError)
 
 
 def dq_name(queue: str) -> str:
@@ -33,17 +45,88 @@ def dq_name(queue: str) -> str:
 
 
 class RelayBroker(RedisBroker):
-    def recover(self, queues: Iterable[str]) -> None:
-        """Heartbeat plus maintenance for ``queues`` and their delay queues (a no-op requeue)."""
+    def recover(self, queues: Iterable[str], maintenance: bool = True) -> None:
+        """Heartbeat, plus maintenance unless told not to, for ``queues`` and their delay queues
+        (a no-op requeue)."""
         dispatch = self.scripts["dispatch"]
         for queue in queues:
             for name in (queue, dq_name(queue)):
                 dispatch(
                     keys=[self.namespace],
                     args=["requeue", int(time.time() * 1000), name, self.broker_id,
-                          self.heartbeat_timeout, self.dead_message_ttl, 1,
+                          self.heartbeat_timeout, self.dead_message_ttl, int(maintenance),
                           self._max_unpack_size()],
                 )
+
+
+class RecoveryGate:
+    """Whether this worker's maintenance may requeue other workers' unacked messages now.
+
+    While Redis is unreachable nobody can refresh a heartbeat, so right after an outage every
+    live worker looks dead, and requeueing their batches would run them twice. Maintenance
+    therefore waits one heartbeat timeout after this worker regains contact (and after it
+    starts): by then a live worker has refreshed its heartbeat, and only silent ones are
+    requeued. Contact counts as lost when this worker's own heartbeats paused for half a
+    heartbeat timeout, whether its commands failed or stalled.
+    """
+
+    def __init__(self, heartbeat_timeout_s: float, clock: Any = time.monotonic) -> None:
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self._clock = clock
+        self._contact_since = self._last_contact = clock()
+
+    def allows_maintenance(self) -> bool:
+        now = self._clock()
+        if now - self._last_contact > self.heartbeat_timeout_s / 2:
+            self._contact_since = now
+        return now - self._contact_since >= self.heartbeat_timeout_s
+
+    def heartbeat_written(self) -> None:
+        self._last_contact = self._clock()
+
+
+def enqueue_patiently(broker: dramatiq.Broker, message: dramatiq.Message[Any],
+                      delay_ms: int | None = None,
+                      sleep: Any = time.sleep) -> dramatiq.Message[Any]:
+    """Enqueue, retrying for as long as Redis is unreachable.
+
+    Called by a worker thread that holds ``message`` unacked: waiting is safe (if the process
+    is stopped meanwhile, the unacked message is recovered by another worker), giving up is
+    not (the caller would ack it).
+    """
+    failures = 0
+    while True:
+        try:
+            return broker.enqueue(message, delay=delay_ms)
+        except REDIS_UNREACHABLE as exc:
+            failures += 1
+            log.warning("enqueue_waits_for_redis", batch=message.message_id, failures=failures,
+                        error=type(exc).__name__)
+            sleep(min(ENQUEUE_BACKOFF_CAP_S, 0.1 * 2 ** failures))
+
+
+class _PatientlyEnqueuing:
+    """A broker whose ``enqueue`` is ``enqueue_patiently``; everything else is the broker's."""
+
+    def __init__(self, broker: dramatiq.Broker) -> None:
+        self._broker = broker
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None
+                ) -> dramatiq.Message[Any]:
+        return enqueue_patiently(self._broker, message, delay)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._broker, name)
+
+
+class PatientRetries(Retries):
+    """Dramatiq's ``Retries``, whose retry enqueue waits for Redis instead of failing."""
+
+    def after_process_message(self, broker: dramatiq.Broker, message: MessageProxy, *,
+                              result: Any = None, exception: BaseException | None = None
+                              ) -> None:
+        super().after_process_message(cast(dramatiq.Broker, _PatientlyEnqueuing(broker)),
+                                      message, result=result, exception=exception)
 
 
 def retry_when(max_attempts: int):
@@ -70,7 +153,7 @@ def make_broker(client: Redis, settings: RelaySettings) -> RelayBroker:
             AgeLimit(),
             TimeLimit(time_limit=10 * 60_000),
             ShutdownNotifications(),
-            Retries(
+            PatientRetries(
                 min_backoff=settings.min_backoff_ms,
                 max_backoff=settings.max_backoff_ms,
                 retry_when=retry_when(settings.max_attempts),

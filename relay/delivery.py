@@ -36,21 +36,30 @@ from relay.errors import (
 from relay.events import Envelope, decode_click, decode_envelope, enrich_from_click
 from relay.ledger import Entry, Ledger
 from relay.limiter import PixelLimiter, PixelRates
-from relay.meta_client import MetaClient, SendResult
+from relay.meta_client import MetaClient, SendResult, same_rejection
 from relay.validation import problem
 
 log = structlog.get_logger("relay.delivery")
 SECONDS_PER_DAY = 86_400
 THROTTLE_DELAY_MS = 2_000
+# Each request of a split is charged to the pixel's limiter. A short wait for it is slept in
+# place, up to this much per batch: finishing the split now costs fewer requests than deferring,
+# whose next run sends all that is left in one request again (refused again) before it can go
+# on splitting. A longer wait defers the events not yet settled, as ``deliver`` does.
+SPLIT_WAIT_MAX_MS = 1_000
+# Events sent alone when both halves of a refused part are refused alike (``_isolate``).
+SPLIT_PROBES = 4
 
 
 def patient_retry() -> Retry:
-    """How long the bookkeeping after Meta's acceptance waits out a Redis blip: about 33 s.
+    """How often the bookkeeping after Meta's acceptance is tried again while Redis is away.
 
-    Giving up there means a Dramatiq retry, which sends the batch again (a duplicate at Meta),
-    so it is worth outlasting an ordinary Redis restart. Connection errors and timeouts only.
+    Giving up there means a Dramatiq retry, which sends the batch again (a duplicate at Meta).
+    The worker's client already waits out about 33 s per command (``relay.worker.redis_client``),
+    so five tries cover an outage of nearly three minutes, well inside the actor's time limit.
+    Connection errors and timeouts only.
     """
-    return Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=20)
+    return Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +77,24 @@ class Defer:
     reason: str
 
 
+@dataclass(slots=True)
+class _Split:
+    """A batch being split: what this attempt has settled, how long it slept for the limiter."""
+
+    pixel: PixelSettings
+    attempt: Attempt
+    settled: set[str]  # dedup keys delivered or dead-lettered
+    slept_ms: int = 0
+
+
+class _SplitDeferred(Exception):
+    """The limiter would keep a split waiting longer than ``SPLIT_WAIT_MAX_MS``."""
+
+    def __init__(self, wait_ms: int) -> None:
+        super().__init__(f"rate limit: {wait_ms} ms to wait")
+        self.wait_ms = wait_ms
+
+
 def _entry(env: Envelope, state: Any, **detail: Any) -> Entry:
     return Entry(env.dedup_key, env.event.event_id, env.pixel_id, env.event.event_name, state,
                  detail)
@@ -76,13 +103,15 @@ def _entry(env: Envelope, state: Any, **detail: Any) -> Entry:
 class Deliverer:
     def __init__(self, settings: Settings, client: Redis, meta: MetaClient,
                  clock: Callable[[], float] = time.time,
-                 after_send_retry: Retry | None = None) -> None:
+                 after_send_retry: Retry | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         relay = settings.relay
         ttl_s = relay.ledger_ttl_days * SECONDS_PER_DAY
         self.settings = settings
         self.client = client
         self.meta = meta
         self.clock = clock
+        self.sleep = sleep
         self.dedup = Dedup(client, relay.dedup_window_hours * 3600)
         self.ledger = Ledger(client, ttl_s)
         self.dead = DeadLetters(client, ttl_s)
@@ -208,25 +237,109 @@ class Deliverer:
             pending = [e for e in envelopes if e.dedup_key not in settled]
             self._dead(pending, {**exc.as_dict(), "kind": "rejected"}, attempt)
             return None
+        except _SplitDeferred as deferred:
+            self._log_batch(pixel.id, envelopes, attempt, started, "rate_limited", None)
+            pending = [e for e in envelopes if e.dedup_key not in settled]
+            self.ledger.record([_entry(e, "deferred", batch=attempt.batch_id,
+                                       attempt=attempt.number, outcome="rate limit")
+                                for e in pending])
+            return Defer(deferred.wait_ms, "rate limit")
         self._log_batch(pixel.id, envelopes, attempt, started, "delivered", None)
         return None
 
     def _send_isolating(self, pixel: PixelSettings, envelopes: list[Envelope],
                         attempt: Attempt, settled: set[str]) -> None:
-        """Send; if Meta calls the batch invalid, split it until the culprits stand alone."""
-        try:
-            result = self.meta.send(pixel, [e.event for e in envelopes])
-        except InvalidBatchError as exc:
-            if len(envelopes) == 1:
-                self._dead(envelopes, {**exc.as_dict(), "kind": "rejected"}, attempt)
-                settled.add(envelopes[0].dedup_key)
-                return
-            middle = len(envelopes) // 2
-            self._send_isolating(pixel, envelopes[:middle], attempt, settled)
-            self._send_isolating(pixel, envelopes[middle:], attempt, settled)
+        """Send; if Meta blames an event, split the batch until the culprits stand alone.
+
+        ``deliver`` charged the limiter for this first request; ``_send_charged`` charges every
+        further one. Raises what ``MetaClient.send`` raises, other than ``InvalidBatchError``,
+        and ``_SplitDeferred``; ``settled`` then says which events are done.
+        """
+        split = _Split(pixel, attempt, settled)
+        rejection = self._send_part(split, envelopes)
+        if rejection is not None:
+            self._isolate(split, envelopes, rejection)
+
+    def _isolate(self, split: _Split, envelopes: list[Envelope],
+                 rejection: InvalidBatchError) -> None:
+        """``envelopes`` were refused together for an event: dead-letter the culprits, deliver
+        the rest.
+
+        Halving costs about ``2 * log2(n)`` requests per culprit, but ``2n - 1`` when every event
+        is bad (a client bug, a clock off by days). So when both halves are refused alike,
+        ``SPLIT_PROBES`` events spread over the part are sent alone; if each is refused alike
+        too, the part is bad throughout and the rest goes to the dead letters with them, unsent
+        alone (``presumed``): 1 + 2 + 4 = 7 requests for any batch over 8 events. A probe Meta
+        accepts (two culprits that happen to fall in both halves) ends that: the probes are
+        settled either way and splitting goes on with what is left.
+        """
+        if len(envelopes) == 1:
+            self._reject(split, envelopes, rejection)
             return
-        self._delivered(envelopes, result, attempt)
-        settled.update(e.dedup_key for e in envelopes)
+        middle = len(envelopes) // 2
+        halves = (envelopes[:middle], envelopes[middle:])
+        left = self._send_charged(split, halves[0])
+        right = self._send_charged(split, halves[1])
+        if (left is not None and right is not None and same_rejection(left, right)
+                and len(envelopes) > 2 * SPLIT_PROBES
+                and self._probe(split, envelopes, rejection)):
+            return
+        for half, answer in zip(halves, (left, right), strict=True):
+            rest = [e for e in half if e.dedup_key not in split.settled]
+            if rest and len(rest) < len(half):
+                # Probes took some of this half: what is left may hold no culprit any more.
+                answer = self._send_charged(split, rest)
+            if rest and answer is not None:
+                self._isolate(split, rest, answer)
+
+    def _probe(self, split: _Split, envelopes: list[Envelope],
+               rejection: InvalidBatchError) -> bool:
+        """Send ``SPLIT_PROBES`` events spread over ``envelopes`` alone. If Meta refuses each like
+        ``rejection``, dead-letter all the others too and return True."""
+        step = len(envelopes) / SPLIT_PROBES
+        for i in range(SPLIT_PROBES):
+            probe = [envelopes[int(step * (i + 0.5))]]
+            answer = self._send_charged(split, probe)
+            if answer is None:
+                return False
+            self._reject(split, probe, answer)
+            if not same_rejection(answer, rejection):
+                return False
+        rest = [e for e in envelopes if e.dedup_key not in split.settled]
+        self._dead(rest, {**rejection.as_dict(), "kind": "rejected", "presumed": True},
+                   split.attempt)
+        split.settled.update(e.dedup_key for e in rest)
+        log.warning("batch_presumed_bad", pixel_id=split.pixel.id, batch=split.attempt.batch_id,
+                    size=len(envelopes), probes=SPLIT_PROBES, code=rejection.code,
+                    subcode=rejection.subcode, fbtrace_id=rejection.fbtrace_id)
+        return True
+
+    def _send_charged(self, split: _Split, envelopes: list[Envelope]
+                      ) -> InvalidBatchError | None:
+        """A further request of a split: charge the limiter for it (waiting briefly), send it."""
+        rates = self.rates(split.pixel)
+        while (wait_ms := self.limiter.acquire(split.pixel.id, rates, len(envelopes))) > 0:
+            if split.slept_ms + wait_ms > SPLIT_WAIT_MAX_MS:
+                raise _SplitDeferred(wait_ms)
+            self.sleep(wait_ms / 1000)
+            split.slept_ms += wait_ms
+        return self._send_part(split, envelopes)
+
+    def _send_part(self, split: _Split, envelopes: list[Envelope]) -> InvalidBatchError | None:
+        """POST ``envelopes``: None once delivered and recorded, or Meta's refusal naming an
+        event (every other error is raised)."""
+        try:
+            result = self.meta.send(split.pixel, [e.event for e in envelopes])
+        except InvalidBatchError as exc:
+            return exc
+        self._delivered(envelopes, result, split.attempt)
+        split.settled.update(e.dedup_key for e in envelopes)
+        return None
+
+    def _reject(self, split: _Split, envelopes: list[Envelope],
+                rejection: InvalidBatchError) -> None:
+        self._dead(envelopes, {**rejection.as_dict(), "kind": "rejected"}, split.attempt)
+        split.settled.update(e.dedup_key for e in envelopes)
 
     def _delivered(self, envelopes: list[Envelope], result: SendResult, attempt: Attempt
                    ) -> None:

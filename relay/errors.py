@@ -7,7 +7,7 @@
     └── DeliveryError        a batch did not reach Meta
         ├── TransientError   retry with backoff (transport, timeout, 5xx, codes 1, 2, 341, 368)
         │   └── ThrottledError   slow the pixel down, then retry (codes 4, 17, 32, 613, 80004)
-        └── PermanentError   dead letter at once (190 token, 10/200-299 permission, 100 invalid)
+        └── PermanentError   dead letter at once (190 token, 10/200-299 permission, other 100s)
 """
 
 from __future__ import annotations
@@ -74,4 +74,4 @@ class PermanentError(DeliveryError):
 
 
 class InvalidBatchError(PermanentError):
-    """Meta rejected the payload as invalid (code 100): one event may be the culprit."""
+    """Meta blamed an event (code 100, subcode 2804xxx or a data[n] index): split to find it."""

@@ -3,12 +3,19 @@
 ``classify_meta_error`` maps an HTTP answer (status + Meta's error body) to the error tree in
 ``relay.errors``; ``MetaClient.send`` maps httpx's transport errors. The httpx transport is a
 constructor argument so unit tests use ``httpx.MockTransport``.
+
+Code 100 (invalid parameter) is an ``InvalidBatchError`` (split the batch to find the culprit)
+only when Meta blames an event: a 2804xxx subcode, or a message naming ``data[<index>]`` as the
+fake does. Any other code 100 (no subcode, 33 unknown or inaccessible pixel, a bad
+``test_event_code`` or ``appsecret_proof``) is about the request: a ``PermanentError`` for the
+whole batch, which splitting could not fix.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +23,7 @@ from typing import Any
 
 import httpx
 import msgspec
+import structlog
 
 from relay.config import MetaSettings, PixelSettings
 from relay.errors import (
@@ -31,6 +39,14 @@ TRANSIENT_CODES = frozenset({1, 2, 341, 368})
 THROTTLE_CODES = frozenset({4, 17, 32, 613, 80004})
 TOKEN_CODES = frozenset({190})
 PERMISSION_CODES = frozenset({10, *range(200, 300)})
+# Meta's per-event rules: 2804001 bad fbc, 2804003 too old, 2804019 malformed, 2804050 too
+# little customer information, and the rest of the family.
+EVENT_SUBCODES = range(2_804_000, 2_805_000)
+# How an error names the event it is about: "data[3].user_data.em must be ..." (the index is the
+# event's place in the request that was refused).
+_EVENT_INDEX = re.compile(r"\bdata\[\d+\]")
+
+log = structlog.get_logger("relay.meta_client")
 
 
 class MetaErrorBody(msgspec.Struct):
@@ -49,16 +65,28 @@ class _ErrorEnvelope(msgspec.Struct):
 
 
 class _Success(msgspec.Struct):
-    events_received: int = 0
+    events_received: int | None = None
     messages: list[Any] = msgspec.field(default_factory=list)
     fbtrace_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
-    events_received: int
+    events_received: int | None  # None when Meta's 2xx body could not be read
     fbtrace_id: str | None
     latency_ms: float
+
+
+def _blames_an_event(err: MetaErrorBody) -> bool:
+    if err.error_subcode is not None and err.error_subcode in EVENT_SUBCODES:
+        return True
+    return any(_EVENT_INDEX.search(text or "") for text in (err.message, err.error_user_msg))
+
+
+def same_rejection(a: DeliveryError, b: DeliveryError) -> bool:
+    """Meta gave the same answer twice, whichever event index each names."""
+    return (a.code, a.subcode, _EVENT_INDEX.sub("data[]", a.message)) == (
+        b.code, b.subcode, _EVENT_INDEX.sub("data[]", b.message))
 
 
 def classify_meta_error(status: int, body: bytes) -> DeliveryError:
@@ -81,10 +109,39 @@ def classify_meta_error(status: int, body: bytes) -> DeliveryError:
         kind = PermanentError
     elif code in TRANSIENT_CODES or err.is_transient or status >= 500 or status == 429:
         kind = TransientError
-    elif code == 100:
+    elif code == 100 and _blames_an_event(err):
         kind = InvalidBatchError
     return kind(text, code=code, subcode=err.error_subcode, fbtrace_id=err.fbtrace_id,
                 status=status)
+
+
+def _accepted(pixel: PixelSettings, sent: int, response: httpx.Response, latency_ms: float
+              ) -> SendResult:
+    """Any 2xx means Meta has the batch: sending it again would only make duplicates there.
+
+    An unreadable body or a count other than the one sent is logged, not retried.
+    """
+    try:
+        ok = msgspec.json.decode(response.content, type=_Success)
+        received, fbtrace_id = ok.events_received, ok.fbtrace_id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        received, fbtrace_id = None, _readable_fbtrace_id(response.content)
+    fbtrace_id = fbtrace_id or response.headers.get("x-fb-trace-id")
+    if received != sent:
+        log.warning("meta_accepted_with_anomaly", pixel_id=pixel.id, sent=sent,
+                    events_received=received, fbtrace_id=fbtrace_id,
+                    status=response.status_code)
+    return SendResult(received, fbtrace_id, latency_ms)
+
+
+def _readable_fbtrace_id(body: bytes) -> str | None:
+    """The ``fbtrace_id`` of a 2xx body whose other fields are not what we expect."""
+    try:
+        decoded = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    trace = decoded.get("fbtrace_id") if isinstance(decoded, dict) else None
+    return trace if isinstance(trace, str) else None
 
 
 def appsecret_proof(access_token: str, app_secret: str) -> str:
@@ -125,7 +182,7 @@ class MetaClient:
         return pixel.api_version or self.settings.api_version
 
     def send(self, pixel: PixelSettings, events: Sequence[MetaEvent]) -> SendResult:
-        """POST one batch; raise a ``DeliveryError`` subclass unless Meta accepted it all."""
+        """POST one batch; raise a ``DeliveryError`` subclass unless Meta answered 2xx."""
         body = _encoder.encode(_Body(
             data=events,
             partner_agent=self.settings.partner_agent or None,
@@ -146,16 +203,7 @@ class MetaClient:
         latency_ms = (time.perf_counter() - started) * 1000
         if response.status_code // 100 != 2:
             raise classify_meta_error(response.status_code, response.content)
-        try:
-            ok = msgspec.json.decode(response.content, type=_Success)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            raise TransientError("Meta answered 2xx with an unreadable body") from None
-        if ok.events_received != len(events):
-            raise TransientError(
-                f"Meta received {ok.events_received} of {len(events)} events",
-                fbtrace_id=ok.fbtrace_id,
-            )
-        return SendResult(ok.events_received, ok.fbtrace_id, latency_ms)
+        return _accepted(pixel, len(events), response, latency_ms)
 
     def check_pixel(self, pixel: PixelSettings) -> DeliveryError | None:
         """GET the pixel node: None when the token is valid and the API reachable."""

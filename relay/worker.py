@@ -23,8 +23,10 @@ import httpx
 import structlog
 from dramatiq.middleware import CurrentMessage
 from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
-from relay.broker import RelayBroker, make_broker
+from relay.broker import RecoveryGate, RelayBroker, enqueue_patiently, make_broker
 from relay.config import Settings
 from relay.delivery import Attempt, Deliverer
 from relay.health import PixelHealth
@@ -69,6 +71,7 @@ class RelayWorker:
         self.worker = dramatiq.Worker(self.broker, queues=set(self.queues),
                                       worker_threads=relay.worker_threads, worker_timeout=100)
         self.worker.delay_prefetch = 256  # delayed batches can be large; keep few in memory
+        self._gate = RecoveryGate(relay.heartbeat_timeout_ms / 1000)
         self._stopping = threading.Event()
         self._pump = threading.Thread(target=self._pump_loop, name="relay-pump", daemon=True)
 
@@ -82,7 +85,7 @@ class RelayWorker:
         defer = self.deliverer.deliver(pixel_id, items, attempt)
         if defer is not None:
             # Same message id (dedup claims stay valid), same retry count: no retry spent.
-            self.broker.enqueue(message.copy(), delay=defer.delay_ms)
+            enqueue_patiently(self.broker, message.copy(), defer.delay_ms)
             log.info("batch_deferred", pixel_id=pixel_id, size=len(items),
                      delay_ms=defer.delay_ms, reason=defer.reason)
 
@@ -96,7 +99,8 @@ class RelayWorker:
                 for batcher in self.batchers:
                     batcher.run_once()
                 if now >= next_recover:
-                    self.broker.recover(self.queues)
+                    self.broker.recover(self.queues, self._gate.allows_maintenance())
+                    self._gate.heartbeat_written()
                     next_recover = now + RECOVER_INTERVAL_S
                 if now >= next_health:
                     self.health.check_if_due(self.settings.pixels, HEALTH_INTERVAL_S)
@@ -143,8 +147,11 @@ def parse_priorities(text: str) -> list[Priority]:
 
 
 def redis_client(settings: Settings) -> Redis:
+    """The worker's client: each command waits out about 33 s of Redis being unreachable
+    (a restart) before it raises, so a blip neither fails batches nor spends their retries."""
     return Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
-                          health_check_interval=30)
+                          health_check_interval=30,
+                          retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=20))
 
 
 

@@ -10,11 +10,21 @@ import dramatiq
 import dramatiq.broker
 import fakeredis
 import pytest
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries
+from redis import exceptions as redis_errors
 
 from relay import keys
-from relay.broker import MAX_DEAD_MESSAGE_TTL_MS, RelayBroker, make_broker, retry_when
+from relay.broker import (
+    MAX_DEAD_MESSAGE_TTL_MS,
+    PatientRetries,
+    RecoveryGate,
+    RelayBroker,
+    enqueue_patiently,
+    make_broker,
+    retry_when,
+)
 from relay.config import RelaySettings
 from relay.errors import TransientError
 
@@ -198,3 +208,111 @@ def test_recover_only_touches_the_named_queues(redis: fakeredis.FakeRedis) -> No
     survivor.recover([QUEUE])
 
     assert [] == ready(redis, "relay_low")
+
+
+def test_recover_without_maintenance_only_refreshes_the_heartbeat(
+        redis: fakeredis.FakeRedis) -> None:
+    producer, worker, survivor = relay_broker(redis), relay_broker(redis), relay_broker(redis)
+    enqueue(producer)
+    worker.do_fetch(QUEUE, 1)
+    last_seen_long_ago(redis, worker)
+
+    survivor.recover([QUEUE], maintenance=False)
+
+    assert ([], True) == (ready(redis), redis.zscore(HEARTBEATS, survivor.broker_id) is not None)
+
+
+# -- RecoveryGate: no requeue of live workers right after an outage --------------------------------
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def gate_with_clock() -> tuple[RecoveryGate, FakeClock]:
+    clock = FakeClock()
+    return RecoveryGate(heartbeat_timeout_s=10, clock=clock), clock
+
+
+def beat_for(gate: RecoveryGate, clock: FakeClock, seconds: int) -> bool:
+    """Heartbeats every second for ``seconds``; whether maintenance was allowed at the end."""
+    allowed = False
+    for _ in range(seconds):
+        clock.now += 1
+        allowed = gate.allows_maintenance()
+        gate.heartbeat_written()
+    return allowed
+
+
+def test_gate_waits_one_heartbeat_timeout_after_start() -> None:
+    gate, clock = gate_with_clock()
+
+    assert (False, True) == (beat_for(gate, clock, 9), beat_for(gate, clock, 1))
+
+
+def test_gate_closes_after_heartbeats_paused_and_reopens_a_timeout_later() -> None:
+    gate, clock = gate_with_clock()
+    beat_for(gate, clock, 20)
+
+    clock.now += 30  # Redis unreachable: no heartbeat for 30 s
+    allowed_on_return = gate.allows_maintenance()
+    gate.heartbeat_written()
+
+    assert (False, False, True) == (allowed_on_return, beat_for(gate, clock, 9),
+                                    beat_for(gate, clock, 1))
+
+
+def test_gate_stays_open_through_ordinary_heartbeat_jitter() -> None:
+    gate, clock = gate_with_clock()
+    beat_for(gate, clock, 20)
+
+    clock.now += 4  # a slow pump pass, under half a heartbeat timeout
+
+    assert True is gate.allows_maintenance()
+
+
+# -- enqueueing while Redis is unreachable ------------------------------------------------------
+class UnreachableFor:
+    """A broker whose enqueue fails with a connection error ``failures`` times, then works."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.enqueued: list[tuple[str, int | None]] = []
+
+    def enqueue(self, message: dramatiq.Message[None], *, delay: int | None = None
+                ) -> dramatiq.Message[None]:
+        if self.failures:
+            self.failures -= 1
+            raise redis_errors.ConnectionError("Error 111 connecting to Redis.")
+        self.enqueued.append((message.message_id, delay))
+        return message
+
+
+def a_message() -> dramatiq.Message[None]:
+    return dramatiq.Message(queue_name=QUEUE, actor_name="deliver_high", args=("111", []),
+                            kwargs={}, options={})
+
+
+def test_enqueue_patiently_waits_for_redis() -> None:
+    broker, message, sleeps = UnreachableFor(3), a_message(), []
+
+    enqueue_patiently(broker, message, 500, sleep=sleeps.append)  # type: ignore[arg-type]
+
+    assert ([(message.message_id, 500)], 3) == (broker.enqueued, len(sleeps))
+
+
+def test_patient_retries_enqueue_the_retry_once_redis_answers() -> None:
+    stub = StubBroker()
+    actor = dramatiq.actor(broker=stub, queue_name=QUEUE, actor_name="deliver_high")(
+        lambda pixel_id, items: None)
+    broker = UnreachableFor(2)
+    broker.get_actor = stub.get_actor  # type: ignore[attr-defined]
+    message = actor.message("111", [])
+    retries = PatientRetries(min_backoff=100, max_backoff=200, retry_when=retry_when(10))
+
+    retries.after_process_message(broker, MessageProxy(message),  # type: ignore[arg-type]
+                                  exception=TransientError("Meta is down"))  # 0.6 s of waits
+
+    assert [message.message_id] == [m for m, _ in broker.enqueued]

@@ -14,12 +14,15 @@ from redis import exceptions as redis_errors
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from fakemeta._errors import MetaError, unknown_object
+from fakemeta._validation import validate_payload
 from relay import keys
 from relay.config import Settings
 from relay.deadletters import DeadLetters
 from relay.delivery import Attempt, Defer, Deliverer
 from relay.errors import TransientError
 from relay.events import ClickContext, Envelope, encode
+from relay.limiter import PixelRates
 from relay.meta_client import MetaClient
 from tests.relay.factories import (
     FBC,
@@ -56,6 +59,26 @@ def error_for(event_id: str, answer: httpx.Response) -> Callable[..., httpx.Resp
 
 def always(answer: httpx.Response) -> Callable[..., httpx.Response]:
     return lambda request, data: answer
+
+
+def fake_meta_rules(request: httpx.Request, data: list[dict[str, Any]]) -> httpx.Response | None:
+    """Meta's answer as the project's fake gives it: its own rules, its own wording."""
+    try:
+        validate_payload({"data": data}, now=time.time())
+    except MetaError as error:
+        return httpx.Response(error.http_status, json=error.body("T-fake"))
+    return None
+
+
+# Meta blames an event (2804019: malformed customer information): split to find it.
+EVENT_REJECTION = graph_error(100, subcode=2804019)
+
+
+def bad_currency(event_id: str) -> Envelope:
+    """An event only Meta (the fake) refuses: the relay does not check custom_data."""
+    env = envelope(event_id)
+    return msgspec.structs.replace(env, event=msgspec.structs.replace(
+        env.event, custom_data={"currency": "dollars", "value": 3}))
 
 
 def state(d: Deliverer, env: Envelope) -> str | None:
@@ -400,13 +423,13 @@ def test_event_with_an_expired_click_is_sent_as_is(redis: fakeredis.FakeRedis,
 # -- Meta refuses the batch -----------------------------------------------------------------------
 def test_invalid_batch_is_split_until_the_culprit_stands_alone(redis: fakeredis.FakeRedis,
                                                               graph: FakeGraph) -> None:
-    graph.respond = error_for("bad", httpx.Response(400, json=graph_error(100)))
+    graph.respond = error_for("bad", httpx.Response(400, json=EVENT_REJECTION))
     envs = [envelope("e1"), envelope("bad"), envelope("e3"), envelope("e4")]
 
     outcome = make_deliverer(redis, graph).deliver(PIXEL, encoded(*envs), FIRST)
 
-    assert (None, [["e1", "bad", "e3", "e4"], ["e1", "bad"], ["e1"], ["bad"], ["e3", "e4"]],
-            ["e1", "e3", "e4"]) == (outcome, graph.batches, graph.accepted)
+    assert (None, [["e1", "bad", "e3", "e4"], ["e1", "bad"], ["e3", "e4"], ["e1"], ["bad"]],
+            ["e3", "e4", "e1"]) == (outcome, graph.batches, graph.accepted)
 
 
 def test_only_the_culprit_is_dead_lettered_with_meta_reason(redis: fakeredis.FakeRedis,
@@ -427,7 +450,7 @@ def test_only_the_culprit_is_dead_lettered_with_meta_reason(redis: fakeredis.Fak
 def test_two_culprits_are_both_isolated(redis: fakeredis.FakeRedis, graph: FakeGraph) -> None:
     def respond(request: httpx.Request, data: list[dict[str, Any]]) -> httpx.Response | None:
         if {"bad1", "bad2"} & {e["event_id"] for e in data}:
-            return httpx.Response(400, json=graph_error(100))
+            return httpx.Response(400, json=EVENT_REJECTION)
         return None
 
     graph.respond = respond
@@ -438,6 +461,171 @@ def test_two_culprits_are_both_isolated(redis: fakeredis.FakeRedis, graph: FakeG
 
     assert (["e1", "e3", "e4", "e5"], {f"{PIXEL}:Purchase:bad1", f"{PIXEL}:Purchase:bad2"}) == (
         sorted(graph.accepted), {x.dedup_key for x in d.dead.list()})
+
+
+def test_malformed_customer_information_culprit_is_isolated_and_the_rest_delivered(
+        redis: fakeredis.FakeRedis, graph: FakeGraph) -> None:
+    answer = graph_error(100, subcode=2804019, message="Invalid parameter", fbtrace_id="T-19")
+    answer["error"]["error_user_msg"] = "The em parameter is not a SHA-256 hash"
+    graph.respond = error_for("bad", httpx.Response(400, json=answer))
+    d = make_deliverer(redis, graph)
+    envs = [envelope(f"e{i}") for i in range(5)] + [envelope("bad")] + [envelope("e6")]
+
+    outcome = d.deliver(PIXEL, encoded(*envs), FIRST)
+
+    assert (None, ["e0", "e1", "e2", "e3", "e4", "e6"],
+            ("rejected", 2804019, "The em parameter is not a SHA-256 hash", "T-19")) == (
+        outcome, sorted(graph.accepted),
+        tuple(reason(d, envs[5])[k] for k in ("kind", "subcode", "message", "fbtrace_id")))
+
+
+def test_request_level_code_100_dead_letters_a_full_batch_in_one_request(
+        redis: fakeredis.FakeRedis, graph: FakeGraph) -> None:
+    # Given a pixel id the token cannot reach: code 100, subcode 33, as the fake answers it
+    answer = unknown_object(PIXEL, "POST").body("T-33")
+    graph.respond = always(httpx.Response(400, json=answer))
+    d = make_deliverer(redis, graph)
+    envs = [envelope(f"e{i}") for i in range(1000)]
+
+    outcome = d.deliver(PIXEL, encoded(*envs), FIRST)
+
+    expected = {"kind": "rejected", "message": answer["error"]["message"], "code": 100,
+                "subcode": 33, "fbtrace_id": "T-33", "status": 400}
+    assert (None, 1, 1000, [expected]) == (
+        outcome, len(graph.requests), d.dead.count(),
+        [dict(r) for r in {msgspec.json.encode(reason(d, e)): reason(d, e)
+                           for e in envs}.values()])
+
+
+def test_culprits_refused_alike_in_both_halves_leave_their_batch_mates_delivered(
+        redis: fakeredis.FakeRedis, graph: FakeGraph) -> None:
+    # Two events the fake refuses with the same words, one in each half: not a bad batch.
+    graph.respond = fake_meta_rules
+    d = make_deliverer(redis, graph)
+    envs = [envelope(f"e{i}") for i in range(32)]
+    envs[3], envs[20] = bad_currency("bad1"), bad_currency("bad2")
+
+    d.deliver(PIXEL, encoded(*envs), FIRST)
+
+    # The whole, both halves refused alike, then a probe alone (accepted) ends the suspicion.
+    assert ([32, 16, 16, 1], 30, {"bad1", "bad2"}, 0) == (
+        [len(b) for b in graph.batches[:4]], len(graph.accepted),
+        {x.envelope.event.event_id for x in d.dead.list()},
+        sum("presumed" in x.reason for x in d.dead.list()))
+
+
+@pytest.mark.parametrize("size", [9, 100, 1000])
+def test_batch_where_every_event_is_bad_costs_seven_requests(
+        redis: fakeredis.FakeRedis, graph: FakeGraph, size: int) -> None:
+    # The whole batch, both halves, then four events sent alone: all refused alike.
+    graph.respond = fake_meta_rules
+    d = make_deliverer(redis, graph)
+    envs = [bad_currency(f"e{i}") for i in range(size)]
+
+    outcome = d.deliver(PIXEL, encoded(*envs), FIRST)
+
+    presumed = [e for e in envs if reason(d, e).get("presumed")]
+    assert (None, 7, size, size - 4, [1, 1, 1, 1]) == (
+        outcome, len(graph.requests), d.dead.count(), len(presumed),
+        [len(b) for b in graph.batches[3:]])
+    assert ("rejected", 100, "T-fake", True) == tuple(
+        reason(d, presumed[0])[k] for k in ("kind", "code", "fbtrace_id", "presumed"))
+
+
+def test_every_request_of_a_split_is_charged_to_the_limiter(redis: fakeredis.FakeRedis,
+                                                            graph: FakeGraph) -> None:
+    graph.respond = error_for("bad", httpx.Response(400, json=EVENT_REJECTION))
+    d = make_deliverer(redis, graph)
+    charged: list[int] = []
+    acquire = d.limiter.acquire
+
+    def spy(pixel_id: str, rates: PixelRates, events: int, now_ms: int | None = None) -> int:
+        charged.append(events)
+        return acquire(pixel_id, rates, events, now_ms)
+
+    d.limiter.acquire = spy  # type: ignore[method-assign]
+    envs = [envelope(f"e{i}") for i in range(7)] + [envelope("bad")]
+
+    d.deliver(PIXEL, encoded(*envs), FIRST)
+
+    assert (7, [len(b) for b in graph.batches]) == (len(graph.batches), charged)
+
+
+def scripted_limiter(d: Deliverer, waits: list[int]) -> list[int]:
+    """The limiter answers ``waits`` in turn, then 0; returns the event counts it was asked."""
+    asked: list[int] = []
+
+    def acquire(pixel_id: str, rates: PixelRates, events: int, now_ms: int | None = None) -> int:
+        asked.append(events)
+        return waits.pop(0) if waits else 0
+
+    d.limiter.acquire = acquire  # type: ignore[method-assign]
+    return asked
+
+
+def test_split_request_sleeps_a_short_limiter_wait_then_goes_on(redis: fakeredis.FakeRedis,
+                                                                graph: FakeGraph) -> None:
+    graph.respond = error_for("bad", httpx.Response(400, json=EVENT_REJECTION))
+    settings = make_settings()
+    slept: list[float] = []
+    d = Deliverer(settings, redis, MetaClient(settings.meta, graph.transport()),
+                  sleep=slept.append)
+    # Given the whole batch goes at once, and its first half has to wait 300 ms
+    asked = scripted_limiter(d, [0, 300])
+    envs = [envelope("e1"), envelope("e2"), envelope("bad"), envelope("e4")]
+
+    outcome = d.deliver(PIXEL, encoded(*envs), FIRST)
+
+    assert (None, [0.3], [4, 2, 2, 2, 1, 1], ["e1", "e2", "e4"]) == (
+        outcome, slept, asked, sorted(graph.accepted))
+
+
+def test_split_defers_the_rest_when_the_limiter_wait_is_long(redis: fakeredis.FakeRedis,
+                                                             graph: FakeGraph) -> None:
+    graph.respond = error_for("bad", httpx.Response(400, json=EVENT_REJECTION))
+    settings = make_settings()
+    slept: list[float] = []
+    d = Deliverer(settings, redis, MetaClient(settings.meta, graph.transport()),
+                  sleep=slept.append)
+    # Given the whole batch and its first half go at once, the second half would wait 5 s
+    scripted_limiter(d, [0, 0, 5000])
+    envs = [envelope("e1"), envelope("e2"), envelope("bad"), envelope("e4")]
+
+    outcome = d.deliver(PIXEL, encoded(*envs), FIRST)
+
+    assert (Defer(5000, "rate limit"), [], [["e1", "e2", "bad", "e4"], ["e1", "e2"]],
+            ["delivered", "delivered", "deferred", "deferred"]) == (
+        outcome, slept, graph.batches, [state(d, e) for e in envs])
+
+
+def test_deferred_split_finishes_when_the_batch_comes_back(redis: fakeredis.FakeRedis,
+                                                           graph: FakeGraph) -> None:
+    graph.respond = error_for("bad", httpx.Response(400, json=EVENT_REJECTION))
+    settings = make_settings()
+    d = Deliverer(settings, redis, MetaClient(settings.meta, graph.transport()),
+                  sleep=lambda s: None)
+    envs = [envelope("e1"), envelope("e2"), envelope("bad"), envelope("e4")]
+    scripted_limiter(d, [0, 0, 5000])
+    d.deliver(PIXEL, encoded(*envs), FIRST)
+    scripted_limiter(d, [])
+
+    outcome = d.deliver(PIXEL, encoded(*envs), FIRST)
+
+    assert (None, ["bad", "e4"], ["delivered", "delivered", "dead", "delivered"]) == (
+        outcome, graph.batches[2], [state(d, e) for e in envs])
+
+
+def test_accepted_batch_with_a_count_mismatch_is_delivered_not_retried(
+        redis: fakeredis.FakeRedis, graph: FakeGraph) -> None:
+    graph.respond = always(httpx.Response(200, json={"events_received": 1, "fbtrace_id": "T"}))
+    d = make_deliverer(redis, graph)
+    envs = [envelope("e1"), envelope("e2")]
+
+    outcome = d.deliver(PIXEL, encoded(*envs), FIRST)
+
+    assert (None, 1, ["delivered", "delivered"], "T") == (
+        outcome, len(graph.requests), [state(d, e) for e in envs],
+        d.ledger.life(envs[0].dedup_key)[-1]["fbtrace_id"])
 
 
 @pytest.mark.parametrize("code", [190, 10, 200])
@@ -551,7 +739,7 @@ def test_retries_exhausted_keeps_meta_error_fields(redis: fakeredis.FakeRedis,
 
 def test_transient_failure_after_part_of_a_split_retries_only_the_rest(
         redis: fakeredis.FakeRedis, graph: FakeGraph) -> None:
-    answers = iter([httpx.Response(400, json=graph_error(100)), None,
+    answers = iter([httpx.Response(400, json=EVENT_REJECTION), None,
                     httpx.Response(503)])
     graph.respond = lambda request, data: next(answers, None)
     d = make_deliverer(redis, graph)
@@ -567,7 +755,7 @@ def test_transient_failure_after_part_of_a_split_retries_only_the_rest(
 
 def test_last_attempt_dead_letters_only_what_was_not_delivered(redis: fakeredis.FakeRedis,
                                                               graph: FakeGraph) -> None:
-    answers = iter([httpx.Response(400, json=graph_error(100)), None, httpx.Response(503)])
+    answers = iter([httpx.Response(400, json=EVENT_REJECTION), None, httpx.Response(503)])
     graph.respond = lambda request, data: next(answers, None)
     d = make_deliverer(redis, graph)
     envs = [envelope("e1"), envelope("e2"), envelope("e3"), envelope("e4")]
@@ -620,7 +808,7 @@ def test_throttled_events_are_recorded_deferred_not_dead(redis: fakeredis.FakeRe
 
 def test_throttling_midway_leaves_delivered_events_delivered(redis: fakeredis.FakeRedis,
                                                             graph: FakeGraph) -> None:
-    answers = iter([httpx.Response(400, json=graph_error(100)), None,
+    answers = iter([httpx.Response(400, json=EVENT_REJECTION), None,
                     httpx.Response(400, json=graph_error(613))])
     graph.respond = lambda request, data: next(answers, None)
     d = make_deliverer(redis, graph)

@@ -10,7 +10,10 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
+from fakemeta import _errors as fake_errors
+from relay import meta_client
 from relay.config import MetaSettings, PixelSettings
 from relay.errors import (
     DeliveryError,
@@ -78,15 +81,63 @@ def test_code_300_is_not_a_permission_code() -> None:
     assert PermanentError is type(classify_meta_error(400, body(graph_error(300))))
 
 
-def test_invalid_parameter_is_an_invalid_batch() -> None:
-    error = classify_meta_error(400, body(graph_error(100, subcode=2804001, fbtrace_id="T1")))
+@pytest.mark.parametrize("subcode", [2804001, 2804003, 2804019, 2804050, 2804099])
+def test_invalid_parameter_with_an_event_subcode_is_an_invalid_batch(subcode: int) -> None:
+    error = classify_meta_error(400, body(graph_error(100, subcode=subcode, fbtrace_id="T1")))
 
-    assert (InvalidBatchError, 100, 2804001, "T1", 400) == (
+    assert (InvalidBatchError, 100, subcode, "T1", 400) == (
         type(error), error.code, error.subcode, error.fbtrace_id, error.status)
 
 
+@pytest.mark.parametrize("user_msg", [
+    "data[7].custom_data.currency must be a 3-letter ISO 4217 code.",
+    "The parameter data[0].action_source is required.",
+])
+def test_invalid_parameter_naming_an_event_is_an_invalid_batch(user_msg: str) -> None:
+    # Worded as the fake words it (fakemeta/_validation.py): no subcode, the event's index.
+    answer = fake_errors.invalid_parameter(user_msg).body("T2")
+
+    assert InvalidBatchError is type(classify_meta_error(400, body(answer)))
+
+
+REQUEST_LEVEL_100 = {
+    "subcode-33-unknown-pixel": fake_errors.unknown_object("1234567890", "POST").body("T3"),
+    "no-subcode": graph_error(100, message="Invalid parameter", fbtrace_id="T3"),
+    "bad-appsecret-proof": fake_errors.bad_appsecret_proof().body("T3"),
+    "bad-test-event-code": fake_errors.invalid_parameter(
+        "test_event_code must be a string.").body("T3"),
+    "empty-data": fake_errors.invalid_parameter(
+        "data must hold between 1 and 1000 events, got 0.",
+        title="Invalid Number Of Events").body("T3"),
+}
+
+
+@pytest.mark.parametrize("answer", REQUEST_LEVEL_100.values(), ids=REQUEST_LEVEL_100.keys())
+def test_invalid_parameter_about_the_request_is_permanent_for_the_batch(
+        answer: dict[str, Any]) -> None:
+    error = classify_meta_error(400, body(answer))
+
+    assert (PermanentError, 100, answer["error"].get("error_subcode"), "T3") == (
+        type(error), error.code, error.subcode, error.fbtrace_id)
+
+
 def test_invalid_batch_is_a_kind_of_permanent() -> None:
-    assert isinstance(classify_meta_error(400, body(graph_error(100))), PermanentError)
+    assert isinstance(classify_meta_error(400, body(graph_error(100, subcode=2804019))),
+                      PermanentError)
+
+
+def test_same_rejection_ignores_which_event_index_is_named() -> None:
+    def rejection(user_msg: str, subcode: int | None = None) -> DeliveryError:
+        answer = fake_errors.invalid_parameter(user_msg, subcode=subcode).body("T")
+        return classify_meta_error(400, body(answer))
+
+    currency = "data[{}].custom_data.currency must be a 3-letter ISO 4217 code."
+    assert (True, False, False) == (
+        meta_client.same_rejection(rejection(currency.format(0)), rejection(currency.format(9))),
+        meta_client.same_rejection(rejection(currency.format(0)),
+                                   rejection("data[0].custom_data.value must be a number.")),
+        meta_client.same_rejection(rejection(currency.format(0)),
+                                   rejection(currency.format(0), subcode=2804019)))
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 429, 408])
@@ -200,19 +251,52 @@ def test_send_returns_meta_counts_and_trace() -> None:
                                      result.latency_ms >= 0)
 
 
-def test_fewer_events_received_than_sent_is_transient() -> None:
-    def respond(request: httpx.Request, data: list[dict[str, Any]]) -> httpx.Response:
-        return httpx.Response(200, json={"events_received": len(data) - 1, "fbtrace_id": "T"})
+def test_success_with_a_count_other_than_sent_is_delivered_and_logged() -> None:
+    # Meta has the batch: sending it again would make duplicates there.
+    graph = FakeGraph(respond=lambda request, data: httpx.Response(
+        200, json={"events_received": len(data) - 1, "fbtrace_id": "T"}))
 
-    error = send_error(respond)
+    with capture_logs() as logs:
+        result = client_for(graph).send(PIXEL, [meta_event("e1"), meta_event("e2")])
 
-    assert (TransientError, "T") == (type(error), error.fbtrace_id)
+    assert ((1, "T"), [{"event": "meta_accepted_with_anomaly", "log_level": "warning",
+                        "pixel_id": PIXEL.id, "sent": 2, "events_received": 1,
+                        "fbtrace_id": "T", "status": 200}]) == (
+        (result.events_received, result.fbtrace_id), logs)
 
 
-def test_unreadable_success_body_is_transient() -> None:
-    error = send_error(lambda request, data: httpx.Response(200, content=b"<html>"))
+UNREADABLE_SUCCESS = {
+    "html": (httpx.Response(200, content=b"<html>", headers={"x-fb-trace-id": "H"}), "H"),
+    "empty": (httpx.Response(200, content=b""), None),
+    "count-not-a-number": (httpx.Response(200, json={"events_received": "all",
+                                                     "fbtrace_id": "T"}), "T"),
+    "no-count": (httpx.Response(200, json={"fbtrace_id": "T"},
+                                headers={"x-fb-trace-id": "H"}), "T"),
+}
 
-    assert TransientError is type(error)
+
+@pytest.mark.parametrize(("answer", "trace"), UNREADABLE_SUCCESS.values(),
+                         ids=UNREADABLE_SUCCESS.keys())
+def test_success_with_an_unreadable_body_is_delivered_and_logged(
+        answer: httpx.Response, trace: str | None) -> None:
+    graph = FakeGraph(respond=lambda request, data: answer)
+
+    with capture_logs() as logs:
+        result = client_for(graph).send(PIXEL, [meta_event("e1")])
+
+    assert ((None, trace), [("meta_accepted_with_anomaly", "warning", 1, None, trace)]) == (
+        (result.events_received, result.fbtrace_id),
+        [(e["event"], e["log_level"], e["sent"], e["events_received"], e["fbtrace_id"])
+         for e in logs])
+
+
+def test_success_anomaly_log_never_carries_the_token() -> None:
+    graph = FakeGraph(respond=lambda request, data: httpx.Response(200, content=b"<html>"))
+
+    with capture_logs() as logs:
+        client_for(graph).send(msgspec.structs.replace(PIXEL, app_secret="s"), [meta_event()])
+
+    assert (1, False) == (len(logs), "tok-abc" in repr(logs))
 
 
 def test_graph_error_answer_is_classified() -> None:
