@@ -1,14 +1,33 @@
-"""Prometheus metrics of one collector process, on a registry of its own (no global state)."""
+"""Prometheus metrics of the collector.
+
+With one worker process (the default, and every unit test) the metrics live on a registry of
+this object's own (no global state) and ``/metrics`` renders that registry.
+
+With several workers, ``pixelrelay collector`` gives them a fresh, empty directory in
+``$PROMETHEUS_MULTIPROC_DIR`` before they start (prometheus_client chooses how it stores values
+when it is first imported). Each worker then writes its values to files of its own there
+(prometheus_client's multiprocess mode) and ``/metrics``, whichever worker answers, renders all
+the workers' files together: counters and histograms are summed over every worker this collector
+has run (so they never go back when granian replaces one), the gauges describe the workers alive
+now (``spooling`` is 1 if any worker spools, ``spool_pending_bytes`` is their total).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from collector.enqueue import Destination, EnqueueObserver
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class CollectorMetrics(EnqueueObserver):
     def __init__(self) -> None:
+        self.multiprocess_dir = _multiprocess_dir()
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "pixelrelay_collector_requests", "HTTP requests by route and status.",
@@ -32,13 +51,15 @@ class CollectorMetrics(EnqueueObserver):
             "pixelrelay_collector_spooled_events", "Events written to the disk spool.",
             registry=self.registry,
         )
+        # multiprocess_mode only matters with several workers: how their values combine.
+        # "live": a worker that has exited no longer counts (see _forget_dead_workers).
         self.spooling = Gauge(
             "pixelrelay_collector_spooling", "1 while events go to the disk spool.",
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode="livemax",
         )
         self.spool_bytes = Gauge(
             "pixelrelay_collector_spool_pending_bytes", "Bytes waiting in the spool for replay.",
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode="livesum",
         )
 
     # EnqueueObserver
@@ -52,4 +73,51 @@ class CollectorMetrics(EnqueueObserver):
         self.spool_bytes.set(pending_bytes)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The text exposition: this process's registry, or every worker's files."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        _forget_dead_workers(self.multiprocess_dir)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self.multiprocess_dir))
+        return generate_latest(registry)
+
+
+def _multiprocess_dir() -> Path | None:
+    """``$PROMETHEUS_MULTIPROC_DIR`` if this process stores metric values there, else None."""
+    directory = os.environ.get(MULTIPROC_DIR_ENV)
+    multiprocess = bool(getattr(values.ValueClass, "_multiprocess", False))
+    if not directory and not multiprocess:
+        return None
+    if not directory or not multiprocess:
+        # prometheus_client reads the variable once, when first imported: set after that, our
+        # values would stay in memory while /metrics showed the other workers' files.
+        raise RuntimeError(
+            f"${MULTIPROC_DIR_ENV} must be set before prometheus_client is imported "
+            "(pixelrelay collector sets it for its workers)"
+        )
+    return Path(directory)
+
+
+def _forget_dead_workers(directory: Path) -> None:
+    """Remove the live* gauge files of processes that no longer exist.
+
+    What ``prometheus_client.multiprocess.mark_process_dead(pid)`` does, done here because granian
+    has no hook that runs when a worker exits (its on_startup/on_reload/on_shutdown hooks run in
+    the main process, only when granian is embedded, and not when a worker crashes). Files are
+    named ``gauge_<mode>_<pid>.db``; several workers may prune at once, hence missing_ok.
+    Counter and histogram files stay: their counts remain part of the collector's totals.
+    """
+    for path in directory.glob("gauge_live*_*.db"):
+        pid = path.stem.rpartition("_")[2]
+        if pid.isdigit() and not process_exists(int(pid)):
+            path.unlink(missing_ok=True)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's
+    return True

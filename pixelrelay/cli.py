@@ -66,13 +66,43 @@ def _granian_log_config(process: str) -> str:
     return path
 
 
+_METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when imported
+_METRICS_DIR_PREFIX = "pixelrelay-collector-metrics-"
+
+
+def _collector_metrics_dir(workers: int) -> None:
+    """Where the collector's workers keep their metrics, in ``$PROMETHEUS_MULTIPROC_DIR``.
+
+    One worker keeps them in memory (the variable is removed). Several write them to files that
+    ``/metrics`` adds up (collector/metrics.py), in a new empty directory for each run: files
+    left by an earlier run would add its counts. The directory is named after this process,
+    which becomes granian's main process (exec keeps the pid), so a later start removes it once
+    that process has gone; under systemd (PrivateTmp) it also goes away when the service stops.
+    """
+    if workers == 1:
+        os.environ.pop(_METRICS_DIR_ENV, None)
+        return
+    import shutil
+    import tempfile
+
+    from collector.metrics import process_exists
+
+    for old in Path(tempfile.gettempdir()).glob(f"{_METRICS_DIR_PREFIX}*-*"):
+        pid = old.name.removeprefix(_METRICS_DIR_PREFIX).partition("-")[0]
+        if pid.isdigit() and not process_exists(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    os.environ[_METRICS_DIR_ENV] = tempfile.mkdtemp(prefix=f"{_METRICS_DIR_PREFIX}{os.getpid()}-")
+
+
 def cmd_collector(args: argparse.Namespace) -> int:
     settings = _settings(args)
     c = settings.collector
+    _collector_metrics_dir(c.workers)
     argv = [
         sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
         "--host", c.host, "--port", str(c.port), "--workers", str(c.workers),
         "--loop", "uvloop", "--workers-kill-timeout", str(c.shutdown_grace_s),
+        "--respawn-failed-workers",  # one worker's crash is not the whole collector's
         "--no-ws", "--log-level", "info", "--log-config", _granian_log_config("collector"),
         "collector.app:create_app",
     ]

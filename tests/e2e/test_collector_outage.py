@@ -4,6 +4,8 @@ crash of the collector loses nothing it acknowledged."""
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import threading
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +47,42 @@ def _purchase(base: str, event_id: str) -> None:
 def _fbclids_in_inbox(redis: RedisServer) -> list[str]:
     items = redis.client().lrange(LOW_INBOX, 0, -1)
     return [decode_envelope(i).event.user_data.fbc.rsplit(".", 1)[-1] for i in items]
+
+
+class ConcurrentClicks:
+    """Clicks from 8 threads, each with a client of its own (one shared pool could keep to one
+    worker; a client per request costs more TLS setup than the collector's answers)."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.acknowledged: list[str] = []
+        self._numbers = itertools.count()
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._clients: list[httpx.Client] = []
+
+    def make(self, count: int) -> None:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: self._click(), range(count)))
+
+    def _click(self) -> None:
+        with self._lock:
+            fbclid = f"click{next(self._numbers)}"
+            if not hasattr(self._local, "client"):
+                self._local.client = httpx.Client(timeout=10)
+                self._clients.append(self._local.client)
+        try:
+            response = self._local.client.get(f"{self.base}/go/demo",
+                                              params={"fbclid": fbclid}, headers=BROWSER)
+        except httpx.TransportError:
+            return  # the connection died with its worker: not acknowledged
+        if response.status_code == 302:
+            with self._lock:
+                self.acknowledged.append(fbclid)
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
 
 
 def _spooled(tmp_path: Path) -> list[Path]:
@@ -113,43 +151,54 @@ def test_two_workers_spooling_and_replaying_side_by_side_lose_nothing(
     base = f"http://127.0.0.1:{port}"
     start_process("collector", "pixelrelay", "collector", "--config", str(config))
     wait_http(f"{base}/healthz")
-    numbers = itertools.count()
-    acknowledged: list[str] = []
-    lock = threading.Lock()
-    # One client per thread: the TLS context of a client per request would cost more than
-    # the collector's answers, and one shared pool could keep to one worker.
-    local = threading.local()
-    clients: list[httpx.Client] = []
-
-    def click() -> None:
-        with lock:
-            fbclid = f"click{next(numbers)}"
-            if not hasattr(local, "client"):
-                local.client = httpx.Client(timeout=10)
-                clients.append(local.client)
-        response = local.client.get(f"{base}/go/demo", params={"fbclid": fbclid},
-                                    headers=BROWSER)
-        if response.status_code == 302:
-            with lock:
-                acknowledged.append(fbclid)
-
+    clicks = ConcurrentClicks(base)
     redis_server.stop()
-    with ThreadPoolExecutor(8) as pool:
-        for _ in pool.map(lambda _: click(), range(300)):
-            pass
-    spooling_workers = {p.parent.name for p in _spooled(tmp_path)}
-    assert {"worker-0", "worker-1"} == spooling_workers, "both workers should have spooled"
+    clicks.make(300)
+    assert {"worker-0", "worker-1"} == {p.parent.name for p in _spooled(tmp_path)}, (
+        "both workers should have spooled")
 
     # When Redis comes back while clicks keep arriving, so both replay and append at once
     redis_server.restart()
-    with ThreadPoolExecutor(8) as pool:
-        for _ in pool.map(lambda _: click(), range(500)):
-            pass
-
-    for client in clients:
-        client.close()
+    clicks.make(500)
+    clicks.close()
 
     # Then every acknowledged click is in the inbox, once, and nothing is left on disk
     wait_for(lambda: not _spooled(tmp_path), 20, what="the spool to drain")
-    assert 800 == len(acknowledged)
-    assert sorted(acknowledged) == sorted(_fbclids_in_inbox(redis_server))
+    assert 800 == len(clicks.acknowledged)
+    assert sorted(clicks.acknowledged) == sorted(_fbclids_in_inbox(redis_server))
+
+
+def _worker_pids(collector_pid: int) -> set[int]:
+    children = Path(f"/proc/{collector_pid}/task/{collector_pid}/children").read_text()
+    return {int(pid) for pid in children.split()}
+
+
+def test_a_killed_worker_is_replaced_and_its_spool_replayed(
+        tmp_path: Path, redis_server: RedisServer, start_process: StartFn) -> None:
+    # Given a two-worker collector, both workers spooling while Redis is down
+    config = write_config(tmp_path, redis_url=redis_server.url, collector_lines="workers = 2")
+    port = tomllib.loads(config.read_text())["collector"]["port"]
+    base = f"http://127.0.0.1:{port}"
+    collector = start_process("collector", "pixelrelay", "collector", "--config", str(config))
+    wait_http(f"{base}/healthz")
+    workers = wait_for(lambda: len(_worker_pids(collector.pid)) == 2 and
+                       _worker_pids(collector.pid), 10, what="two workers")
+    clicks = ConcurrentClicks(base)
+    redis_server.stop()
+    clicks.make(200)
+    assert {"worker-0", "worker-1"} == {p.parent.name for p in _spooled(tmp_path)}
+
+    # When one worker is killed: granian starts another in its place
+    os.kill(min(workers), signal.SIGKILL)
+    wait_for(lambda: len(_worker_pids(collector.pid) - workers) == 1, 15,
+             what="a replacement worker")
+    redis_server.restart()
+    clicks.make(100)
+    clicks.close()
+
+    # Then the collector kept running, and every click it acknowledged reached Redis, the dead
+    # worker's spooled ones included (its replacement claims the directory and replays it)
+    wait_for(lambda: not _spooled(tmp_path), 20, what="the spool to drain")
+    assert collector.alive()
+    assert 300 == len(clicks.acknowledged)
+    assert sorted(clicks.acknowledged) == sorted(_fbclids_in_inbox(redis_server))
