@@ -56,6 +56,7 @@ class DurableEnqueuer:
         self._wake = asyncio.Event()
         self._redis_up = True
         self._backlog = spool.has_pending()  # only the writer task changes it afterwards
+        self._spooled_bytes = spool.pending_bytes()
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
@@ -143,8 +144,9 @@ class DurableEnqueuer:
         if destination == "spool":
             try:
                 records = [write_encoder.encode(w) for w in writes]
-                await asyncio.to_thread(self._spool.append, records)
+                self._spooled_bytes = await asyncio.to_thread(self._append, records)
                 self._backlog = True
+                self._observer.spool_state(True, self._spooled_bytes)
             except Exception as exc:  # noqa: BLE001 - whatever it is, the client must retry
                 log.error("spool_write_failed", error=str(exc), events=len(writes))
                 error = StorageError("neither Redis nor the disk spool accepted the event")
@@ -158,11 +160,16 @@ class DurableEnqueuer:
             else:
                 future.set_result(destination)
 
+    def _append(self, records: list[bytes]) -> int:
+        """Append to the spool (fsync'd); the bytes now waiting there. Runs in a thread."""
+        self._spool.append(records)
+        return self._spool.pending_bytes()
+
     def _mark_down(self, exc: BaseException) -> None:
         if self._redis_up:
             log.warning("redis_unavailable_spooling", error=type(exc).__name__, detail=str(exc))
         self._redis_up = False
-        self._observer.spool_state(True, 0)
+        self._observer.spool_state(True, self._spooled_bytes)
 
     async def _replay_one_segment(self) -> None:
         segment = await asyncio.to_thread(self._spool.oldest_segment)
@@ -188,7 +195,7 @@ class DurableEnqueuer:
             self._mark_down(exc)
             return
         await asyncio.to_thread(self._spool.remove_segment, segment)
-        left = await asyncio.to_thread(self._spool.pending_bytes)
+        left = self._spooled_bytes = await asyncio.to_thread(self._spool.pending_bytes)
         self._backlog = left > 0
         log.info("spool_segment_replayed", events=len(writes), pending_bytes=left)
         self._observer.spool_state(left > 0, left)

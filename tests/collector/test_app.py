@@ -294,3 +294,16 @@ async def test_an_app_built_from_a_config_file_serves_its_link(tmp_path: Path) -
 
     assert (302, "shop.example") == (response.status_code,
                                      urlsplit(response.headers["location"]).netloc)
+
+
+async def test_metrics_report_the_bytes_waiting_in_the_spool(
+        client: httpx.AsyncClient, fake_server: FakeServer, settings: Settings) -> None:
+    fake_server.connected = False
+    await client.get("/go/demo", headers={"user-agent": BROWSER_UA})
+    await client.get("/go/demo", headers={"user-agent": BROWSER_UA})
+
+    response = await client.get("/metrics")
+
+    on_disk = sum(p.stat().st_size for p in spooled_segments(settings))
+    assert (True, float(on_disk)) == (
+        on_disk > 0, metric_value(response.text, "pixelrelay_collector_spool_pending_bytes"))
