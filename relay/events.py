@@ -184,6 +184,8 @@ def build_event(inbound: InboundEvent, *, now_s: float, max_age_days: int,
     name = inbound.event_name.strip()
     if not name or len(name) > 100:
         raise InputError(f"{where}.event_name must be 1 to 100 characters", 422)
+    if ":" in name:  # it is part of the dedup key pixel:event_name:event_id, split at ':'
+        raise InputError(f"{where}.event_name must not contain ':'", 422)
     event_time = int(now_s) if inbound.event_time is None else inbound.event_time
     if event_time > _MS_THRESHOLD:
         raise InputError(f"{where}.event_time must be Unix seconds, not milliseconds", 422)

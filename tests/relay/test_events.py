@@ -132,6 +132,12 @@ def test_event_name_must_be_1_to_100_characters(name: str) -> None:
         inbound(event_name=name)).message
 
 
+def test_event_name_with_a_colon_is_refused() -> None:
+    # pixel:event_name:event_id is the dedup key: "A:B" + "C" would be "A" + "B:C".
+    assert "event.event_name must not contain ':'" == refusal(
+        inbound(event_name="Lead:B2B")).message
+
+
 def test_event_name_is_trimmed() -> None:
     assert "Purchase" == build(inbound(event_name=" Purchase ")).event_name
 
