@@ -9,12 +9,20 @@ A message is never acked without its successor being stored: Dramatiq's ``Retrie
 message after enqueueing the retry and only logs a failed enqueue, so a Redis outage at that
 moment would delete the batch. ``PatientRetries`` (and the worker's deferrals) enqueue through
 ``enqueue_patiently``, which waits for Redis instead.
+
+A fetch whose reply is lost (Redis shutting down after running it) leaves message ids in this
+process's ack set that no consumer holds: nobody would ever run or requeue them while this
+process lives. ``RelayBroker`` remembers what its fetches returned, and ``rescue_stranded``
+requeues ids found in its ack sets that it never received, when two checks agree.
 """
 
 from __future__ import annotations
 
+import re
+import threading
 import time
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 import dramatiq
@@ -38,6 +46,8 @@ log = structlog.get_logger("relay.broker")
 MAX_DEAD_MESSAGE_TTL_MS = 7 * 86_400_000
 ENQUEUE_BACKOFF_CAP_S = 5.0
 REDIS_UNREACHABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError)
+# In an encoded message; event payloads inside it are JSON strings, so their quotes are escaped.
+_REDIS_MESSAGE_ID = re.compile(rb'"redis_message_id":"([^"]+)"')
 
 
 def dq_name(queue: str) -> str:
@@ -45,6 +55,61 @@ def dq_name(queue: str) -> str:
 
 
 class RelayBroker(RedisBroker):
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._held: defaultdict[str, set[str]] = defaultdict(set)  # fetched, not yet let go
+        self._held_lock = threading.Lock()
+        self._suspects: dict[str, set[str]] = {}
+
+    # -- what this process holds --------------------------------------------------------------
+    def do_fetch(self, queue_name: str, count: int) -> list[bytes]:
+        payloads: list[bytes] = self._dispatch("fetch")(queue_name, count)
+        ids = {m.group(1).decode() for p in payloads if p and (m := _REDIS_MESSAGE_ID.search(p))}
+        with self._held_lock:
+            self._held[queue_name].update(ids)
+        return payloads
+
+    def do_ack(self, queue_name: str, message_id: str) -> Any:
+        result = self._dispatch("ack")(queue_name, message_id)
+        self._let_go(queue_name, [message_id])  # only once Redis has it: a failed ack is retried
+        return result
+
+    def do_nack(self, queue_name: str, message_id: str) -> Any:
+        result = self._dispatch("nack")(queue_name, message_id)
+        self._let_go(queue_name, [message_id])
+        return result
+
+    def do_requeue(self, queue_name: str, *message_ids: str) -> Any:
+        result = self._dispatch("requeue")(queue_name, *message_ids)
+        self._let_go(queue_name, message_ids)
+        return result
+
+    def _let_go(self, queue_name: str, message_ids: Sequence[str]) -> None:
+        with self._held_lock:
+            self._held[queue_name].difference_update(message_ids)
+
+    def rescue_stranded(self, queues: Iterable[str]) -> int:
+        """Requeue ids in this process's ack sets that none of its fetches returned.
+
+        An id counts as stranded when two consecutive calls find it (call this every several
+        seconds: a fetch's reply takes milliseconds). Returns how many were requeued.
+        """
+        rescued = 0
+        for queue in queues:
+            for name in (queue, dq_name(queue)):
+                key = f"{self.namespace}:__acks__.{self.broker_id}.{name}"
+                in_acks = {m.decode() for m in self.client.smembers(key)}
+                with self._held_lock:
+                    unknown = in_acks - self._held[name]
+                stranded = unknown & self._suspects.get(name, set())
+                self._suspects[name] = unknown - stranded
+                if stranded:
+                    self.do_requeue(name, *sorted(stranded))
+                    log.warning("stranded_messages_requeued", queue=name, count=len(stranded))
+                    rescued += len(stranded)
+        return rescued
+
+    # -- recovery -----------------------------------------------------------------------------
     def recover(self, queues: Iterable[str], maintenance: bool = True) -> None:
         """Heartbeat, plus maintenance unless told not to, for ``queues`` and their delay queues
         (a no-op requeue)."""

@@ -2,8 +2,8 @@
 
 The pump, every ``linger_ms``, cuts the inbox of each owned queue into batch messages (so a lone
 event waits at most about one linger before it is sent), refreshes the heartbeat and recovers
-messages of dead workers, and once a minute checks each pixel's token (one worker does it,
-elected through a Redis key).
+messages of dead workers (and its own stranded ones, ``RelayBroker.rescue_stranded``), and once
+a minute checks each pixel's token (one worker does it, elected through a Redis key).
 
 Run one process per priority group (``pixelrelay relay --queues high``) so a backlog of
 PageViews never holds up a Purchase.
@@ -92,7 +92,7 @@ class RelayWorker:
     # -- the pump ---------------------------------------------------------------------------------
     def _pump_loop(self) -> None:
         linger_s = self.settings.relay.linger_ms / 1000
-        next_recover = next_health = 0.0
+        next_recover = next_health = next_stranded_check = 0.0
         while not self._stopping.is_set():
             now = time.monotonic()
             try:
@@ -102,6 +102,11 @@ class RelayWorker:
                     self.broker.recover(self.queues, self._gate.allows_maintenance())
                     self._gate.heartbeat_written()
                     next_recover = now + RECOVER_INTERVAL_S
+                if now >= next_stranded_check:
+                    self.broker.rescue_stranded(self.queues)
+                    # Two checks must agree: like a dead worker's batches, a stranded one is
+                    # back in the queue within one to two heartbeat timeouts.
+                    next_stranded_check = now + self.settings.relay.heartbeat_timeout_ms / 1000
                 if now >= next_health:
                     self.health.check_if_due(self.settings.pixels, HEALTH_INTERVAL_S)
                     next_health = now + HEALTH_INTERVAL_S / 4

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from relay.events import Envelope
+import dramatiq
+
+from relay.events import Envelope, encode
 from tests.integration.conftest import FakeMeta, RelayStack, make_envelope
-from tests.support import wait_for
+from tests.support import DEMO_PIXEL, wait_for
+
+HEARTBEATS = "dramatiq:__heartbeats__"
 
 REDELIVERY_LIMIT_S = 30.0
 
@@ -232,6 +237,33 @@ def test_live_workers_are_not_taken_for_dead_after_a_redis_outage(
     ids = stack.wait_delivered(events, timeout_s=60)
     assert {e.event.event_id: 1 for e in events} == dict(ids)
     assert 0 == meta.pixel()["duplicates"]
+
+
+def test_a_batch_whose_fetch_reply_was_lost_is_requeued_by_its_worker(
+    fake_meta: Callable[..., FakeMeta], relay_stack: Callable[..., RelayStack]
+) -> None:
+    meta = fake_meta()
+    stack = relay_stack(meta)
+    worker = stack.worker("low")
+    client = stack.client()
+    [worker_id] = wait_for(lambda: client.zrange(HEARTBEATS, 0, -1), 10, what="a heartbeat")
+
+    # Given a batch in the worker's ack set that none of its fetches returned: what Redis
+    # shutting down right after running a fetch leaves behind
+    events = [make_envelope("PageView") for _ in range(20)]
+    redis_id = str(uuid.uuid4())
+    message: dramatiq.Message[None] = dramatiq.Message(
+        queue_name="relay_low", actor_name="deliver_low",
+        args=(DEMO_PIXEL, [encode(e).decode() for e in events]), kwargs={},
+        options={"redis_message_id": redis_id})
+    client.hset("dramatiq:relay_low.msgs", redis_id, message.encode())
+    client.sadd(f"dramatiq:__acks__.{worker_id.decode()}.relay_low", redis_id)
+
+    # Then the worker notices within two checks (a heartbeat timeout apart, 3 s in the test
+    # config) and the batch is delivered once
+    ids = stack.wait_delivered(events, timeout_s=30)
+    assert {e.event.event_id: 1 for e in events} == dict(ids)
+    assert "stranded_messages_requeued" in worker.output()
 
 
 def test_events_survive_redis_being_killed(

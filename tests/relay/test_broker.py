@@ -316,3 +316,58 @@ def test_patient_retries_enqueue_the_retry_once_redis_answers() -> None:
                                   exception=TransientError("Meta is down"))  # 0.6 s of waits
 
     assert [message.message_id] == [m for m, _ in broker.enqueued]
+
+
+# -- stranded messages: fetched in Redis, never received ------------------------------------------
+def fetch_with_lost_reply(broker: RelayBroker, queue: str = QUEUE) -> None:
+    """What a fetch does in Redis when its reply never arrives (Redis shut down after it)."""
+    broker._dispatch("fetch")(queue, 16)
+
+
+def acks(redis: fakeredis.FakeRedis, broker: RelayBroker, queue: str = QUEUE) -> set[bytes]:
+    return set(redis.smembers(f"dramatiq:__acks__.{broker.broker_id}.{queue}"))
+
+
+def test_a_message_whose_fetch_reply_was_lost_is_requeued_on_the_second_check(
+        redis: fakeredis.FakeRedis) -> None:
+    producer, worker = relay_broker(redis), relay_broker(redis)
+    message_id = enqueue(producer)
+    fetch_with_lost_reply(worker)
+
+    first, second = worker.rescue_stranded([QUEUE]), worker.rescue_stranded([QUEUE])
+
+    assert (0, 1, [message_id], set()) == (first, second, ready(redis), acks(redis, worker))
+
+
+def test_a_message_this_process_received_is_not_requeued(redis: fakeredis.FakeRedis) -> None:
+    producer, worker = relay_broker(redis), relay_broker(redis)
+    enqueue(producer)
+    worker.do_fetch(QUEUE, 16)
+
+    rescued = [worker.rescue_stranded([QUEUE]) for _ in range(3)]
+
+    assert ([0, 0, 0], []) == (rescued, ready(redis))
+
+
+def test_acked_messages_are_forgotten(redis: fakeredis.FakeRedis) -> None:
+    producer, worker = relay_broker(redis), relay_broker(redis)
+    message_id = enqueue(producer)
+    worker.do_fetch(QUEUE, 16)
+
+    worker.do_ack(QUEUE, message_id)
+
+    assert set() == worker._held[QUEUE]
+
+
+def test_a_stranded_delayed_message_goes_back_to_the_delay_queue(
+        redis: fakeredis.FakeRedis) -> None:
+    producer, worker = relay_broker(redis), relay_broker(redis)
+    message: dramatiq.Message[None] = dramatiq.Message(
+        queue_name=QUEUE, actor_name="deliver_high", args=("111", []), kwargs={}, options={})
+    delayed_id = producer.enqueue(message, delay=60_000).options["redis_message_id"]
+    fetch_with_lost_reply(worker, f"{QUEUE}.DQ")
+
+    worker.rescue_stranded([QUEUE])
+    worker.rescue_stranded([QUEUE])
+
+    assert [delayed_id] == ready(redis, f"{QUEUE}.DQ")
