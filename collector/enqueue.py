@@ -144,7 +144,7 @@ class DurableEnqueuer:
         if destination == "spool":
             try:
                 records = [write_encoder.encode(w) for w in writes]
-                self._spooled_bytes = await asyncio.to_thread(self._append, records)
+                self._spooled_bytes += await asyncio.to_thread(self._spool.append, records)
                 self._backlog = True
                 self._observer.spool_state(True, self._spooled_bytes)
             except Exception as exc:  # noqa: BLE001 - whatever it is, the client must retry
@@ -159,11 +159,6 @@ class DurableEnqueuer:
                 future.set_exception(error)
             else:
                 future.set_result(destination)
-
-    def _append(self, records: list[bytes]) -> int:
-        """Append to the spool (fsync'd); the bytes now waiting there. Runs in a thread."""
-        self._spool.append(records)
-        return self._spool.pending_bytes()
 
     def _mark_down(self, exc: BaseException) -> None:
         if self._redis_up:
