@@ -27,8 +27,9 @@ from typing import Any, cast
 
 import dramatiq
 import structlog
-from dramatiq.broker import MessageProxy
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq.broker import Consumer, MessageProxy
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import (
     AgeLimit,
     CurrentMessage,
@@ -48,6 +49,14 @@ ENQUEUE_BACKOFF_CAP_S = 5.0
 REDIS_UNREACHABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError)
 # In an encoded message; event payloads inside it are JSON strings, so their quotes are escaped.
 _REDIS_MESSAGE_ID = re.compile(rb'"redis_message_id":"([^"]+)"')
+# Dramatiq's enqueue (HSET + RPUSH), made safe to run twice: the client sends it again when the
+# reply is lost, and a second RPUSH of the id would have two threads run the batch at once.
+# Every enqueue has a fresh redis_message_id, so an id already stored means "done already".
+_ENQUEUE_ONCE = """
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then
+  redis.call('RPUSH', KEYS[1], ARGV[1])
+end
+"""
 
 
 def dq_name(queue: str) -> str:
@@ -58,8 +67,41 @@ class RelayBroker(RedisBroker):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._held: defaultdict[str, set[str]] = defaultdict(set)  # fetched, not yet let go
+        self._with_threads: defaultdict[str, set[str]] = defaultdict(set)  # of those, running
         self._held_lock = threading.Lock()
         self._suspects: dict[str, set[str]] = {}
+        self._enqueue_once = self.client.register_script(_ENQUEUE_ONCE)
+
+    def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> None:
+        queue_key = f"{self.namespace}:{queue_name}"
+        self._enqueue_once(keys=[queue_key, f"{queue_key}.msgs"], args=[message_id, data])
+
+    # -- consumers ----------------------------------------------------------------------------
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return _RelayConsumer
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
+        """A consumer for ``queue_name``, after returning what the previous one dropped.
+
+        Dramatiq's consumer thread replaces its consumer after a connection error and drops the
+        messages it held in memory: prefetched ones not yet given to a worker thread, and, on a
+        delay queue, every message waiting for its time. They stay in this process's ack set,
+        where nobody would ever run them while this process lives.
+        """
+        with self._held_lock:
+            dropped = self._held[queue_name] - self._with_threads[queue_name]
+        if dropped:
+            self.do_requeue(queue_name, *sorted(dropped))
+            log.warning("dropped_messages_requeued", queue=queue_name, count=len(dropped))
+        return super().consume(queue_name, prefetch, timeout)
+
+    def given_to_threads(self, queue_name: str, message_id: str) -> None:
+        """A consumer handed this message on: a worker thread has it (not on a delay queue,
+        whose messages wait in the consumer thread's memory)."""
+        if not queue_name.endswith(".DQ"):
+            with self._held_lock:
+                self._with_threads[queue_name].add(message_id)
 
     # -- what this process holds --------------------------------------------------------------
     def do_fetch(self, queue_name: str, count: int) -> list[bytes]:
@@ -87,6 +129,7 @@ class RelayBroker(RedisBroker):
     def _let_go(self, queue_name: str, message_ids: Sequence[str]) -> None:
         with self._held_lock:
             self._held[queue_name].difference_update(message_ids)
+            self._with_threads[queue_name].difference_update(message_ids)
 
     def rescue_stranded(self, queues: Iterable[str]) -> int:
         """Requeue ids in this process's ack sets that none of its fetches returned.
@@ -122,6 +165,35 @@ class RelayBroker(RedisBroker):
                           self.heartbeat_timeout, self.dead_message_ttl, int(maintenance),
                           self._max_unpack_size()],
                 )
+
+
+class _RelayConsumer(_RedisConsumer):
+    """Dramatiq's Redis consumer, telling the broker which messages reached worker threads, and
+    treating a Redis timeout like a lost connection (Dramatiq only maps ConnectionError: an ack
+    that timed out would otherwise be abandoned, its message left unacked for good)."""
+
+    broker: RelayBroker
+
+    def __next__(self) -> MessageProxy | None:
+        try:
+            message: MessageProxy | None = super().__next__()
+        except redis_errors.TimeoutError as exc:
+            raise ConnectionClosed(exc) from None
+        if message is not None:
+            self.broker.given_to_threads(self.queue_name, message.options["redis_message_id"])
+        return message
+
+    def ack(self, message: MessageProxy) -> None:
+        try:
+            super().ack(message)
+        except redis_errors.TimeoutError as exc:
+            raise ConnectionClosed(exc) from None
+
+    def nack(self, message: MessageProxy) -> None:
+        try:
+            super().nack(message)
+        except redis_errors.TimeoutError as exc:
+            raise ConnectionClosed(exc) from None
 
 
 class RecoveryGate:

@@ -55,31 +55,44 @@ local max_batch, max_ready = tonumber(ARGV[3]), tonumber(ARGV[4])
 local now_ms, id_prefix = tonumber(ARGV[5]), ARGV[6]
 local queue_key = namespace .. ':' .. queue
 local pixels_key = prefix .. ':inbox:' .. queue
-local made = 0
-for _, pixel in ipairs(redis.call('SMEMBERS', pixels_key)) do
-  local list_key = pixels_key .. ':' .. pixel
-  while true do
-    if redis.call('LLEN', queue_key) >= max_ready then
-      return made
-    end
-    local items = redis.call('LPOP', list_key, max_batch)
-    if not items then
-      redis.call('SREM', pixels_key, pixel)
-      break
-    end
-    made = made + 1
-    local id = id_prefix .. '-' .. made
-    local message = cjson.encode({
-      queue_name = queue, actor_name = actor, args = {pixel, items}, kwargs = {},
-      options = {redis_message_id = id}, message_id = id, message_timestamp = now_ms,
-    })
-    redis.call('HSET', queue_key .. '.msgs', id, message)
-    redis.call('RPUSH', queue_key, id)
-    if redis.call('LLEN', list_key) == 0 then
-      redis.call('SREM', pixels_key, pixel)
-      break
+-- A call the client sends again because its reply was lost (Redis shut down after running it)
+-- must not run twice: its batch ids would be made again, over different events.
+local call_key = prefix .. ':batchcall:' .. id_prefix
+if redis.call('EXISTS', call_key) == 1 then
+  return 0
+end
+local function cut()
+  local made = 0
+  for _, pixel in ipairs(redis.call('SMEMBERS', pixels_key)) do
+    local list_key = pixels_key .. ':' .. pixel
+    while true do
+      if redis.call('LLEN', queue_key) >= max_ready then
+        return made
+      end
+      local items = redis.call('LPOP', list_key, max_batch)
+      if not items then
+        redis.call('SREM', pixels_key, pixel)
+        break
+      end
+      made = made + 1
+      local id = id_prefix .. '-' .. made
+      local message = cjson.encode({
+        queue_name = queue, actor_name = actor, args = {pixel, items}, kwargs = {},
+        options = {redis_message_id = id}, message_id = id, message_timestamp = now_ms,
+      })
+      redis.call('HSET', queue_key .. '.msgs', id, message)
+      redis.call('RPUSH', queue_key, id)
+      if redis.call('LLEN', list_key) == 0 then
+        redis.call('SREM', pixels_key, pixel)
+        break
+      end
     end
   end
+  return made
+end
+local made = cut()
+if made > 0 then
+  redis.call('SET', call_key, made, 'EX', 300)
 end
 return made
 """

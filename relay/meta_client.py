@@ -117,9 +117,12 @@ def classify_meta_error(status: int, body: bytes) -> DeliveryError:
 
 def _accepted(pixel: PixelSettings, sent: int, response: httpx.Response, latency_ms: float
               ) -> SendResult:
-    """Any 2xx means Meta has the batch: sending it again would only make duplicates there.
+    """A 2xx from Meta means Meta has the batch: sending it again would only make duplicates.
 
-    An unreadable body or a count other than the one sent is logged, not retried.
+    An unreadable body or a count other than the one sent is logged, not retried. A 2xx with
+    neither a readable count nor an fbtrace id anywhere is not from the Graph API at all (a
+    wrong ``meta.graph_url``, a captive proxy): a ``PermanentError``, so the batch goes to the
+    dead letters, from which ``pixelrelay requeue`` can send it once the address is mended.
     """
     try:
         ok = msgspec.json.decode(response.content, type=_Success)
@@ -127,6 +130,11 @@ def _accepted(pixel: PixelSettings, sent: int, response: httpx.Response, latency
     except (msgspec.DecodeError, msgspec.ValidationError):
         received, fbtrace_id = None, _readable_fbtrace_id(response.content)
     fbtrace_id = fbtrace_id or response.headers.get("x-fb-trace-id")
+    if received is None and fbtrace_id is None:
+        raise PermanentError(
+            f"the Graph API address answered {response.status_code} with something that is "
+            "not a Graph API answer (no events_received, no fbtrace_id): check meta.graph_url",
+            status=response.status_code)
     if received != sent:
         log.warning("meta_accepted_with_anomaly", pixel_id=pixel.id, sent=sent,
                     events_received=received, fbtrace_id=fbtrace_id,

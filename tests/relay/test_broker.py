@@ -371,3 +371,63 @@ def test_a_stranded_delayed_message_goes_back_to_the_delay_queue(
     worker.rescue_stranded([QUEUE])
 
     assert [delayed_id] == ready(redis, f"{QUEUE}.DQ")
+
+
+def test_an_enqueue_sent_again_after_a_lost_reply_queues_the_message_once(
+        redis: fakeredis.FakeRedis) -> None:
+    broker = relay_broker(redis)
+    message = a_message().copy(options={"redis_message_id": "rid-1"})
+
+    for _ in range(2):  # the client's retry sends the same command again
+        broker.do_enqueue(QUEUE, "rid-1", message.encode())
+
+    assert ["rid-1"] == ready(redis)
+
+
+def test_enqueue_still_stores_what_dramatiq_expects(redis: fakeredis.FakeRedis) -> None:
+    broker = relay_broker(redis)
+    message_id = enqueue(broker)
+
+    [payload] = broker.do_fetch(QUEUE, 16)
+
+    assert message_id == dramatiq.Message.decode(payload).options["redis_message_id"]
+
+
+# -- a consumer replaced after a connection error --------------------------------------------------
+def test_a_new_consumer_requeues_what_the_dropped_one_had_not_handed_on(
+        redis: fakeredis.FakeRedis) -> None:
+    producer, worker = relay_broker(redis), relay_broker(redis)
+    ids = [enqueue(producer) for _ in range(3)]
+    consumer = worker.consume(QUEUE, prefetch=16, timeout=100)
+    running = next(consumer)  # handed to a worker thread; the other two stay in the cache
+    assert running is not None
+
+    worker.consume(QUEUE, prefetch=16, timeout=100)  # after a connection error
+
+    assert (sorted(ids[1:]), {running.options["redis_message_id"].encode()}) == (
+        sorted(ready(redis)), acks(redis, worker))
+
+
+def test_a_new_delay_queue_consumer_requeues_every_waiting_message(
+        redis: fakeredis.FakeRedis) -> None:
+    producer, worker = relay_broker(redis), relay_broker(redis)
+    delayed_id = producer.enqueue(a_message(), delay=60_000).options["redis_message_id"]
+    consumer = worker.consume(f"{QUEUE}.DQ", prefetch=16, timeout=100)
+    assert next(consumer) is not None  # now waiting for its time in the consumer thread
+
+    worker.consume(f"{QUEUE}.DQ", prefetch=16, timeout=100)
+
+    assert [delayed_id] == ready(redis, f"{QUEUE}.DQ")
+
+
+def test_a_message_acked_by_a_thread_is_not_requeued_later(redis: fakeredis.FakeRedis) -> None:
+    producer, worker = relay_broker(redis), relay_broker(redis)
+    enqueue(producer)
+    consumer = worker.consume(QUEUE, prefetch=16, timeout=100)
+    message = next(consumer)
+    assert message is not None
+    consumer.ack(message)
+
+    worker.consume(QUEUE, prefetch=16, timeout=100)
+
+    assert ([], set(), set()) == (ready(redis), worker._held[QUEUE], worker._with_threads[QUEUE])

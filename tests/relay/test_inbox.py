@@ -8,6 +8,7 @@ import fakeredis.aioredis
 
 from relay import keys
 from relay.inbox import (
+    BATCH,
     AsyncStore,
     Batcher,
     ClickWrite,
@@ -211,3 +212,21 @@ def test_batcher_leaves_other_queues_alone(redis: fakeredis.FakeRedis) -> None:
     batcher(redis).run_once()
 
     assert [b"payload-1"] == items(redis, keys.inbox("relay_low", PIXEL))
+
+
+def test_a_batch_call_sent_again_after_a_lost_reply_does_nothing(
+        redis: fakeredis.FakeRedis) -> None:
+    # Given a call that ran, whose reply was lost, and events stored before the client retries
+    script = redis.register_script(BATCH)
+    call = dict(keys=[keys.PREFIX, keys.DRAMATIQ_NAMESPACE],
+                args=[QUEUE, "deliver_high", 1000, 16, RECEIVED_MS, "call-1"])
+    store_sync(redis, [event_write(1), event_write(2)], 3600)
+    script(**call)
+    store_sync(redis, [event_write(3)], 3600)
+
+    again = script(**call)
+
+    # Then the retry makes nothing: the first batch keeps its events, the new one waits
+    assert (0, [["payload-1", "payload-2"]], [b"payload-3"]) == (
+        again, [m.args[1] for m in messages(redis)],
+        items(redis, f"{keys.PREFIX}:inbox:{QUEUE}:{PIXEL}"))

@@ -267,7 +267,6 @@ def test_success_with_a_count_other_than_sent_is_delivered_and_logged() -> None:
 
 UNREADABLE_SUCCESS = {
     "html": (httpx.Response(200, content=b"<html>", headers={"x-fb-trace-id": "H"}), "H"),
-    "empty": (httpx.Response(200, content=b""), None),
     "count-not-a-number": (httpx.Response(200, json={"events_received": "all",
                                                      "fbtrace_id": "T"}), "T"),
     "no-count": (httpx.Response(200, json={"fbtrace_id": "T"},
@@ -290,8 +289,18 @@ def test_success_with_an_unreadable_body_is_delivered_and_logged(
          for e in logs])
 
 
+@pytest.mark.parametrize("body", [b"", b"<html><title>Welcome to nginx!</title></html>",
+                                  b'{"status": "ok"}'], ids=["empty", "html", "other-json"])
+def test_a_2xx_that_is_not_a_graph_api_answer_is_a_permanent_error(body: bytes) -> None:
+    error = send_error(lambda request, data: httpx.Response(200, content=body))
+
+    assert (PermanentError, "check meta.graph_url") == (
+        type(error), error.message[-len("check meta.graph_url"):])
+
+
 def test_success_anomaly_log_never_carries_the_token() -> None:
-    graph = FakeGraph(respond=lambda request, data: httpx.Response(200, content=b"<html>"))
+    graph = FakeGraph(respond=lambda request, data: httpx.Response(
+        200, content=b"<html>", headers={"x-fb-trace-id": "H"}))
 
     with capture_logs() as logs:
         client_for(graph).send(msgspec.structs.replace(PIXEL, app_secret="s"), [meta_event()])
