@@ -7,7 +7,8 @@ round trip and nothing runs synchronously on the event loop.
 
 While the spool holds anything, new writes go to the spool too, so replay keeps arrival order.
 A probe watches Redis; once it answers, the writer replays the spool segment by segment between
-groups, then returns to Redis.
+groups, then returns to Redis. Every ``adopt_interval_s`` the writer also adopts the spool
+directories of workers that stopped while this one runs (see ``Spool.adopt_orphans``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ StoreFn = Callable[[Sequence[Write]], Awaitable[None]]
 PingFn = Callable[[], Awaitable[object]]
 REPLAY_CHUNK = 2000
 REPLAY_RETRY_S = 1.0  # after a failed replay (a file error), before the next attempt
+REMOVAL_ATTEMPTS = 3  # refused removals of a replayed segment before it is set aside instead
+ADOPT_INTERVAL_S = 30.0
 
 
 class EnqueueObserver:
@@ -45,7 +48,8 @@ class EnqueueObserver:
 
 class DurableEnqueuer:
     def __init__(self, store: StoreFn, ping: PingFn, spool: Spool, *, redis_timeout_s: float,
-                 probe_interval_s: float, observer: EnqueueObserver | None = None) -> None:
+                 probe_interval_s: float, observer: EnqueueObserver | None = None,
+                 adopt_interval_s: float = ADOPT_INTERVAL_S) -> None:
         self._store = store
         self._ping = ping
         self._spool = spool
@@ -57,6 +61,11 @@ class DurableEnqueuer:
         self._redis_up = True
         self._backlog = spool.has_pending()  # only the writer task changes it afterwards
         self._spooled_bytes = spool.pending_bytes()
+        self._replayed: Path | None = None  # in Redis already but still on disk: not stored again
+        self._removal_failures = 0
+        self._adopt_interval = adopt_interval_s
+        self._adopt_due = False
+        self._adopt_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
@@ -76,6 +85,7 @@ class DurableEnqueuer:
             self._wake.set()  # replay without waiting for the first request
         self._writer = asyncio.create_task(self._write_loop(), name="enqueue-writer")
         self._prober = asyncio.create_task(self._probe_loop(), name="redis-probe")
+        self._schedule_adoption()
 
     async def stop(self) -> None:
         """Store what is pending, then stop. Called on graceful shutdown."""
@@ -83,6 +93,8 @@ class DurableEnqueuer:
         self._wake.set()
         if self._writer:
             await self._writer
+        if self._adopt_timer:
+            self._adopt_timer.cancel()
         if self._prober:
             self._prober.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -103,6 +115,8 @@ class DurableEnqueuer:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._adopt_due and not self._closing:  # not stopping: it would give them up
+                await self._adopt_orphans()
             replay_failed = False
             if self._redis_up and self._backlog:
                 replay_failed = not await self._replay_guarded()
@@ -121,11 +135,10 @@ class DurableEnqueuer:
         """Replay one segment; a file error is logged, never allowed to end the writer (every
         request waiting for it would wait forever)."""
         try:
-            await self._replay_one_segment()
+            return await self._replay_one_segment()
         except Exception as exc:  # noqa: BLE001 - OSError from the disk, above all
             log.error("spool_replay_failed", error=type(exc).__name__, detail=str(exc))
             return False
-        return True
 
     async def _commit(self, group: list[tuple[Sequence[Write], asyncio.Future[Destination]]]
                       ) -> None:
@@ -166,16 +179,25 @@ class DurableEnqueuer:
         self._redis_up = False
         self._observer.spool_state(True, self._spooled_bytes)
 
-    async def _replay_one_segment(self) -> None:
+    async def _replay_one_segment(self) -> bool:
+        """Store the oldest segment into Redis, then remove it; False to try again later."""
         segment = await asyncio.to_thread(self._spool.oldest_segment)
         if segment is None:
             self._backlog = False
-            return
-        try:
-            records = await asyncio.to_thread(self._spool.read_segment, segment)
-        except OSError as exc:
-            await self._quarantine(segment, f"unreadable: {exc}")
-            return
+            return True
+        if segment != self._replayed:  # one whose removal failed is not stored a second time
+            try:
+                records = await asyncio.to_thread(self._spool.read_segment, segment)
+            except OSError as exc:
+                await self._quarantine(segment, f"unreadable: {exc}")
+                return True
+            if not await self._store_records(segment, records):
+                return False
+            self._replayed = segment
+        return await self._remove_replayed(segment)
+
+    async def _store_records(self, segment: Path, records: list[bytes]) -> bool:
+        """Store a segment's records into Redis; False (Redis is marked down) if it failed."""
         writes = []
         for record in records:
             try:
@@ -188,18 +210,72 @@ class DurableEnqueuer:
                 await asyncio.wait_for(self._store(chunk), max(self._timeout, 5.0))
         except Exception as exc:  # noqa: BLE001 - replay again later, from the segment start
             self._mark_down(exc)
-            return
-        await asyncio.to_thread(self._spool.remove_segment, segment)
-        left = self._spooled_bytes = await asyncio.to_thread(self._spool.pending_bytes)
-        self._backlog = left > 0
-        log.info("spool_segment_replayed", events=len(writes), pending_bytes=left)
-        self._observer.spool_state(left > 0, left)
+            return False
+        log.info("spool_segment_replayed", segment=segment.name, events=len(writes))
+        return True
+
+    async def _remove_replayed(self, segment: Path) -> bool:
+        """Remove a segment whose writes are in Redis; False to try again later.
+
+        Only the removal is tried again: storing the segment again would put every write in it
+        into Redis once more per attempt, until Redis runs out of memory. After
+        REMOVAL_ATTEMPTS refusals the segment is set aside; if even that fails, it stays
+        remembered, so this process never stores it twice."""
+        try:
+            await asyncio.to_thread(self._spool.remove_segment, segment)
+        except OSError as exc:
+            self._removal_failures += 1
+            log.error("spool_replayed_segment_not_removed", segment=str(segment),
+                      attempt=self._removal_failures, error=type(exc).__name__,
+                      detail=str(exc), note="its events are in Redis; it is not stored again")
+            if self._removal_failures < REMOVAL_ATTEMPTS:
+                return False
+            await self._quarantine(segment, f"replayed, but it cannot be removed: {exc}")
+            return True
+        self._forget_replayed()
+        await self._count_pending()
+        return True
+
+    def _forget_replayed(self) -> None:
+        """The replayed segment left the spool: a later segment may be given its name."""
+        self._replayed = None
+        self._removal_failures = 0
 
     async def _quarantine(self, segment: Path, why: str) -> None:
         """Set a segment aside (renamed, kept for an operator) so the spool keeps draining."""
         kept = await asyncio.to_thread(self._spool.quarantine, segment)
+        self._forget_replayed()
         log.error("spool_segment_quarantined", segment=str(kept), reason=why)
-        self._backlog = await asyncio.to_thread(self._spool.has_pending)
+        await self._count_pending()
+
+    async def _count_pending(self) -> None:
+        """Recount the bytes waiting in the spool: replay goes on while there are any."""
+        left = self._spooled_bytes = await asyncio.to_thread(self._spool.pending_bytes)
+        self._backlog = left > 0
+        self._observer.spool_state(self.spooling, left)
+
+    # -- adopting the spools of workers that stopped -------------------------------------------
+    def _schedule_adoption(self) -> None:
+        self._adopt_timer = asyncio.get_running_loop().call_later(
+            self._adopt_interval, self._adoption_due)
+
+    def _adoption_due(self) -> None:
+        self._adopt_due = True
+        self._wake.set()
+
+    async def _adopt_orphans(self) -> None:
+        """Take over the segments of workers that stopped while this one runs, so they are
+        replayed now, not at the next restart. Runs in the writer, as every spool change."""
+        self._adopt_due = False
+        try:
+            adopted = await asyncio.to_thread(self._spool.adopt_orphans)
+            if adopted:
+                log.info("spool_orphans_adopted", segments=adopted)
+                await self._count_pending()
+        except Exception as exc:  # noqa: BLE001 - a disk error must not end the writer
+            log.error("spool_adoption_failed", error=type(exc).__name__, detail=str(exc))
+            self._backlog = True  # some segments may have moved first; replay finds out
+        self._schedule_adoption()
 
     # -- the probe -----------------------------------------------------------------------------
     async def _probe_once(self) -> bool:

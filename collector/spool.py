@@ -10,7 +10,9 @@ Each collector worker process owns one subdirectory of ``collector.spool_dir``
 (``worker-<n>``), held with an exclusive ``flock`` for as long as it runs: two workers never
 write to, replay or delete each other's segments. A worker that claims its directory also adopts
 the segments of directories no running worker holds (a worker that died and was not replaced,
-fewer workers after a restart, or segments put at the top level by hand).
+fewer workers after a restart, or segments put at the top level by hand); ``adopt_orphans`` does
+it again while the worker runs, for directories given up since (granian's reload starts the new
+workers before it stops the old ones, so no new worker can claim the old ones' directories).
 
 All methods are synchronous; the collector runs them off the event loop, one group at a time.
 """
@@ -26,6 +28,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from relay.errors import ConfigError
+
 _HEADER = struct.Struct(">II")  # length, crc32
 _SUFFIX = ".spool"
 _WORKER_PREFIX = "worker-"
@@ -33,23 +37,42 @@ _LOCK_NAME = ".lock"
 _CLAIMS_LOCK_NAME = ".claims.lock"
 
 
+def _flock(fd: int, operation: int, path: Path) -> None:
+    """``fcntl.flock``, with a file system that cannot lock (ENOLCK, EOPNOTSUPP: some NFS and
+    FUSE mounts) reported as the configuration error it is, not as an OSError that would
+    crash-loop every worker without saying why."""
+    try:
+        fcntl.flock(fd, operation)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        raise ConfigError(
+            "collector.spool_dir must be on a local file system that supports flock: "
+            f"locking {path} failed ({exc.strerror or exc})"
+        ) from exc
+
+
 def _try_lock(path: Path) -> int | None:
     """An fd holding an exclusive flock on ``path``, or ``None`` if another holder has it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, path)
     except BlockingIOError:
         os.close(fd)
         return None
+    except ConfigError:
+        os.close(fd)
+        raise
     return fd
 
 
 @contextmanager
 def _claims_serialized(root: Path) -> Iterator[None]:
     """One process at a time chooses its directory and adopts orphans."""
-    fd = os.open(root / _CLAIMS_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    path = root / _CLAIMS_LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _flock(fd, fcntl.LOCK_EX, path)
         yield
     finally:
         os.close(fd)
@@ -71,6 +94,7 @@ class Spool:
         self.segment_max_bytes = segment_max_bytes
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd = lock_fd
+        self._root: Path | None = None  # set by ``claim``: where the other workers' directories are
         self._fd: int | None = None
         self._active: Path | None = None
         self._active_size = 0
@@ -90,11 +114,20 @@ class Spool:
                 if lock_fd is not None:
                     break
             spool = cls(directory, segment_max_bytes, lock_fd=lock_fd)
+            spool._root = root
             spool._adopt_orphans(root)
         return spool
 
-    def _adopt_orphans(self, root: Path) -> None:
-        self._adopt(root)
+    def adopt_orphans(self) -> int:
+        """Adopt, as ``claim`` did, the segments of directories no running worker holds now;
+        return how many. Does nothing for a spool ``claim`` did not make."""
+        if self._root is None:
+            return 0
+        with _claims_serialized(self._root):
+            return self._adopt_orphans(self._root)
+
+    def _adopt_orphans(self, root: Path) -> int:
+        adopted = self._adopt(root)
         for directory in sorted(root.glob(f"{_WORKER_PREFIX}*")):
             if directory == self.directory or not directory.is_dir():
                 continue
@@ -102,21 +135,24 @@ class Spool:
             if lock_fd is None:
                 continue  # a running worker's own
             try:
-                self._adopt(directory)
+                adopted += self._adopt(directory)
             finally:
                 os.close(lock_fd)
+        return adopted
 
-    def _adopt(self, directory: Path) -> None:
-        """Move ``directory``'s segments, in their order, after this spool's own."""
+    def _adopt(self, directory: Path) -> int:
+        """Move ``directory``'s segments, in their order, after this spool's own; return how
+        many."""
         orphans = sorted(directory.glob(f"*{_SUFFIX}"))
         if not orphans:
-            return
+            return 0
         self._close_active()
         number = self._last_number()
         for orphan in orphans:
             number += 1
             orphan.rename(self.directory / f"{number:020d}{_SUFFIX}")
         _fsync_directory(self.directory)
+        return len(orphans)
 
     # -- writing -------------------------------------------------------------------------------
     def append(self, records: Iterable[bytes]) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.enqueue import DurableEnqueuer
+from collector.enqueue import DurableEnqueuer, EnqueueObserver
 from collector.spool import Spool
 from relay.errors import StorageError
 from relay.inbox import EventWrite, Write, write_decoder, write_encoder
@@ -346,4 +346,146 @@ async def test_a_file_error_during_replay_neither_stops_the_writer_nor_loses_the
     finally:
         await enqueuer.stop()
     assert 1 == len(refusals)
-    assert {repr(write(1)), repr(write(2))} == set(map(repr, fake.stored))
+    assert [write(1), write(2)] == fake.stored  # a list: a segment stored twice would show
+
+
+def refuse_removal(monkeypatch: pytest.MonkeyPatch, times: int) -> list[Path]:
+    """Make ``Spool.remove_segment`` fail ``times`` times (a read-only remount, say); the list
+    records each refusal."""
+    refusals: list[Path] = []
+    real_remove = Spool.remove_segment
+
+    def remove(path: Path) -> None:
+        if len(refusals) < times:
+            refusals.append(path)
+            raise PermissionError(13, "Read-only file system", str(path))
+        real_remove(path)
+
+    monkeypatch.setattr(Spool, "remove_segment", staticmethod(remove))
+    monkeypatch.setattr("collector.enqueue.REPLAY_RETRY_S", 0.01)
+    return refusals
+
+
+async def test_a_replayed_segment_whose_removal_fails_is_not_stored_again(
+        fake: FakeRedis, spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a spooled segment, and a disk that refuses its removal twice
+    spool_from_last_run(spool, [write(1), write(2)])
+    refusals = refuse_removal(monkeypatch, times=2)
+    enqueuer = make_enqueuer(fake, spool)
+
+    # When it is replayed
+    await enqueuer.start()
+    try:
+        await eventually(lambda: not spool.has_pending(), what="the segment to be removed")
+        destination = await asyncio.wait_for(enqueuer.store([write(3)]), 2)
+    finally:
+        await enqueuer.stop()
+
+    # Then only the removal was retried: each write reached Redis once
+    assert (2, "redis") == (len(refusals), destination)
+    assert [write(1), write(2), write(3)] == fake.stored
+
+
+async def test_a_replayed_segment_that_cannot_be_removed_is_set_aside(
+        fake: FakeRedis, spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a spooled segment the disk never lets us remove
+    spool_from_last_run(spool, [write(1), write(2)])
+    segment = spool.segments()[0]
+    refuse_removal(monkeypatch, times=1_000_000)
+    enqueuer = make_enqueuer(fake, spool)
+
+    # When it is replayed
+    await enqueuer.start()
+    try:
+        await eventually(lambda: not spool.has_pending(), what="the segment to be set aside")
+        destination = await asyncio.wait_for(enqueuer.store([write(3)]), 2)
+    finally:
+        await enqueuer.stop()
+
+    # Then it was set aside after a few attempts, its writes stored once, and Redis used again
+    assert (True, "redis") == (segment.with_suffix(".bad").exists(), destination)
+    assert [write(1), write(2), write(3)] == fake.stored
+
+
+async def test_a_replayed_segment_that_can_be_neither_removed_nor_set_aside_is_never_stored_again(
+        fake: FakeRedis, spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a spooled segment the disk lets us neither remove nor rename
+    spool_from_last_run(spool, [write(1), write(2)])
+    refusals = refuse_removal(monkeypatch, times=1_000_000)
+    renames: list[Path] = []
+
+    def refuse_rename(path: Path) -> Path:
+        renames.append(path)
+        raise PermissionError(13, "Read-only file system", str(path))
+
+    monkeypatch.setattr(spool, "quarantine", refuse_rename)
+    enqueuer = make_enqueuer(fake, spool)
+
+    # When its replay is retried many times
+    await enqueuer.start()
+    try:
+        await eventually(lambda: len(renames) >= 3, what="several attempts to set it aside")
+        destination = await asyncio.wait_for(enqueuer.store([write(3)]), 2)
+        tried = len(refusals)
+        await eventually(lambda: len(refusals) >= tried + 3, what="more retries")
+    finally:
+        await enqueuer.stop()
+
+    # Then its writes reached Redis once, and new requests are still answered
+    assert ("spool", [write(1), write(2)]) == (destination, fake.stored)
+
+
+class RecordingObserver(EnqueueObserver):
+    def __init__(self) -> None:
+        self.states: list[tuple[bool, int]] = []
+
+    def spool_state(self, spooling: bool, pending_bytes: int) -> None:
+        self.states.append((spooling, pending_bytes))
+
+
+def claimed_pair(root: Path) -> tuple[Spool, Spool]:
+    """Two workers' spools; the second stands for a worker that stops while the first runs
+    (granian's SIGHUP reload starts the new workers before it stops the old ones)."""
+    return Spool.claim(root), Spool.claim(root)
+
+
+async def test_a_stopped_workers_spool_is_adopted_and_replayed_without_a_restart(
+        fake: FakeRedis, tmp_path: Path) -> None:
+    running, stopped = claimed_pair(tmp_path)
+    enqueuer = DurableEnqueuer(fake.store, fake.ping, running, redis_timeout_s=0.2,
+                               probe_interval_s=0.01, adopt_interval_s=0.01)
+    await enqueuer.start()
+    try:
+        # Given a worker that spooled two writes, then stopped
+        stopped.append([write_encoder.encode(write(1)), write_encoder.encode(write(2))])
+        stopped.close()
+
+        # Then the running worker replays them, and keeps answering
+        await eventually(lambda: len(fake.stored) == 2, what="the orphaned writes in Redis")
+        destination = await asyncio.wait_for(enqueuer.store([write(3)]), 2)
+    finally:
+        await enqueuer.stop()
+
+    assert ("redis", [write(1), write(2), write(3)]) == (destination, fake.stored)
+    assert ([], []) == (running.segments(), stopped.segments())
+
+
+async def test_adopted_segments_count_as_pending_while_redis_is_down(fake: FakeRedis,
+                                                                      tmp_path: Path) -> None:
+    running, stopped = claimed_pair(tmp_path)
+    observer = RecordingObserver()
+    fake.down = True
+    enqueuer = DurableEnqueuer(fake.store, fake.ping, running, redis_timeout_s=0.2,
+                               probe_interval_s=0.01, adopt_interval_s=0.01, observer=observer)
+    await enqueuer.start()
+    try:
+        orphan_bytes = stopped.append([write_encoder.encode(write(1))])
+        stopped.close()
+
+        await eventually(lambda: running.has_pending(), what="the orphan to be adopted")
+        await eventually(lambda: (True, orphan_bytes) in observer.states,
+                         what="the adopted bytes in the spool gauge")
+    finally:
+        await enqueuer.stop()
+
+    assert (True, []) == (enqueuer.spooling, fake.stored)

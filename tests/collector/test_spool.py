@@ -10,6 +10,7 @@ import pytest
 
 from collector import spool as spool_module
 from collector.spool import Spool
+from relay.errors import ConfigError
 
 
 def read_all(spool: Spool) -> list[bytes]:
@@ -237,3 +238,62 @@ def test_segments_put_at_the_top_level_are_adopted(tmp_path: Path) -> None:
     claimed = Spool.claim(tmp_path)
 
     assert ([b"restored"], []) == (read_all(claimed), by_hand.segments())
+
+
+def test_adopt_orphans_takes_the_segments_of_a_worker_that_stopped_since_the_claim(
+        tmp_path: Path) -> None:
+    running, stopped = Spool.claim(tmp_path), Spool.claim(tmp_path)
+    running.append([b"own"])
+    stopped.append([b"orphan-1", b"orphan-2"])
+    stopped.close()
+
+    adopted = running.adopt_orphans()
+
+    assert (1, [b"own", b"orphan-1", b"orphan-2"]) == (adopted, read_all(running))
+    assert [] == stopped.segments()
+
+
+def test_adopt_orphans_leaves_a_running_workers_segments(tmp_path: Path) -> None:
+    first, second = Spool.claim(tmp_path), Spool.claim(tmp_path)
+    second.append([b"still-writing"])
+
+    assert (0, [], [b"still-writing"]) == (first.adopt_orphans(), read_all(first),
+                                           read_all(second))
+
+
+def test_appends_after_an_adoption_go_after_the_adopted_segments(tmp_path: Path) -> None:
+    running, stopped = Spool.claim(tmp_path), Spool.claim(tmp_path)
+    running.append([b"before"])
+    stopped.append([b"orphan"])
+    stopped.close()
+
+    running.adopt_orphans()
+    running.append([b"after"])
+
+    assert [b"before", b"orphan", b"after"] == read_all(running)
+
+
+def test_adopt_orphans_does_nothing_for_a_spool_that_was_not_claimed(tmp_path: Path) -> None:
+    unheld = Spool(tmp_path / "worker-1")
+    unheld.append([b"not-mine"])
+    unheld.close()
+
+    plain = Spool(tmp_path / "worker-0")
+
+    assert (0, [], [b"not-mine"]) == (plain.adopt_orphans(), read_all(plain), read_all(unheld))
+
+
+def test_a_file_system_without_flock_is_a_configuration_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(spool_module.fcntl, "flock", no_locks)
+
+    with pytest.raises(ConfigError) as caught:
+        Spool.claim(tmp_path)
+
+    message = str(caught.value)
+    assert message.startswith("collector.spool_dir must be on a local file system that supports "
+                              "flock: "), message
+    assert "No locks available" in message
