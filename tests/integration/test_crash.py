@@ -160,17 +160,27 @@ def test_events_survive_a_redis_restart_and_a_running_worker_reconnects(
     assert 0 == audit.returncode, audit.stdout
 
 
+def _send_a_batch_slowly(stack: RelayStack, meta: FakeMeta, outage_s: float = 0
+                         ) -> list[Envelope]:
+    """50 Purchases, returned once a worker's request for them is in flight at the fake (held
+    by its latency); with ``outage_s``, the fake answers it 503."""
+    stack.worker()
+    wait_for(lambda: 0 == meta.received()["in_flight"], 10, what="the health check to end")
+    if outage_s:
+        meta.faults(outage_s=outage_s)
+    events = [make_envelope("Purchase") for _ in range(50)]
+    stack.inject(events)
+    wait_for(lambda: meta.received()["in_flight"], 10, interval_s=0.02,
+             what="the batch to be sent")
+    return events
+
+
 def test_a_batch_meta_accepts_while_redis_is_down_is_recorded_not_resent(
     fake_meta: Callable[..., FakeMeta], relay_stack: Callable[..., RelayStack]
 ) -> None:
     meta = fake_meta(FAKEMETA_LATENCY_MS="1000")  # under the relay's 1.5 s timeout
     stack = relay_stack(meta)
-    stack.worker()
-    wait_for(lambda: 0 == meta.received()["in_flight"], 10, what="the health check to end")
-    events = [make_envelope("Purchase") for _ in range(50)]
-    stack.inject(events)
-    wait_for(lambda: meta.received()["in_flight"], 10, interval_s=0.02,
-             what="the batch to be sent")
+    events = _send_a_batch_slowly(stack, meta)
 
     # When: Redis stops while the request is in flight, and Meta accepts it meanwhile.
     stack.redis.stop()
@@ -194,13 +204,7 @@ def test_a_batch_meta_refuses_while_redis_is_down_is_retried_not_lost(
 ) -> None:
     meta = fake_meta(FAKEMETA_LATENCY_MS="1000")
     stack = relay_stack(meta)
-    stack.worker()
-    wait_for(lambda: 0 == meta.received()["in_flight"], 10, what="the health check to end")
-    meta.faults(outage_s=3)  # the request below is answered 503, transient
-    events = [make_envelope("Purchase") for _ in range(50)]
-    stack.inject(events)
-    wait_for(lambda: meta.received()["in_flight"], 10, interval_s=0.02,
-             what="the batch to be sent")
+    events = _send_a_batch_slowly(stack, meta, outage_s=3)  # answered 503: transient
 
     # When: Redis stops while the request is in flight, and Meta refuses it meanwhile: the
     # worker's bookkeeping and the retry's enqueue both meet a Redis that is down.
