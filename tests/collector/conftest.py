@@ -10,9 +10,8 @@ import httpx
 import pytest
 from fakeredis import FakeServer
 from fakeredis.aioredis import FakeRedis
-from litestar import Litestar
 
-from collector.app import build_app
+from collector.app import CollectorApp, build_app
 from relay.config import Settings
 from tests.collector.support import PROXY, VISITOR_IP, asgi_client, make_settings, serving
 
@@ -34,27 +33,27 @@ def redis(fake_server: FakeServer) -> FakeRedis:
 
 
 @pytest.fixture
-def app(settings: Settings, fake_server: FakeServer) -> Litestar:
+def app(settings: Settings, fake_server: FakeServer) -> CollectorApp:
     # The app closes its client at shutdown, so it gets one of its own on the shared server.
     return build_app(settings, redis=FakeRedis(server=fake_server))
 
 
 @pytest.fixture
-async def running_app(app: Litestar) -> AsyncIterator[Litestar]:
+async def running_app(app: CollectorApp) -> AsyncIterator[CollectorApp]:
     """The app with its lifespan entered: the enqueuer runs; leaving it stops and flushes."""
     async with serving(app):
         yield app
 
 
 @pytest.fixture
-async def client(running_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+async def client(running_app: CollectorApp) -> AsyncIterator[httpx.AsyncClient]:
     """A visitor talking to the collector directly (an untrusted peer)."""
     async with asgi_client(running_app, VISITOR_IP) as c:
         yield c
 
 
 @pytest.fixture
-async def proxied_client(running_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+async def proxied_client(running_app: CollectorApp) -> AsyncIterator[httpx.AsyncClient]:
     """Requests arriving from the trusted reverse proxy."""
     async with asgi_client(running_app, PROXY) as c:
         yield c

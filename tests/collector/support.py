@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, cast
 
 import httpx
-from litestar import Litestar
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
+from collector.app import CollectorApp
 from relay.config import Settings, settings_from_mapping
 from relay.events import Envelope, decode_envelope
 from tests.support import DEMO_API_KEY, DEMO_PIXEL
@@ -118,7 +118,7 @@ def metric_value(exposition: str, name: str, **labels: str) -> float:
 
 
 @asynccontextmanager
-async def serving(app: Litestar) -> AsyncIterator[Litestar]:
+async def serving(app: CollectorApp) -> AsyncIterator[CollectorApp]:
     """Run the app's lifespan (start-up now, shutdown on leaving) as a server would.
 
     The lifespan holds anyio cancel scopes, which must be left by the task that entered them,
@@ -144,7 +144,7 @@ async def serving(app: Litestar) -> AsyncIterator[Litestar]:
         await server
 
 
-def asgi_client(app: Litestar, peer: str) -> httpx.AsyncClient:
+def asgi_client(app: CollectorApp, peer: str) -> httpx.AsyncClient:
     """An in-process client whose TCP peer is ``peer``; the cast bridges the ASGI typings."""
     transport = httpx.ASGITransport(app=cast(Any, app), client=(peer, 51000))
     return httpx.AsyncClient(transport=transport, base_url="http://go.test")

@@ -11,7 +11,7 @@ import pytest
 from fakeredis import FakeServer
 from fakeredis.aioredis import FakeRedis
 
-from collector.app import build_app
+from collector.app import _redirect_slug, build_app
 from collector.spool import Spool
 from relay.config import Settings, load_settings
 from relay.events import decode_envelope
@@ -105,6 +105,37 @@ async def test_a_wrong_method_is_a_405_with_a_json_sentence(client: httpx.AsyncC
 
     assert (405, {"error": f"{method} is not allowed here"}) == (response.status_code,
                                                                   response.json())
+
+
+@pytest.mark.parametrize(("method", "path", "slug"), [
+    ("GET", "/go/demo", "demo"), ("HEAD", "/go/demo", "demo"), ("GET", "/go/%ff", "%ff"),
+    ("POST", "/go/demo", None), ("GET", "/go/", None), ("GET", "/go/demo/x", None),
+    ("GET", "/go/demo/", None), ("GET", "/gone", None), ("GET", "/v1/events", None),
+])
+def test_only_get_or_head_of_one_go_segment_skips_litestar(method: str, path: str,
+                                                          slug: str | None) -> None:
+    scope: Any = {"type": "http", "method": method, "path": path}
+
+    assert slug == _redirect_slug(scope)
+
+
+async def test_a_redirect_nothing_can_store_is_a_503_with_retry_after(
+        client: httpx.AsyncClient, fake_server: FakeServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_server.connected = False
+
+    def disk_full(self: Spool, records: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Spool, "append", disk_full)
+
+    response = await client.get("/go/demo", headers={"user-agent": BROWSER_UA})
+
+    assert (503, "1", {"error": "neither Redis nor the disk spool accepted the event; "
+                                "retry shortly"}) == (
+        response.status_code, response.headers.get("retry-after"), response.json())
+    assert 1.0 == metric_value((await client.get("/metrics")).text,
+                               "pixelrelay_collector_requests_total", route="go", status="503")
 
 
 # -- hostile input: a client error is a 4xx, never a 500 ----------------------------------------
