@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= pixelrelay.example.toml
 
-.PHONY: install up test lint bench bench-redirect bench-relay bench-footprint clean
+.PHONY: install bootstrap-up bootstrap-test up test lint bench bench-redirect bench-relay bench-footprint clean
 
 install: $(VENV)/.installed
 
@@ -14,10 +14,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-up: install
+# System packages (ops/system-packages.txt), installed when missing; quiet when present.
+bootstrap-up bootstrap-test: bootstrap-%:
+	@PYTHON=$(PYTHON) ops/bootstrap $*
+
+# Each recipe bootstraps before it builds .venv (which may need python3-venv), in that order.
+up:
+	@$(MAKE) --no-print-directory bootstrap-up install
 	$(BIN)/pixelrelay up --config $(CONFIG)
 
-test: install
+test:
+	@$(MAKE) --no-print-directory bootstrap-test install
 	$(BIN)/pytest
 
 lint: install
