@@ -14,6 +14,9 @@ from relay.config import PixelSettings
 from relay.meta_client import MetaClient
 
 ELECTION_KEY = f"{keys.PREFIX}:health:leader"
+# A check that could not reach Meta is repeated this soon instead of after a whole interval, so
+# a Graph API that was still starting (or a network blip) is not reported as down for a minute.
+RECHECK_UNREACHABLE_S = 5
 
 
 class PixelHealth:
@@ -25,8 +28,9 @@ class PixelHealth:
         """Check every pixel unless another worker did within ``interval_s``."""
         if not self._client.set(ELECTION_KEY, "1", nx=True, ex=max(1, int(interval_s))):
             return False
-        for pixel in pixels:
-            self.check(pixel)
+        statuses = [self.check(pixel) for pixel in pixels]
+        if any(_unreachable(status) for status in statuses):
+            self._client.expire(ELECTION_KEY, RECHECK_UNREACHABLE_S)
         return True
 
     def check(self, pixel: PixelSettings) -> dict[str, object]:
@@ -45,3 +49,8 @@ class PixelHealth:
     def status(self, pixel_id: str) -> dict[str, object] | None:
         raw = self._client.get(keys.pixel_health(pixel_id))
         return msgspec.json.decode(raw) if raw else None
+
+
+def _unreachable(status: dict[str, object]) -> bool:
+    error = status.get("error")
+    return isinstance(error, dict) and error.get("kind") == "TransientError"

@@ -37,6 +37,7 @@ from relay.queues import PRIORITIES, QUEUE_NAMES, Priority
 log = structlog.get_logger("relay.worker")
 RECOVER_INTERVAL_S = 1.0
 HEALTH_INTERVAL_S = 60.0
+HEALTH_POLL_S = 2.5  # how often a worker asks whether a check is due (one SET NX)
 
 
 def actor_name(priority: Priority) -> str:
@@ -109,7 +110,7 @@ class RelayWorker:
                     next_stranded_check = now + self.settings.relay.heartbeat_timeout_ms / 1000
                 if now >= next_health:
                     self.health.check_if_due(self.settings.pixels, HEALTH_INTERVAL_S)
-                    next_health = now + HEALTH_INTERVAL_S / 4
+                    next_health = now + HEALTH_POLL_S
             except Exception as exc:  # noqa: BLE001 - Redis hiccups must not kill the pump
                 log.warning("pump_error", error=type(exc).__name__, detail=str(exc))
             self._stopping.wait(linger_s)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -154,3 +156,48 @@ def test_up_stops_and_names_a_child_that_died(tmp_path: Path) -> None:
         stack.stop()
     assert 1 == code
     assert "dashboard exited with code" in stack.output()
+
+
+def _pixel_health(ports: dict[str, int]) -> dict[str, object] | None:
+    ready = httpx.get(f"http://127.0.0.1:{ports['collector']}/readyz", timeout=2).json()
+    status = ready["pixels"].get(DEMO_PIXEL)
+    return status if isinstance(status, dict) else None
+
+
+def test_the_first_token_check_meets_a_listening_fake_meta_and_reports_healthy(
+        tmp_path: Path) -> None:
+    # Given `pixelrelay up` has said it is up
+    stack, ports = _start_stack(tmp_path)
+    try:
+        # Then within a few seconds the demo pixel's check is recorded, and it is healthy: the
+        # relay started only once the fake Graph API listened, so no "Meta unreachable" first
+        status = wait_for(lambda: _pixel_health(ports), 8, what="the first pixel check")
+        assert (True, None) == (status["ok"], status["error"]), status
+        # And the stages came up in dependency order
+        output = stack.output()
+        first = {name: output.index(f"[{name}]") for name in ("redis", "fake-meta", "relay-high")}
+        assert first["redis"] < first["fake-meta"] < first["relay-high"]
+    finally:
+        stack.stop(timeout_s=40)
+
+
+def test_a_taken_port_is_named_with_its_setting_and_nothing_starts(tmp_path: Path) -> None:
+    # Given something already listens on the collector's port
+    config, ports = _config(tmp_path)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ports["collector"]))
+        squatter.listen()
+
+        # When `pixelrelay up` starts
+        result = subprocess.run(
+            [sys.executable, "-m", "pixelrelay", "up", "--config", str(config)],
+            env={**os.environ, **NO_REAL_SERVICES}, capture_output=True, text=True,
+            timeout=60, check=False)
+
+    # Then it says in one sentence which port and which setting, with no traceback
+    assert 2 == result.returncode
+    assert (f"pixelrelay up: port {ports['collector']} on 127.0.0.1 is already in use; stop "
+            "what listens there or set collector.port to a free port\n") == result.stdout
+    assert "Traceback" not in result.stderr
+    # And nothing was started: the embedded Redis never created its data directory
+    assert not (tmp_path / "redis").exists()

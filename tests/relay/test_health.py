@@ -6,7 +6,7 @@ import fakeredis
 import httpx
 
 from relay.config import MetaSettings, settings_from_mapping
-from relay.health import PixelHealth
+from relay.health import ELECTION_KEY, RECHECK_UNREACHABLE_S, PixelHealth
 from relay.meta_client import MetaClient
 
 SETTINGS = settings_from_mapping(
@@ -63,3 +63,28 @@ def test_the_token_never_lands_in_the_stored_status() -> None:
                       + redis.keys("pixelrelay:health:2*"))
     assert b"good-token" not in stored and b"expired-token" not in stored
     assert stored
+
+
+def test_an_unreachable_graph_api_is_checked_again_within_seconds_not_a_minute() -> None:
+    # Given a Graph API that is not listening yet
+    redis = fakeredis.FakeRedis()
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    checker = PixelHealth(redis, MetaClient(MetaSettings(), httpx.MockTransport(refuse)))
+
+    # When a worker checks
+    checker.check_if_due(SETTINGS.pixels, 60)
+
+    # Then the failure is recorded, and the next check is due within RECHECK_UNREACHABLE_S
+    status = checker.status(SETTINGS.pixels[0].id)
+    assert status is not None and "Meta unreachable" in str(status["error"])
+    assert 0 < redis.ttl(ELECTION_KEY) <= RECHECK_UNREACHABLE_S
+
+
+def test_a_token_error_keeps_the_whole_interval() -> None:
+    redis = fakeredis.FakeRedis()
+    health(redis, []).check_if_due(SETTINGS.pixels, 60)
+
+    assert redis.ttl(ELECTION_KEY) > RECHECK_UNREACHABLE_S
