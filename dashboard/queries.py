@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from relay import keys
+from relay import _dramatiq, keys
 from relay.queues import QUEUE_NAMES
 
 
@@ -25,15 +25,14 @@ class QueueDepth:
 async def queue_depths(client: Redis) -> list[QueueDepth]:
     result = []
     for priority, queue in QUEUE_NAMES.items():
-        q = keys.dramatiq_queue(queue)
         pixels = [p.decode() for p in await client.smembers(keys.inbox_pixels(queue))]
         pipe = client.pipeline(transaction=False)
         for pixel in pixels:
             pipe.llen(keys.inbox(queue, pixel))
-        pipe.llen(q)
-        pipe.hlen(f"{q}.msgs")
-        pipe.hlen(f"{q}.DQ.msgs")
-        pipe.zcard(f"{q}.XQ")
+        pipe.llen(_dramatiq.queue(queue))
+        pipe.hlen(_dramatiq.messages(queue))
+        pipe.hlen(_dramatiq.messages(_dramatiq.delay_queue(queue)))
+        pipe.zcard(_dramatiq.dead_queue(queue))
         values = await pipe.execute()
         inbox = sum(values[: len(pixels)])
         ready, msgs, delayed, dead = values[len(pixels):]

@@ -69,7 +69,7 @@ from loadtest._harness import (  # noqa: E402
     run_benchmark,
     start_redis,
 )
-from relay import keys  # noqa: E402
+from relay import _dramatiq, keys  # noqa: E402
 from relay.config import Settings, load_settings  # noqa: E402
 from relay.inbox import EventWrite, Write, store_sync, write_encoder  # noqa: E402
 from relay.queues import QUEUE_NAMES, Priority  # noqa: E402
@@ -356,10 +356,10 @@ def delivered_count(client: Any) -> int:
 
 def drained(client: Any, queue: str, pixel_id: str) -> bool:
     """No event left in the queue's inbox and no batch message left, waiting or unacked."""
-    dramatiq_queue = keys.dramatiq_queue(queue)
     return (client.llen(keys.inbox(queue, pixel_id)) == 0
-            and client.llen(dramatiq_queue) == 0 and client.hlen(f"{dramatiq_queue}.msgs") == 0
-            and not any(client.scard(k) for k in client.scan_iter("dramatiq:__acks__.*")))
+            and client.llen(_dramatiq.queue(queue)) == 0
+            and client.hlen(_dramatiq.messages(queue)) == 0
+            and not any(client.scard(k) for k in client.scan_iter(_dramatiq.acks_pattern("*"))))
 
 
 # -- the report ----------------------------------------------------------------------------------

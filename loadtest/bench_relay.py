@@ -67,6 +67,7 @@ from loadtest._harness import (  # noqa: E402
     run_benchmark,
     start_redis,
 )
+from relay import _dramatiq  # noqa: E402
 from relay import keys as relay_keys  # noqa: E402
 from relay.config import RelaySettings, load_settings  # noqa: E402
 from relay.events import Envelope, MetaEvent, UserData, decode_envelope, encode  # noqa: E402
@@ -441,16 +442,16 @@ def run_kill(client: Any, meta: FakeMeta, workers: Workers, count: int,
     meta.reset(200)
     doomed = workers.start("low")
     try:
-        [doomed_id] = wait_for(lambda: client.zrange("dramatiq:__heartbeats__", 0, -1), 30,
+        [doomed_id] = wait_for(lambda: client.zrange(_dramatiq.HEARTBEATS, 0, -1), 30,
                                what="the first worker's heartbeat")
-        acks = f"dramatiq:__acks__.{doomed_id.decode()}.relay_low"
+        acks = _dramatiq.acks(doomed_id.decode(), "relay_low")
         store(client, envelopes("PageView", count, "kill"))
         wait_for(lambda: client.scard(acks) >= 1, 30, interval_s=0.01,
                  what="batches held by the first worker")
         # The second one starts while the first is busy: an idle Dramatiq consumer polls
         # less often than a busy one, so started together one could take every batch.
         workers.start("low")
-        wait_for(lambda: client.zcard("dramatiq:__heartbeats__") == 2, 30,
+        wait_for(lambda: client.zcard(_dramatiq.HEARTBEATS) == 2, 30,
                  what="the second worker's heartbeat")
         wait_for(lambda: client.scard(acks) >= 1, 5, interval_s=0.01,
                  what="batches still held by the first worker (raise --kill-events)")
@@ -461,7 +462,7 @@ def run_kill(client: Any, meta: FakeMeta, workers: Workers, count: int,
     killed = time.monotonic()
     held = [m.decode() for m in client.smembers(acks)]
     orphans: set[str] = set()
-    for payload in client.hmget("dramatiq:relay_low.msgs", held):
+    for payload in client.hmget(_dramatiq.messages("relay_low"), held):
         if payload:
             items = json.loads(payload)["args"][1]
             orphans.update(decode_envelope(item).event.event_id for item in items)
@@ -470,7 +471,7 @@ def run_kill(client: Any, meta: FakeMeta, workers: Workers, count: int,
                  what="the killed worker's batches to be requeued")
         requeued_s = time.monotonic() - killed
 
-        wait_for(lambda: not any(client.hmget("dramatiq:relay_low.msgs", held)), 120,
+        wait_for(lambda: not any(client.hmget(_dramatiq.messages("relay_low"), held)), 120,
                  interval_s=0.05, what="the requeued batches to be delivered and acked")
         # An orphan arrived before the kill only if its batch was answered and marked sent
         # but not acked (the redelivery skips it); else after it, once or twice.

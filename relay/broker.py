@@ -18,7 +18,6 @@ requeues ids found in its ack sets that it never received, when two checks agree
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import defaultdict
@@ -28,7 +27,7 @@ from typing import Any, cast
 import dramatiq
 import structlog
 from dramatiq.broker import Consumer, MessageProxy
-from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import (
     AgeLimit,
@@ -40,15 +39,14 @@ from dramatiq.middleware import (
 from redis import Redis
 from redis import exceptions as redis_errors
 
-from relay import keys
+from relay import _dramatiq, keys
+from relay._dramatiq import RedisConsumer
 from relay.config import RelaySettings
 
 log = structlog.get_logger("relay.broker")
 MAX_DEAD_MESSAGE_TTL_MS = 7 * 86_400_000
 ENQUEUE_BACKOFF_CAP_S = 5.0
 REDIS_UNREACHABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError)
-# In an encoded message; event payloads inside it are JSON strings, so their quotes are escaped.
-_REDIS_MESSAGE_ID = re.compile(rb'"redis_message_id":"([^"]+)"')
 # Dramatiq's enqueue (HSET + RPUSH), made safe to run twice: the client sends it again when the
 # reply is lost, and a second RPUSH of the id would have two threads run the batch at once.
 # Every enqueue has a fresh redis_message_id, so an id already stored means "done already".
@@ -59,8 +57,7 @@ end
 """
 
 
-def dq_name(queue: str) -> str:
-    return f"{queue}.DQ"
+dq_name = _dramatiq.delay_queue
 
 
 class RelayBroker(RedisBroker):
@@ -73,12 +70,12 @@ class RelayBroker(RedisBroker):
         self._enqueue_once = self.client.register_script(_ENQUEUE_ONCE)
 
     def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> None:
-        queue_key = f"{self.namespace}:{queue_name}"
-        self._enqueue_once(keys=[queue_key, f"{queue_key}.msgs"], args=[message_id, data])
+        self._enqueue_once(keys=[_dramatiq.queue(queue_name), _dramatiq.messages(queue_name)],
+                           args=[message_id, data])
 
     # -- consumers ----------------------------------------------------------------------------
     @property
-    def consumer_class(self) -> type[_RedisConsumer]:
+    def consumer_class(self) -> type[RedisConsumer]:
         return _RelayConsumer
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
@@ -99,30 +96,30 @@ class RelayBroker(RedisBroker):
     def given_to_threads(self, queue_name: str, message_id: str) -> None:
         """A consumer handed this message on: a worker thread has it (not on a delay queue,
         whose messages wait in the consumer thread's memory)."""
-        if not queue_name.endswith(".DQ"):
+        if not queue_name.endswith(_dramatiq.DELAY_SUFFIX):
             with self._held_lock:
                 self._with_threads[queue_name].add(message_id)
 
     # -- what this process holds --------------------------------------------------------------
     def do_fetch(self, queue_name: str, count: int) -> list[bytes]:
-        payloads: list[bytes] = self._dispatch("fetch")(queue_name, count)
-        ids = {m.group(1).decode() for p in payloads if p and (m := _REDIS_MESSAGE_ID.search(p))}
+        payloads: list[bytes] = _dramatiq.dispatch(self, "fetch")(queue_name, count)
+        ids = _dramatiq.redis_message_ids(payloads)
         with self._held_lock:
             self._held[queue_name].update(ids)
         return payloads
 
     def do_ack(self, queue_name: str, message_id: str) -> Any:
-        result = self._dispatch("ack")(queue_name, message_id)
+        result = _dramatiq.dispatch(self, "ack")(queue_name, message_id)
         self._let_go(queue_name, [message_id])  # only once Redis has it: a failed ack is retried
         return result
 
     def do_nack(self, queue_name: str, message_id: str) -> Any:
-        result = self._dispatch("nack")(queue_name, message_id)
+        result = _dramatiq.dispatch(self, "nack")(queue_name, message_id)
         self._let_go(queue_name, [message_id])
         return result
 
     def do_requeue(self, queue_name: str, *message_ids: str) -> Any:
-        result = self._dispatch("requeue")(queue_name, *message_ids)
+        result = _dramatiq.dispatch(self, "requeue")(queue_name, *message_ids)
         self._let_go(queue_name, message_ids)
         return result
 
@@ -140,7 +137,7 @@ class RelayBroker(RedisBroker):
         rescued = 0
         for queue in queues:
             for name in (queue, dq_name(queue)):
-                key = f"{self.namespace}:__acks__.{self.broker_id}.{name}"
+                key = _dramatiq.acks(self.broker_id, name)
                 in_acks = {m.decode() for m in self.client.smembers(key)}
                 with self._held_lock:
                     unknown = in_acks - self._held[name]
@@ -156,18 +153,12 @@ class RelayBroker(RedisBroker):
     def recover(self, queues: Iterable[str], maintenance: bool = True) -> None:
         """Heartbeat, plus maintenance unless told not to, for ``queues`` and their delay queues
         (a no-op requeue)."""
-        dispatch = self.scripts["dispatch"]
         for queue in queues:
             for name in (queue, dq_name(queue)):
-                dispatch(
-                    keys=[self.namespace],
-                    args=["requeue", int(time.time() * 1000), name, self.broker_id,
-                          self.heartbeat_timeout, self.dead_message_ttl, int(maintenance),
-                          self._max_unpack_size()],
-                )
+                _dramatiq.maintain(self, name, int(time.time() * 1000), maintenance)
 
 
-class _RelayConsumer(_RedisConsumer):
+class _RelayConsumer(RedisConsumer):
     """Dramatiq's Redis consumer, telling the broker which messages reached worker threads, and
     treating a Redis timeout like a lost connection (Dramatiq only maps ConnectionError: an ack
     that timed out would otherwise be abandoned, its message left unacked for good)."""

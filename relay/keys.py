@@ -81,4 +81,5 @@ def collector_stats() -> str:
 
 
 def dramatiq_queue(queue: str) -> str:
+    """Dramatiq's list of ids ready to run; its other keys are in ``relay._dramatiq``."""
     return f"{DRAMATIQ_NAMESPACE}:{queue}"

@@ -10,7 +10,7 @@ from typing import TextIO
 
 from redis import Redis
 
-from relay import keys
+from relay import _dramatiq, keys
 from relay.config import Settings
 from relay.deadletters import DeadLetters
 from relay.events import decode_envelope
@@ -119,8 +119,8 @@ def _waiting_keys(client: Redis) -> set[str]:
         for pixel in client.smembers(keys.inbox_pixels(queue)):
             for raw in client.lrange(keys.inbox(queue, pixel.decode()), 0, -1):
                 found.add(decode_envelope(raw).dedup_key)
-        for suffix in ("", ".DQ"):
-            for payload in client.hvals(f"{keys.dramatiq_queue(queue)}{suffix}.msgs"):
+        for name in (queue, _dramatiq.delay_queue(queue)):
+            for payload in client.hvals(_dramatiq.messages(name)):
                 found.update(_keys_in_message(payload))
     return found
 

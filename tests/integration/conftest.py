@@ -25,6 +25,7 @@ import msgspec
 import pytest
 from redis import Redis
 
+from relay import _dramatiq
 from relay.config import RelaySettings
 from relay.events import Envelope, MetaEvent, UserData, encode
 from relay.inbox import EventWrite, store_sync
@@ -187,7 +188,7 @@ class RelayStack:
         client = self.client()
         try:
             return sum(int(client.scard(k))
-                       for k in client.scan_iter(f"dramatiq:__acks__.*.{queue}"))
+                       for k in client.scan_iter(_dramatiq.acks_pattern(queue)))
         finally:
             client.close()
 
