@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib import resources
 
@@ -18,6 +18,7 @@ import msgspec
 import structlog
 from litestar import Litestar, Request, Response, get, post, route
 from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
 from litestar.enums import HttpMethod
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
@@ -56,11 +57,9 @@ class CollectorApp:
     same either way.
     """
 
-    def __init__(self, litestar: Litestar, ctx: CollectorContext,
-                 on_storage_error: Callable[[Request, StorageError], Response]) -> None:
+    def __init__(self, litestar: Litestar, ctx: CollectorContext) -> None:
         self.litestar = litestar
         self.ctx = ctx
-        self.on_storage_error = on_storage_error
 
     def lifespan(self) -> AbstractAsyncContextManager[None]:
         """Litestar's start-up and shutdown (the enqueuer), for an in-process server."""
@@ -75,7 +74,7 @@ class CollectorApp:
         try:
             response = await handle_redirect(self.ctx, request, slug)
         except StorageError as exc:
-            response = self.on_storage_error(request, exc)
+            response = storage_error_response(self.ctx, request, exc)
         await response.to_asgi_response(app=None, request=request)(scope, receive, send)
 
 
@@ -92,102 +91,9 @@ def _redirect_slug(scope: Scope) -> str | None:
 
 def build_app(settings: Settings, redis: Redis | None = None) -> CollectorApp:
     """The app for ``settings``; ``redis`` can be swapped (fakeredis in unit tests)."""
-    metrics = CollectorMetrics()
-    client = redis or Redis.from_url(
-        settings.redis_url, socket_timeout=settings.collector.redis_timeout_ms / 1000,
-        socket_connect_timeout=settings.collector.redis_timeout_ms / 1000,
-    )
-    ledger_ttl_s = settings.relay.ledger_ttl_days * SECONDS_PER_DAY
-    spool = Spool.claim(settings.collector.spool_dir)  # this worker's own subdirectory
-    enqueuer = DurableEnqueuer(
-        AsyncStore(client, ledger_ttl_s), client.ping, spool,
-        redis_timeout_s=settings.collector.redis_timeout_ms / 1000,
-        probe_interval_s=settings.collector.redis_probe_interval_ms / 1000,
-        observer=metrics,
-    )
-    ctx = CollectorContext(settings=settings, enqueuer=enqueuer, metrics=metrics)
-
-    @asynccontextmanager
-    async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        await enqueuer.start()
-        log.info("collector_started", pid=os.getpid(), links=len(settings.links),
-                 pixels=len(settings.pixels), spooling=enqueuer.spooling)
-        try:
-            yield
-        finally:
-            await enqueuer.stop()  # every acknowledged write is stored before we exit
-            await client.aclose()
-            log.info("collector_stopped", pid=os.getpid())
-
-    @route("/go/{slug:str}", http_method=[HttpMethod.GET, HttpMethod.HEAD])
-    async def go(request: Request, slug: FromPath[str]) -> Response:
-        return await handle_redirect(ctx, request, slug)
-
-    @post("/v1/events")
-    async def events(request: Request) -> Response:
-        return await handle_server_events(ctx, request)
-
-    @post("/v1/beacon")
-    async def beacon(request: Request) -> Response:
-        return await handle_beacon(ctx, request)
-
-    @get("/pixelrelay.js")
-    async def script() -> Response:
-        return Response(SCRIPT, media_type="application/javascript",
-                        headers={"Cache-Control": "public, max-age=3600"})
-
-    @get("/healthz")
-    async def healthz() -> Response:
-        return Response(json_encode({"status": "alive"}), media_type="application/json")
-
-    @get("/readyz")
-    async def readyz() -> Response:
-        spool_ok = os.access(spool.directory, os.W_OK)
-        ready = enqueuer.redis_up or spool_ok
-        body = {"ready": ready, "redis": enqueuer.redis_up, "spool_writable": spool_ok,
-                "spooling": enqueuer.spooling, "pixels": await _pixel_health()}
-        return Response(json_encode(body), status_code=200 if ready else 503,
-                        media_type="application/json")
-
-    async def _pixel_health() -> dict[str, object]:
-        """The relay's last token/reachability check per pixel (informational: the collector
-        stays ready while Meta is unhappy, events wait in Redis)."""
-        if not enqueuer.redis_up or not settings.pixels:
-            return {}
-        try:
-            raw = await asyncio.wait_for(
-                client.mget([keys.pixel_health(p.id) for p in settings.pixels]),
-                settings.collector.redis_timeout_ms / 1000)
-            return {p.id: msgspec.json.decode(r) if r else None
-                    for p, r in zip(settings.pixels, raw, strict=True)}
-        except Exception:  # noqa: BLE001 - health is best effort here
-            return {}
-
-    @get("/metrics")
-    async def metrics_endpoint() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
-
-    def on_input_error(request: Request, exc: InputError) -> Response:
-        metrics.requests.labels(_route_of(request), str(exc.status)).inc()
-        return _error(exc.message, exc.status)
-
-    def on_storage_error(request: Request, exc: StorageError) -> Response:
-        metrics.requests.labels(_route_of(request), "503").inc()
-        return _error(f"{exc}; retry shortly", 503, {"Retry-After": "1"})
-
-    def on_http_error(request: Request, exc: HTTPException) -> Response:
-        status = exc.status_code
-        metrics.requests.labels(_route_of(request), str(status)).inc()
-        messages = {
-            404: "there is nothing at this address",
-            405: f"{request.method} is not allowed here",
-            413: f"the request body is larger than {settings.collector.max_body_bytes} bytes",
-        }
-        return _error(messages.get(status, str(exc.detail)), status)
-
+    ctx = build_context(settings, redis)
     litestar = Litestar(
-        route_handlers=[go, events, beacon, script, healthz, readyz,
-                        metrics_endpoint],
+        route_handlers=ROUTES,
         lifespan=[lifespan],
         exception_handlers={
             InputError: on_input_error,
@@ -201,8 +107,139 @@ def build_app(settings: Settings, redis: Redis | None = None) -> CollectorApp:
         openapi_config=None,
         request_max_body_size=settings.collector.max_body_bytes,
         debug=False,
+        state=State({CONTEXT: ctx}),
     )
-    return CollectorApp(litestar, ctx, on_storage_error)
+    return CollectorApp(litestar, ctx)
+
+
+def build_context(settings: Settings, redis: Redis | None = None) -> CollectorContext:
+    """This worker's context: its Redis client, its own spool directory and the enqueuer."""
+    metrics = CollectorMetrics()
+    timeout_s = settings.collector.redis_timeout_ms / 1000
+    client = redis or Redis.from_url(settings.redis_url, socket_timeout=timeout_s,
+                                     socket_connect_timeout=timeout_s)
+    spool = Spool.claim(settings.collector.spool_dir)  # this worker's own subdirectory
+    enqueuer = DurableEnqueuer(
+        AsyncStore(client, settings.relay.ledger_ttl_days * SECONDS_PER_DAY), client.ping, spool,
+        redis_timeout_s=timeout_s,
+        probe_interval_s=settings.collector.redis_probe_interval_ms / 1000,
+        observer=metrics,
+    )
+    return CollectorContext(settings=settings, enqueuer=enqueuer, metrics=metrics,
+                            redis=client, spool=spool)
+
+
+CONTEXT = "collector"
+
+
+def context_of(request: Request) -> CollectorContext:
+    """The one ``CollectorContext`` every handler reads, kept in the app's state."""
+    ctx: CollectorContext = request.app.state[CONTEXT]
+    return ctx
+
+
+@asynccontextmanager
+async def lifespan(app: Litestar) -> AsyncIterator[None]:
+    ctx: CollectorContext = app.state[CONTEXT]
+    settings = ctx.settings
+    await ctx.enqueuer.start()
+    log.info("collector_started", pid=os.getpid(), links=len(settings.links),
+             pixels=len(settings.pixels), spooling=ctx.enqueuer.spooling)
+    try:
+        yield
+    finally:
+        await ctx.enqueuer.stop()  # every acknowledged write is stored before we exit
+        await ctx.redis.aclose()
+        log.info("collector_stopped", pid=os.getpid())
+
+
+@route("/go/{slug:str}", http_method=[HttpMethod.GET, HttpMethod.HEAD])
+async def go(request: Request, slug: FromPath[str]) -> Response:
+    return await handle_redirect(context_of(request), request, slug)
+
+
+@post("/v1/events")
+async def events(request: Request) -> Response:
+    return await handle_server_events(context_of(request), request)
+
+
+@post("/v1/beacon")
+async def beacon(request: Request) -> Response:
+    return await handle_beacon(context_of(request), request)
+
+
+@get("/pixelrelay.js")
+async def script() -> Response:
+    return Response(SCRIPT, media_type="application/javascript",
+                    headers={"Cache-Control": "public, max-age=3600"})
+
+
+@get("/healthz")
+async def healthz() -> Response:
+    return Response(json_encode({"status": "alive"}), media_type="application/json")
+
+
+@get("/readyz")
+async def readyz(request: Request) -> Response:
+    ctx = context_of(request)
+    enqueuer = ctx.enqueuer
+    spool_ok = ctx.spool is not None and os.access(ctx.spool.directory, os.W_OK)
+    ready = enqueuer.redis_up or spool_ok
+    body = {"ready": ready, "redis": enqueuer.redis_up, "spool_writable": spool_ok,
+            "spooling": enqueuer.spooling, "pixels": await _pixel_health(ctx)}
+    return Response(json_encode(body), status_code=200 if ready else 503,
+                    media_type="application/json")
+
+
+async def _pixel_health(ctx: CollectorContext) -> dict[str, object]:
+    """The relay's last token/reachability check per pixel (informational: the collector
+    stays ready while Meta is unhappy, events wait in Redis)."""
+    pixels = ctx.settings.pixels
+    if not ctx.enqueuer.redis_up or not pixels:
+        return {}
+    try:
+        raw = await asyncio.wait_for(ctx.redis.mget([keys.pixel_health(p.id) for p in pixels]),
+                                     ctx.settings.collector.redis_timeout_ms / 1000)
+        return {p.id: msgspec.json.decode(r) if r else None
+                for p, r in zip(pixels, raw, strict=True)}
+    except Exception:  # noqa: BLE001 - health is best effort here
+        return {}
+
+
+@get("/metrics")
+async def metrics_endpoint(request: Request) -> Response:
+    return Response(context_of(request).metrics.render(),
+                    media_type="text/plain; version=0.0.4")
+
+
+ROUTES = [go, events, beacon, script, healthz, readyz, metrics_endpoint]
+
+
+def on_input_error(request: Request, exc: InputError) -> Response:
+    context_of(request).metrics.requests.labels(_route_of(request), str(exc.status)).inc()
+    return _error(exc.message, exc.status)
+
+
+def on_storage_error(request: Request, exc: StorageError) -> Response:
+    return storage_error_response(context_of(request), request, exc)
+
+
+def storage_error_response(ctx: CollectorContext, request: Request,
+                           exc: StorageError) -> Response:
+    ctx.metrics.requests.labels(_route_of(request), "503").inc()
+    return _error(f"{exc}; retry shortly", 503, {"Retry-After": "1"})
+
+
+def on_http_error(request: Request, exc: HTTPException) -> Response:
+    ctx = context_of(request)
+    status = exc.status_code
+    ctx.metrics.requests.labels(_route_of(request), str(status)).inc()
+    messages = {
+        404: "there is nothing at this address",
+        405: f"{request.method} is not allowed here",
+        413: f"the request body is larger than {ctx.settings.collector.max_body_bytes} bytes",
+    }
+    return _error(messages.get(status, str(exc.detail)), status)
 
 
 def _route_of(request: Request) -> str:

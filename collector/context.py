@@ -6,11 +6,13 @@ import hmac
 import time
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 import msgspec
 
 from collector.enqueue import DurableEnqueuer
 from collector.metrics import CollectorMetrics
+from collector.spool import Spool
 from collector.visitor import BotDetector, TrustedProxies
 from relay.config import ApiKeySettings, LinkSettings, Settings, hash_api_key
 from relay.errors import InputError
@@ -23,9 +25,17 @@ SECONDS_PER_DAY = 86_400
 
 @dataclass
 class CollectorContext:
+    """The settings, the durable enqueuer and the metrics, plus what is derived from them once.
+
+    ``redis`` (the client the enqueuer writes through) and ``spool`` are the worker's own; the
+    app reads the pixels' health through the one and readiness from the other.
+    """
+
     settings: Settings
     enqueuer: DurableEnqueuer
     metrics: CollectorMetrics
+    redis: Any = None
+    spool: Spool | None = None
     proxies: TrustedProxies = field(init=False)
     bots: BotDetector = field(init=False)
     links: dict[str, LinkSettings] = field(init=False)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import msgspec
 import pytest
 from fakeredis import FakeServer
 from fakeredis.aioredis import FakeRedis
 
-from collector.app import _redirect_slug, build_app
+from collector.app import CONTEXT, _redirect_slug, build_app, build_context, readyz
 from collector.spool import Spool
+from relay import keys
 from relay.config import Settings, load_settings
 from relay.events import decode_envelope
 from relay.inbox import EventWrite, write_decoder
@@ -338,3 +341,18 @@ async def test_metrics_report_the_bytes_waiting_in_the_spool(
     on_disk = sum(p.stat().st_size for p in spooled_segments(settings))
     assert (True, float(on_disk)) == (
         on_disk > 0, metric_value(response.text, "pixelrelay_collector_spool_pending_bytes"))
+
+
+async def test_a_handler_runs_alone_on_a_context_without_the_app(settings: Settings) -> None:
+    # Given a context (no Litestar app, no lifespan) whose Redis holds a pixel's health
+    redis = FakeRedis(server=FakeServer())
+    await redis.set(keys.pixel_health(PIXEL), b'{"ok": true}')
+    ctx = build_context(settings, redis=redis)
+    request = SimpleNamespace(app=SimpleNamespace(state={CONTEXT: ctx}))
+
+    # When the readiness handler is called as a plain function
+    response = await readyz.fn(request)
+
+    # Then it answers from that context alone
+    assert (200, {"ok": True}) == (response.status_code,
+                                   msgspec.json.decode(response.content)["pixels"][PIXEL])
