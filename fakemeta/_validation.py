@@ -54,6 +54,9 @@ TOO_LITTLE_USER_DATA = (
     frozenset({"ln", "ge"}),
 )
 
+EXTINFO_LENGTH = 16
+EXTINFO_VERSIONS = ("a2", "i2")
+
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # fb.{subdomain_index}.{creation_time_ms}.{fbclid}; fbclid is opaque (may hold dots).
 _FBC = re.compile(r"fb\.(\d+)\.(\d+)\.(\S+)")
@@ -123,6 +126,8 @@ def validate_event(event: Any, *, index: int, now: float) -> None:
     if action_source == "website":
         _check_required_str(event, "event_source_url", where)
         _check_required_str(user_data, "client_user_agent", f"{where}.user_data")
+    if action_source == "app":
+        validate_app_data(event.get("app_data"), where=f"{where}.app_data")
     validate_user_data(user_data, where=f"{where}.user_data")
     custom_data = event.get("custom_data")
     if custom_data is not None:
@@ -170,6 +175,30 @@ def validate_user_data(user_data: dict[str, Any], *, where: str) -> None:
         )
 
 
+def validate_app_data(app_data: Any, *, where: str) -> None:
+    """App events need ``app_data`` with both tracking flags and a version-tagged ``extinfo``
+    of 16 entries (Meta's App Data Parameters; empty strings stand for unknown values)."""
+    if app_data is None:
+        raise _missing(where)
+    if not isinstance(app_data, dict):
+        raise invalid_parameter(f"{where} must be an object.")
+    for flag in ("advertiser_tracking_enabled", "application_tracking_enabled"):
+        value = app_data.get(flag)
+        if value is None:
+            raise _missing(f"{where}.{flag}")
+        if value not in (True, False, 0, 1):
+            raise invalid_parameter(f"{where}.{flag} must be true or false (or 1 or 0).")
+    extinfo = app_data.get("extinfo")
+    if extinfo is None:
+        raise _missing(f"{where}.extinfo")
+    if not (isinstance(extinfo, list) and len(extinfo) == EXTINFO_LENGTH
+            and extinfo[0] in EXTINFO_VERSIONS):
+        raise invalid_parameter(
+            f"{where}.extinfo must be an array of {EXTINFO_LENGTH} values starting with "
+            "the version, a2 (Android) or i2 (iOS).", title="Invalid Extended Device Info",
+        )
+
+
 def validate_custom_data(custom_data: Any, *, where: str) -> None:
     """currency is three letters (ISO 4217), value a number."""
     if not isinstance(custom_data, dict):
@@ -193,7 +222,19 @@ def _decode_data(data: Any) -> list[Any]:
             raise invalid_parameter("data must be a JSON array of events.") from None
     if not isinstance(data, list):
         raise invalid_parameter("data must be an array of events.")
-    return data
+    return [_decode_event(event, index) for index, event in enumerate(data)]
+
+
+def _decode_event(event: Any, index: int) -> Any:
+    """An element of ``data``: an object, or (as Meta's SDKs send it, ``list<string>``) the
+    JSON text of one."""
+    if not isinstance(event, str):
+        return event
+    try:
+        return msgspec.json.decode(event)
+    except msgspec.DecodeError:
+        message = f"data[{index}] must be an event object or its JSON text."
+        raise invalid_parameter(message) from None
 
 
 def _check_event_time(value: Any, where: str, now: float) -> None:

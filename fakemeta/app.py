@@ -132,7 +132,12 @@ async def _graph_call(request: AnyRequest) -> GraphCall:
     body = b""
     if content_type in _FORM_TYPES:
         fields = await request.form()
-        form = {key: value for key, value in fields.items() if isinstance(value, str)}
+        form = {}
+        for key, value in fields.items():
+            # curl -F 'data=@events.json' sends a part as a file: its text is the value.
+            if not isinstance(value, str):
+                value = (await value.read()).decode("utf-8", "replace")
+            form[key] = value
     elif request.method == "POST":
         body = await request.body()
     return GraphCall(

@@ -71,6 +71,13 @@ def make_event(**overrides: Any) -> dict[str, Any]:
     return event
 
 
+EXTINFO = ["a2", "com.shop.app", "1.0", "1.0.0", "14", "Pixel 8", "en_US", "CET", "", "1080",
+           "2400", "2.6", "8", "128", "64", "Europe/Berlin"]
+APP_DATA = {"advertiser_tracking_enabled": 1, "application_tracking_enabled": 1,
+            "extinfo": EXTINFO}
+"""What Meta requires of an app event's ``app_data``: both tracking flags and a full extinfo."""
+
+
 def check(*events: Any, **params: Any) -> EventBatch:
     """Validate a batch of ``events`` at ``NOW``."""
     return validate_payload({"data": list(events), **params}, now=NOW)

@@ -15,7 +15,15 @@ from fakemeta._validation import (
     parse_json_body,
     validate_payload,
 )
-from tests.fakemeta.conftest import NOW, check, make_event, rejection, sha256, with_user_data
+from tests.fakemeta.conftest import (
+    APP_DATA,
+    NOW,
+    check,
+    make_event,
+    rejection,
+    sha256,
+    with_user_data,
+)
 
 DAY = 24 * 3600
 
@@ -168,7 +176,9 @@ def test_unknown_action_source_is_rejected() -> None:
 
 @pytest.mark.parametrize("action_source", sorted(ACTION_SOURCES))
 def test_every_documented_action_source_is_accepted(action_source: str) -> None:
-    assert check(make_event(action_source=action_source))
+    # App events also need app_data (tests/fakemeta/test_app_request_shapes.py).
+    extra = {"app_data": APP_DATA} if action_source == "app" else {}
+    assert check(make_event(action_source=action_source, **extra))
 
 
 def test_event_id_may_be_a_string_or_a_number() -> None:

@@ -134,7 +134,7 @@ def test_malformed_fbp_is_rejected(fbp: str) -> None:
 )
 def test_too_little_user_data_is_rejected_with_subcode_2804050(keys: set[str]) -> None:
     user_data = {key: "UA" if key == "client_user_agent" else sha256(key) for key in keys}
-    event = make_event(action_source="app", user_data=user_data)
+    event = make_event(action_source="system_generated", user_data=user_data)
 
     error = rejection(event)
 
@@ -156,7 +156,7 @@ def test_enough_user_data_is_accepted(keys: set[str]) -> None:
     values = {"client_ip_address": "203.0.113.7", "client_user_agent": "UA", "fbp": FBP}
     user_data = {key: values.get(key, sha256(key)) for key in keys}
 
-    assert check(make_event(action_source="app", user_data=user_data))
+    assert check(make_event(action_source="system_generated", user_data=user_data))
 
 
 def test_empty_values_do_not_count_as_user_data() -> None:
