@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= pixelrelay.example.toml
 
-.PHONY: install bootstrap-up bootstrap-test up test lint bench bench-redirect bench-relay bench-footprint clean
+.PHONY: install bootstrap-up bootstrap-test up test lint audit bench bench-redirect bench-relay bench-footprint clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,12 @@ test:
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	@$(MAKE) --no-print-directory audit
+
+# Installed packages against PyPI's advisories. --strict: a package that could not be checked
+# (advisory service unreachable) fails the audit instead of passing unchecked.
+audit: install
+	$(BIN)/pip-audit --strict --skip-editable --progress-spinner off
 
 bench: bench-redirect bench-relay bench-footprint
 

@@ -129,7 +129,8 @@ def choose_fbc(fbclid: str | None, cookie: str | None, now_ms: int) -> tuple[str
     current = cookie if is_valid_fbc(cookie) else None
     if fbclid and (len(fbclid) > MAX_FBCLID_LENGTH or not _FBCLID_FORM.fullmatch(fbclid)):
         fbclid = None  # a forged or mangled fbclid must not replace a good cookie
-    if fbclid and (current is None or current.rsplit(".", 1)[-1] != fbclid):
+    # The fbclid is everything after the third dot (fb.<index>.<ms>.<fbclid>): it may hold dots.
+    if fbclid and (current is None or current.split(".", 3)[3] != fbclid):
         return make_fbc(fbclid, now_ms), True
     return current, False
 
