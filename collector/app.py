@@ -29,6 +29,7 @@ from collector.context import CollectorContext, json_encode
 from collector.enqueue import DurableEnqueuer
 from collector.ingest import handle_beacon, handle_server_events
 from collector.metrics import CollectorMetrics
+from collector.openapi import BeaconOperation, EventsOperation, RedirectOperation, openapi_config
 from collector.redirect import handle_redirect
 from collector.spool import Spool
 from relay import hashing, keys
@@ -104,7 +105,7 @@ def build_app(settings: Settings, redis: Redis | None = None) -> CollectorApp:
             allow_origins=sorted(ctx.origins), allow_methods=["POST"],
             allow_headers=["content-type"], allow_credentials=True, max_age=86_400,
         ) if ctx.origins else None,
-        openapi_config=None,
+        openapi_config=openapi_config(),
         request_max_body_size=settings.collector.max_body_bytes,
         debug=False,
         state=State({CONTEXT: ctx}),
@@ -153,33 +154,34 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         log.info("collector_stopped", pid=os.getpid())
 
 
-@route("/go/{slug:str}", http_method=[HttpMethod.GET, HttpMethod.HEAD])
+@route("/go/{slug:str}", http_method=[HttpMethod.GET, HttpMethod.HEAD],
+       operation_class=RedirectOperation)
 async def go(request: Request, slug: FromPath[str]) -> Response:
     return await handle_redirect(context_of(request), request, slug)
 
 
-@post("/v1/events")
+@post("/v1/events", operation_class=EventsOperation)
 async def events(request: Request) -> Response:
     return await handle_server_events(context_of(request), request)
 
 
-@post("/v1/beacon")
+@post("/v1/beacon", operation_class=BeaconOperation)
 async def beacon(request: Request) -> Response:
     return await handle_beacon(context_of(request), request)
 
 
-@get("/pixelrelay.js")
+@get("/pixelrelay.js", include_in_schema=False)
 async def script() -> Response:
     return Response(SCRIPT, media_type="application/javascript",
                     headers={"Cache-Control": "public, max-age=3600"})
 
 
-@get("/healthz")
+@get("/healthz", include_in_schema=False)
 async def healthz() -> Response:
     return Response(json_encode({"status": "alive"}), media_type="application/json")
 
 
-@get("/readyz")
+@get("/readyz", include_in_schema=False)
 async def readyz(request: Request) -> Response:
     ctx = context_of(request)
     enqueuer = ctx.enqueuer
@@ -206,7 +208,7 @@ async def _pixel_health(ctx: CollectorContext) -> dict[str, object]:
         return {}
 
 
-@get("/metrics")
+@get("/metrics", include_in_schema=False)
 async def metrics_endpoint(request: Request) -> Response:
     return Response(context_of(request).metrics.render(),
                     media_type="text/plain; version=0.0.4")
@@ -239,7 +241,7 @@ def on_http_error(request: Request, exc: HTTPException) -> Response:
         405: f"{request.method} is not allowed here",
         413: f"the request body is larger than {ctx.settings.collector.max_body_bytes} bytes",
     }
-    return _error(messages.get(status, str(exc.detail)), status)
+    return _error(messages.get(status, str(exc.detail)), status, exc.headers)  # 405: Allow
 
 
 def _route_of(request: Request) -> str:

@@ -11,6 +11,7 @@
     pixelrelay trace EVENT_ID       one event's life
     pixelrelay audit                reconcile accepted events with their outcome
     pixelrelay requeue KEY|--all    send dead letters again
+    pixelrelay openapi              the collector's OpenAPI document (JSON)
 
 Every command takes ``--config`` (default ``$PIXELRELAY_CONFIG``).
 """
@@ -176,6 +177,15 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     return requeue(_settings(args), sys.stdout, args.keys, everything=args.all)
 
 
+def cmd_openapi(_: argparse.Namespace) -> int:
+    import json
+
+    from collector.openapi import openapi_document
+
+    print(json.dumps(openapi_document(), indent=2, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pixelrelay", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help=f"TOML configuration (default ${CONFIG_ENV})")
@@ -211,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     rq = command("requeue", cmd_requeue, "send dead letters again")
     rq.add_argument("keys", nargs="*", help="dead letter keys (pixel:event_name:event_id)")
     rq.add_argument("--all", action="store_true", help="requeue every dead letter")
+    command("openapi", cmd_openapi, "print the collector's OpenAPI document")
     return parser
 
 

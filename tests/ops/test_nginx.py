@@ -332,7 +332,8 @@ def test_probes_answer_the_host_itself_only(stack: Stack, path: str) -> None:
     assert "only reachable from the host" in refused.json()["error"]
 
 
-@pytest.mark.parametrize("path", ["/", "/metrics", "/admin", "/go", "/v1", "/.env", "/healthz/x"])
+@pytest.mark.parametrize("path", ["/", "/metrics", "/admin", "/go", "/v1", "/.env", "/healthz/x",
+                                  "/_openapi/openapi.json"])
 def test_unknown_paths_are_404_without_reaching_the_collector(stack: Stack, path: str) -> None:
     address = "127.0.0.9"
     with stack.client(address) as client:
