@@ -2,8 +2,9 @@
 
 The pump, every ``linger_ms``, cuts the inbox of each owned queue into batch messages (so a lone
 event waits at most about one linger before it is sent), refreshes the heartbeat and recovers
-messages of dead workers (and its own stranded ones, ``RelayBroker.rescue_stranded``), and once
-a minute checks each pixel's token (one worker does it, elected through a Redis key).
+messages of dead workers (and its own stranded ones, ``RelayBroker.rescue_stranded``). A second
+thread checks each pixel's token once a minute (one worker does it, elected through a Redis
+key), so a hanging Graph API never holds up the pump.
 
 Run one process per priority group (``pixelrelay relay --queues high``) so a backlog of
 PageViews never holds up a Purchase.
@@ -75,6 +76,8 @@ class RelayWorker:
         self._gate = RecoveryGate(relay.heartbeat_timeout_ms / 1000)
         self._stopping = threading.Event()
         self._pump = threading.Thread(target=self._pump_loop, name="relay-pump", daemon=True)
+        self._checker = threading.Thread(target=self._health_loop, name="relay-health",
+                                         daemon=True)
 
     # -- the actor --------------------------------------------------------------------------------
     def _deliver(self, pixel_id: str, items: list[str]) -> None:
@@ -93,7 +96,7 @@ class RelayWorker:
     # -- the pump ---------------------------------------------------------------------------------
     def _pump_loop(self) -> None:
         linger_s = self.settings.relay.linger_ms / 1000
-        next_recover = next_health = next_stranded_check = 0.0
+        next_recover = next_stranded_check = 0.0
         while not self._stopping.is_set():
             now = time.monotonic()
             try:
@@ -108,17 +111,24 @@ class RelayWorker:
                     # Two checks must agree: like a dead worker's batches, a stranded one is
                     # back in the queue within one to two heartbeat timeouts.
                     next_stranded_check = now + self.settings.relay.heartbeat_timeout_ms / 1000
-                if now >= next_health:
-                    self.health.check_if_due(self.settings.pixels, HEALTH_INTERVAL_S)
-                    next_health = now + HEALTH_POLL_S
             except Exception as exc:  # noqa: BLE001 - Redis hiccups must not kill the pump
                 log.warning("pump_error", error=type(exc).__name__, detail=str(exc))
             self._stopping.wait(linger_s)
+
+    def _health_loop(self) -> None:
+        """Token checks in their own thread: a Graph API that hangs must not stall the pump."""
+        while not self._stopping.is_set():
+            try:
+                self.health.check_if_due(self.settings.pixels, HEALTH_INTERVAL_S)
+            except Exception as exc:  # noqa: BLE001 - a failed check is retried, never fatal
+                log.warning("health_check_error", error=type(exc).__name__, detail=str(exc))
+            self._stopping.wait(HEALTH_POLL_S)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
         self.worker.start()
         self._pump.start()
+        self._checker.start()
         log.info("relay_worker_started", queues=self.queues,
                  threads=self.settings.relay.worker_threads)
 
@@ -126,6 +136,7 @@ class RelayWorker:
         """Stop cutting batches, finish in-flight ones, return prefetched ones to Redis."""
         self._stopping.set()
         self._pump.join(5)
+        self._checker.join(5)
         self.worker.stop(timeout=timeout_ms)
         self.meta.close()
         log.info("relay_worker_stopped", queues=self.queues)
