@@ -7,6 +7,7 @@ Both answer only after the events are stored durably: 202 for the API with the a
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import msgspec
@@ -28,10 +29,11 @@ from relay.events import (
     InboundEvent,
     InboundUserData,
     build_event,
+    inbound_event,
 )
 from relay.inbox import Write
 
-_events_decoder = msgspec.json.Decoder(InboundEvent | list[InboundEvent])
+_json_decoder = msgspec.json.Decoder()
 
 
 class BeaconEvent(msgspec.Struct, forbid_unknown_fields=True):
@@ -58,6 +60,8 @@ def _decode(decoder: msgspec.json.Decoder, body: bytes, what: str) -> object:
         raise InputError(_plain(str(exc), what), 422) from None
     except msgspec.DecodeError as exc:
         raise InputError(f"the request body is not valid JSON ({exc})", 400) from None
+    except RecursionError:
+        raise InputError("the request body is nested too deeply", 400) from None
 
 
 def _plain(message: str, what: str) -> str:
@@ -86,37 +90,56 @@ def _pixels_for(ctx: CollectorContext, key: ApiKeySettings, requested: str | Non
 
 async def handle_server_events(ctx: CollectorContext, request: Request) -> Response:
     key = ctx.authenticate(request.headers.get("authorization"))
-    decoded = _decode(_events_decoder, await request.body(), "events")
-    inbound = decoded if isinstance(decoded, list) else [decoded]
-    if not inbound:
+    decoded = _decode(_json_decoder, await request.body(), "events")
+    if isinstance(decoded, list):
+        located = [(f"events[{i}]", item) for i, item in enumerate(decoded)]
+    else:
+        located = [("event", decoded)]
+    accepted = await store_server_events(ctx, key, located)
+    ctx.metrics.requests.labels("events", "202").inc()
+    return Response(json_encode({"accepted": len(accepted), "event_ids": accepted}),
+                    status_code=202, media_type="application/json")
+
+
+async def store_server_events(ctx: CollectorContext, key: ApiKeySettings,
+                              located: Sequence[tuple[str, object]],
+                              pixel_id: str | None = None) -> list[str]:
+    """Check, hash and durably store server events (``(where, decoded JSON)`` pairs) for the
+    pixels ``key`` may send to; returns their event_ids once stored.
+
+    ``pixel_id`` (the Graph endpoint's path) applies to every event; otherwise each event's
+    own ``pixel_id``, or every pixel the key is allowed. One bad event refuses the request.
+    """
+    if not located:
         raise InputError("the request holds no event", 422)
-    if len(inbound) > MAX_EVENTS_PER_REQUEST:
+    if len(located) > MAX_EVENTS_PER_REQUEST:
         raise InputError(
-            f"a request holds at most {MAX_EVENTS_PER_REQUEST} events, this one has {len(inbound)}",
-            413,
+            f"a request holds at most {MAX_EVENTS_PER_REQUEST} events, this one has "
+            f"{len(located)}", 413,
         )
     received = now_ms()
     now_s = received / 1000
     relay = ctx.settings.relay
     writes: list[Write] = []
     accepted: list[str] = []
-    for i, item in enumerate(inbound):
-        where = f"events[{i}]" if isinstance(decoded, list) else "event"
-        assert isinstance(item, InboundEvent)
+    for where, obj in located:
+        item = inbound_event(obj, where)
         event = build_event(item, now_s=now_s, max_age_days=relay.max_event_age_days,
                             max_future_skew_s=ctx.settings.collector.max_future_skew_s,
                             where=where)
         if item.user_data and item.user_data.fbc and not is_valid_fbc(item.user_data.fbc):
-            raise InputError(f"{where}.user_data.fbc must look like fb.1.<ms>.<fbclid>", 422)
-        for pixel_id in _pixels_for(ctx, key, item.pixel_id, where):
-            writes.append(ctx.event_write(pixel_id, event, source="server",
+            raise InputError(f"{where}.user_data.fbc must look like fb.1.<ms>.<fbclid>", 422,
+                             reason="bad_fbc")
+        if pixel_id is not None and item.pixel_id not in (None, pixel_id):
+            raise InputError(f"{where}.pixel_id {item.pixel_id} is not the pixel in the path "
+                             f"({pixel_id})", 422)
+        for pixel in _pixels_for(ctx, key, pixel_id or item.pixel_id, where):
+            writes.append(ctx.event_write(pixel, event, source="server",
                                           click_id=item.click_id, received_ms=received))
         accepted.append(event.event_id)
     await ctx.enqueuer.store(writes)
     ctx.metrics.events.labels("server").inc(len(writes))
-    ctx.metrics.requests.labels("events", "202").inc()
-    return Response(json_encode({"accepted": len(accepted), "event_ids": accepted}),
-                    status_code=202, media_type="application/json")
+    return accepted
 
 
 def _origin_of(request: Request) -> str | None:

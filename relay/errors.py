@@ -26,10 +26,13 @@ class ConfigError(PixelRelayError):
 class InputError(PixelRelayError):
     """A client sent something we refuse; ``status`` is the 4xx to answer with."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, *, reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.reason = reason
+        """Which rule refused it, when a boundary answers per rule (the Graph endpoint maps
+        ``event_too_old``, ``bad_fbc``, ``malformed_user_data`` to Meta's subcodes)."""
 
 
 class StorageError(PixelRelayError):

@@ -26,6 +26,9 @@ ACTION_SOURCES = frozenset(
     }
 )
 MAX_EVENTS_PER_REQUEST = 1000
+MAX_PASSTHROUGH_BYTES = 16_384  # per event: the unknown fields, JSON-encoded
+EXTINFO_LENGTH = 16  # Meta's App Data Parameters: extinfo has 16 entries, the first a2 or i2
+EXTINFO_VERSIONS = ("a2", "i2")
 SECONDS_IN_DAY = 86_400
 _MS_THRESHOLD = 100_000_000_000  # a Unix time above this is milliseconds, not seconds
 
@@ -54,14 +57,37 @@ class UserData(Struct, omit_defaults=True):
     subscription_id: str | None = None
     fb_login_id: str | None = None
     lead_id: str | None = None
+    # App, Messenger/WhatsApp and Instagram identifiers Meta documents; sent in clear.
+    anon_id: str | None = None
+    madid: str | None = None
+    page_id: str | None = None
+    page_scoped_user_id: str | None = None
+    ctwa_clid: str | None = None
+    ig_account_id: str | None = None
+    ig_sid: str | None = None
 
 
 class InboundUserData(UserData, forbid_unknown_fields=True, omit_defaults=True):
     """``user_data`` as clients send it: the same keys, hashed ones possibly still raw."""
 
 
-class InboundEvent(Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """One event as the business's app posts it to ``/v1/events``."""
+class MetaExtensions(Struct, kw_only=True, omit_defaults=True):
+    """The server-event fields Meta documents beyond the basics, and everything else a client
+    sends: both pass through to Meta unchanged (checked by ``check_extensions``)."""
+
+    app_data: dict[str, Any] | None = None
+    original_event_data: dict[str, Any] | None = None
+    attribution_data: dict[str, Any] | None = None
+    customer_segmentation: dict[str, Any] | None = None
+    messaging_channel: str | None = None
+    passthrough: dict[str, Any] | None = None
+    """Top-level fields this version does not know, as sent; merged back into the event on the
+    wire (``MetaEvent.wire``)."""
+
+
+class InboundEvent(MetaExtensions, forbid_unknown_fields=True, omit_defaults=True):
+    """One event as the business's app posts it to ``/v1/events`` (``event_from_json`` puts
+    unknown top-level fields into ``passthrough``)."""
 
     event_name: str
     event_time: int | None = None
@@ -79,8 +105,8 @@ class InboundEvent(Struct, forbid_unknown_fields=True, omit_defaults=True):
     pixel_id: str | None = None
 
 
-class MetaEvent(Struct, omit_defaults=True):
-    """One element of the ``data`` array Meta receives."""
+class MetaEvent(MetaExtensions, omit_defaults=True):
+    """One element of the ``data`` array Meta receives (see ``wire``)."""
 
     event_name: str
     event_time: int
@@ -94,6 +120,13 @@ class MetaEvent(Struct, omit_defaults=True):
     data_processing_options: list[str] | None = None
     data_processing_options_country: int | None = None
     data_processing_options_state: int | None = None
+
+    def wire(self) -> MetaEvent | dict[str, Any]:
+        """What goes into Meta's ``data``: the event, with ``passthrough`` merged back in."""
+        if not self.passthrough:
+            return self
+        fields = msgspec.to_builtins(msgspec.structs.replace(self, passthrough=None))
+        return {**self.passthrough, **fields}
 
 
 class Envelope(Struct, omit_defaults=True):
@@ -145,6 +178,84 @@ def decode_click(data: bytes | str) -> ClickContext:
     return _click_decoder.decode(data)
 
 
+_INBOUND_FIELDS = frozenset(InboundEvent.__struct_fields__) - {"passthrough"}
+# Never passed through at the top level: raw personal data must reach user_data to be hashed.
+_CUSTOMER_KEYS = frozenset(UserData.__struct_fields__) | {
+    "email", "phone", "first_name", "last_name", "name", "date_of_birth", "birthday",
+    "gender", "city", "state", "zip", "postal_code", "address",
+}
+
+
+def inbound_event(obj: Any, where: str = "event") -> InboundEvent:
+    """One decoded JSON event as an ``InboundEvent``: known fields checked by type, unknown
+    top-level fields kept as sent in ``passthrough`` (at most ``MAX_PASSTHROUGH_BYTES``).
+
+    Raises ``InputError`` (422) naming ``where`` and the field.
+    """
+    if not isinstance(obj, dict):
+        raise InputError(f"{where} must be a JSON object", 422)
+    known: dict[str, Any] = {}
+    unknown: dict[str, Any] = {}
+    for name, value in obj.items():
+        (known if name in _INBOUND_FIELDS else unknown)[name] = value
+    misplaced = sorted(unknown.keys() & _CUSTOMER_KEYS)
+    if misplaced:
+        raise InputError(f"{where}.{misplaced[0]} is customer information: send it inside "
+                         "user_data, where it is hashed", 422)
+    if unknown:
+        try:
+            size = len(_encoder.encode(unknown))
+        except RecursionError:
+            raise InputError(f"{where} is nested too deeply", 422) from None
+        if size > MAX_PASSTHROUGH_BYTES:
+            raise InputError(
+                f"{where}: the fields passed through unchecked ({', '.join(sorted(unknown))}) "
+                f"take {size} bytes; at most {MAX_PASSTHROUGH_BYTES} are allowed", 422)
+        known["passthrough"] = unknown
+    try:
+        return msgspec.convert(known, InboundEvent)
+    except msgspec.ValidationError as exc:
+        raise InputError(located(str(exc), where), 422) from None
+    except RecursionError:
+        raise InputError(f"{where} is nested too deeply", 422) from None
+
+
+def located(message: str, where: str) -> str:
+    """msgspec's "Expected `int` - at `$.user_data.em`" as "event.user_data.em: Expected int"."""
+    text, _, path = message.partition(" - at `")
+    text = text.replace("`", "")
+    path = path.rstrip("`").removeprefix("$")
+    return f"{where}{path}: {text}" if path else f"invalid {where}: {text}"
+
+
+def app_data_problem(app_data: dict[str, Any] | None) -> str | None:
+    """Why an app event's ``app_data`` falls short of what Meta requires, or None."""
+    if app_data is None:
+        return "app_data is required for app events"
+    for flag in ("advertiser_tracking_enabled", "application_tracking_enabled"):
+        if app_data.get(flag) not in (True, False, 0, 1):
+            return f"app_data.{flag} must be true or false (or 1 or 0)"
+    extinfo = app_data.get("extinfo")
+    if not (isinstance(extinfo, list) and len(extinfo) == EXTINFO_LENGTH
+            and extinfo[0] in EXTINFO_VERSIONS):
+        return (f"app_data.extinfo must be an array of {EXTINFO_LENGTH} values starting with "
+                "a2 (Android) or i2 (iOS)")
+    return None
+
+
+def _check_extensions(inbound: InboundEvent, where: str) -> None:
+    if inbound.action_source == "app":
+        problem = app_data_problem(inbound.app_data)
+        if problem:
+            raise InputError(f"{where}.{problem}", 422)
+    original = inbound.original_event_data or {}
+    if not isinstance(original.get("event_name", ""), str):
+        raise InputError(f"{where}.original_event_data.event_name must be a string", 422)
+    original_time = original.get("event_time", 0)
+    if isinstance(original_time, bool) or not isinstance(original_time, int):
+        raise InputError(f"{where}.original_event_data.event_time must be Unix seconds", 422)
+
+
 def new_event_id() -> str:
     """Unique, URL-safe and sortable by time (ms prefix), so logs read in order."""
     return f"{int(time.time() * 1000):x}{secrets.token_hex(8)}"
@@ -167,7 +278,8 @@ def hash_user_data(raw: InboundUserData | None, where: str = "event") -> UserDat
             try:
                 hashed = hash_user_field(name, value)
             except UnnormalizableValue as exc:
-                raise InputError(f"{where}.user_data.{exc.key} {exc.expected}", 422) from None
+                raise InputError(f"{where}.user_data.{exc.key} {exc.expected}", 422,
+                                 reason="malformed_user_data") from None
             if hashed is not None:
                 values[name] = hashed
         elif isinstance(value, str) and value.strip():
@@ -190,7 +302,8 @@ def build_event(inbound: InboundEvent, *, now_s: float, max_age_days: int,
     if event_time > _MS_THRESHOLD:
         raise InputError(f"{where}.event_time must be Unix seconds, not milliseconds", 422)
     if event_time < now_s - max_age_days * SECONDS_IN_DAY:
-        raise InputError(f"{where}.event_time is older than {max_age_days} days", 422)
+        raise InputError(f"{where}.event_time is older than {max_age_days} days", 422,
+                         reason="event_too_old")
     if event_time > now_s + max_future_skew_s:
         raise InputError(f"{where}.event_time is in the future", 422)
     if inbound.action_source not in ACTION_SOURCES:
@@ -207,6 +320,7 @@ def build_event(inbound: InboundEvent, *, now_s: float, max_age_days: int,
     value = (inbound.custom_data or {}).get("value")
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise InputError(f"{where}.custom_data.value must be a number", 422)
+    _check_extensions(inbound, where)
     user_data = hash_user_data(inbound.user_data, where)
     if inbound.action_source == "website" and not inbound.event_source_url:
         raise InputError(f"{where}.event_source_url is required for website events", 422)
@@ -225,6 +339,12 @@ def build_event(inbound: InboundEvent, *, now_s: float, max_age_days: int,
         data_processing_options=inbound.data_processing_options,
         data_processing_options_country=inbound.data_processing_options_country,
         data_processing_options_state=inbound.data_processing_options_state,
+        app_data=inbound.app_data,
+        original_event_data=inbound.original_event_data,
+        attribution_data=inbound.attribution_data,
+        customer_segmentation=inbound.customer_segmentation,
+        messaging_channel=inbound.messaging_channel,
+        passthrough=inbound.passthrough,
     )
 
 

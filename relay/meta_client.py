@@ -157,7 +157,7 @@ def appsecret_proof(access_token: str, app_secret: str) -> str:
 
 
 class _Body(msgspec.Struct, omit_defaults=True):
-    data: Sequence[MetaEvent]
+    data: Sequence[MetaEvent | dict[str, Any]]
     partner_agent: str | None = None
     test_event_code: str | None = None
 
@@ -192,7 +192,7 @@ class MetaClient:
     def send(self, pixel: PixelSettings, events: Sequence[MetaEvent]) -> SendResult:
         """POST one batch; raise a ``DeliveryError`` subclass unless Meta answered 2xx."""
         body = _encoder.encode(_Body(
-            data=events,
+            data=[event.wire() for event in events],
             partner_agent=self.settings.partner_agent or None,
             test_event_code=pixel.test_event_code or None,
         ))

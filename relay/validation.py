@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from relay.events import ACTION_SOURCES, SECONDS_IN_DAY, MetaEvent, UserData
+from relay.events import ACTION_SOURCES, SECONDS_IN_DAY, MetaEvent, UserData, app_data_problem
 from relay.hashing import HASHED_KEYS, is_sha256_hex
 
 _FBC = re.compile(r"^fb\.\d+\.\d{10,16}\.\S+$")
@@ -39,6 +39,10 @@ def problem(event: MetaEvent, now_s: float, max_age_days: int = 7) -> str | None
         return "event_time is more than a day in the future"
     if event.action_source not in ACTION_SOURCES:
         return f"action_source {event.action_source!r} is not one Meta accepts"
+    if event.action_source == "app":
+        app_problem = app_data_problem(event.app_data)
+        if app_problem:
+            return app_problem
     ud = event.user_data
     keys = present_keys(ud)
     if not keys:

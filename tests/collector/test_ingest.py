@@ -7,10 +7,12 @@ import time
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from fakeredis.aioredis import FakeRedis
 
 from relay.config import Settings
+from relay.events import MAX_PASSTHROUGH_BYTES
 from tests.collector.support import (
     API_KEY,
     BROWSER_UA,
@@ -437,3 +439,91 @@ async def test_a_beacon_for_an_unknown_pixel_is_refused(client: httpx.AsyncClien
     assert (422, "beacon.pixel_id 99999999 is not a configured pixel") == (
         response.status_code, error_of(response)
     )
+
+
+# -- POST /v1/events: every field of Meta's server event passes through -------------------------
+
+EXTINFO = ["i2", "com.shop.app", "2.1", "2.1.0", "17.4", "iPhone15,2", "en_US", "CET", "",
+           "1179", "2556", "3.0", "6", "128", "40", "Europe/Berlin"]
+
+
+def app_purchase(**fields: Any) -> dict[str, Any]:
+    event = purchase(action_source="app", event_source_url=None,
+                     user_data={"em": EMAIL, "madid": "38400000-8cf0-11bd-b23e-10b96e40000d",
+                                "anon_id": "anon-7"},
+                     app_data={"advertiser_tracking_enabled": True,
+                               "application_tracking_enabled": True, "extinfo": EXTINFO})
+    event.update(fields)
+    return event
+
+
+async def stored_event(redis: FakeRedis) -> dict[str, Any]:
+    """The one event stored for PIXEL, as the relay will send it to Meta."""
+    [envelope] = await inbox(redis, "relay_high", PIXEL)
+    wire: dict[str, Any] = msgspec.to_builtins(envelope.event.wire())
+    return wire
+
+
+async def test_an_app_event_with_app_data_is_stored_with_it(
+        client: httpx.AsyncClient, redis: FakeRedis) -> None:
+    response = await post_events(client, app_purchase())
+
+    event = await stored_event(redis)
+    assert 202 == response.status_code
+    assert (EXTINFO, "38400000-8cf0-11bd-b23e-10b96e40000d", "anon-7") == (
+        event["app_data"]["extinfo"], event["user_data"]["madid"], event["user_data"]["anon_id"])
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"app_data": None}, "event.app_data"),
+    ({"app_data": {"application_tracking_enabled": True, "extinfo": EXTINFO}},
+     "event.app_data.advertiser_tracking_enabled"),
+    ({"app_data": {"advertiser_tracking_enabled": True, "application_tracking_enabled": True,
+                   "extinfo": EXTINFO[:3]}}, "event.app_data.extinfo"),
+])
+async def test_an_app_event_without_the_app_data_meta_requires_is_refused(
+        client: httpx.AsyncClient, change: dict[str, Any], field: str) -> None:
+    response = await post_events(client, app_purchase(**change))
+
+    assert (422, True) == (response.status_code, error_of(response).startswith(field))
+
+
+async def test_documented_and_unknown_top_level_fields_reach_meta_unchanged(
+        client: httpx.AsyncClient, redis: FakeRedis) -> None:
+    extras = {
+        "original_event_data": {"event_name": "Purchase", "event_time": int(time.time()) - 600},
+        "attribution_data": {"scope": "click", "ad_id": "120200000000"},
+        "messaging_channel": "whatsapp",
+        "customer_segmentation": {"priority_segment": "high"},
+        "a_field_meta_adds_next_year": {"nested": [1, "two", None]},
+    }
+
+    response = await post_events(client, purchase(**extras))
+
+    event = await stored_event(redis)
+    assert 202 == response.status_code
+    assert extras == {name: event[name] for name in extras}
+
+
+async def test_customer_information_outside_user_data_is_refused_not_passed_through(
+        client: httpx.AsyncClient, redis: FakeRedis) -> None:
+    response = await post_events(client, purchase(em=EMAIL))
+
+    assert (422, "event.em is customer information: send it inside user_data, where it is "
+                 "hashed") == (response.status_code, error_of(response))
+    assert b"Jane" not in await everything_in(redis)
+
+
+async def test_an_unknown_user_data_key_is_refused(client: httpx.AsyncClient) -> None:
+    event = purchase()
+    event["user_data"]["home_address"] = "1 Main St"
+
+    response = await post_events(client, event)
+
+    assert (422, True) == (response.status_code, "home_address" in error_of(response))
+
+
+async def test_unknown_fields_over_the_size_limit_are_refused(client: httpx.AsyncClient) -> None:
+    response = await post_events(client, purchase(blob="x" * (MAX_PASSTHROUGH_BYTES + 1)))
+
+    assert (422, True) == (response.status_code, "at most 16384" in error_of(response))

@@ -13,6 +13,9 @@ from litestar import Litestar
 from fakemeta import FakeMetaOptions, create_app
 from fakemeta._errors import MetaError
 from fakemeta._validation import EventBatch, validate_payload
+from tests.relay.factories import APP_DATA, EXTINFO
+
+__all__ = ["APP_DATA", "EXTINFO"]  # re-exported for the fake's tests
 
 NOW = 1_800_000_000  # wall-clock "now" (Unix seconds) for every in-process test
 PIXEL = "1234567890"
@@ -69,13 +72,6 @@ def make_event(**overrides: Any) -> dict[str, Any]:
     }
     event.update(overrides)
     return event
-
-
-EXTINFO = ["a2", "com.shop.app", "1.0", "1.0.0", "14", "Pixel 8", "en_US", "CET", "", "1080",
-           "2400", "2.6", "8", "128", "64", "Europe/Berlin"]
-APP_DATA = {"advertiser_tracking_enabled": 1, "application_tracking_enabled": 1,
-            "extinfo": EXTINFO}
-"""What Meta requires of an app event's ``app_data``: both tracking flags and a full extinfo."""
 
 
 def check(*events: Any, **params: Any) -> EventBatch:

@@ -22,6 +22,11 @@ EMAIL = "jane.doe@example.com"
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64)"
 FBC = "fb.1.1700000000000.IwAR2xYzAbC"
 FBP = "fb.1.1700000000000.1234567890"
+EXTINFO = ["a2", "com.shop.app", "1.0", "1.0.0", "14", "Pixel 8", "en_US", "CET", "", "1080",
+           "2400", "2.6", "8", "128", "64", "Europe/Berlin"]
+APP_DATA: dict[str, Any] = {"advertiser_tracking_enabled": 1, "application_tracking_enabled": 1,
+                            "extinfo": EXTINFO}
+"""What Meta requires of an app event's ``app_data``: both tracking flags and a full extinfo."""
 
 
 def sha(value: str) -> str:

@@ -18,7 +18,7 @@ from relay.events import (
     encode,
     enrich_from_click,
 )
-from tests.relay.factories import EMAIL, FBC, FBP, USER_AGENT, meta_event, sha
+from tests.relay.factories import APP_DATA, EMAIL, FBC, FBP, USER_AGENT, meta_event, sha
 
 NOW_S = 1_790_000_000
 DAY_S = 86_400
@@ -101,7 +101,9 @@ def test_unknown_action_source_is_refused() -> None:
 @pytest.mark.parametrize("source", ["email", "app", "phone_call", "chat", "physical_store",
                                     "system_generated", "business_messaging", "other"])
 def test_non_website_sources_need_no_url(source: str) -> None:
-    assert source == build(inbound(action_source=source, event_source_url=None)).action_source
+    app_data = {"app_data": APP_DATA} if source == "app" else {}  # app events need it
+    assert source == build(inbound(action_source=source, event_source_url=None,
+                                   **app_data)).action_source
 
 
 def test_website_event_without_url_is_refused() -> None:

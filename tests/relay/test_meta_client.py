@@ -391,3 +391,19 @@ def test_check_pixel_reports_an_unreachable_api() -> None:
     error = client_for(FakeGraph(respond=respond)).check_pixel(PIXEL)
 
     assert TransientError is type(error)
+
+
+def test_fields_passed_through_go_to_meta_at_the_top_level_of_the_event() -> None:
+    graph = FakeGraph()
+    event = msgspec.structs.replace(
+        meta_event("e1"), messaging_channel="whatsapp",
+        original_event_data={"event_name": "Purchase", "event_time": 1_700_000_000},
+        passthrough={"a_field_meta_adds_next_year": {"x": [1, 2]}})
+
+    client_for(graph).send(PIXEL, [event, meta_event("e2")])
+
+    first, second = msgspec.json.decode(graph.requests[0].content)["data"]
+    assert ({"x": [1, 2]}, "whatsapp", "Purchase") == (
+        first["a_field_meta_adds_next_year"], first["messaging_channel"],
+        first["original_event_data"]["event_name"])
+    assert "passthrough" not in first and "passthrough" not in second
