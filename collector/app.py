@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 
 from collector.context import CollectorContext, json_encode
 from collector.enqueue import DurableEnqueuer
+from collector.graph import GraphError, graph_error_of, handle_graph_events
 from collector.ingest import handle_beacon, handle_server_events
 from collector.metrics import CollectorMetrics
 from collector.openapi import BeaconOperation, EventsOperation, RedirectOperation, openapi_config
@@ -214,7 +215,23 @@ async def metrics_endpoint(request: Request) -> Response:
                     media_type="text/plain; version=0.0.4")
 
 
-ROUTES = [go, events, beacon, script, healthz, readyz, metrics_endpoint]
+def on_graph_error(request: Request, exc: Exception) -> Response:
+    """The Graph endpoint refuses in Meta's shape, so Meta's clients read the error."""
+    error = graph_error_of(exc)
+    context_of(request).metrics.requests.labels("graph", str(error.status)).inc()
+    return error.response({"Retry-After": "1"} if error.transient else None)
+
+
+@post("/{version:str}/{pixel_id:str}/events", status_code=200, exception_handlers={
+    GraphError: on_graph_error, InputError: on_graph_error, StorageError: on_graph_error,
+    HTTPException: on_graph_error,
+})
+async def graph_events(request: Request, version: FromPath[str],
+                       pixel_id: FromPath[str]) -> Response:
+    return await handle_graph_events(context_of(request), request, version, pixel_id)
+
+
+ROUTES = [go, events, beacon, graph_events, script, healthz, readyz, metrics_endpoint]
 
 
 def on_input_error(request: Request, exc: InputError) -> Response:
@@ -249,6 +266,8 @@ def _route_of(request: Request) -> str:
     for prefix, name in (("/go/", "go"), ("/v1/events", "events"), ("/v1/beacon", "beacon")):
         if path.startswith(prefix):
             return name
+    if path.endswith("/events") and path.count("/") == 3:
+        return "graph"
     return "other"
 
 

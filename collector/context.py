@@ -61,7 +61,11 @@ class CollectorContext:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise InputError("send the API key as 'Authorization: Bearer <key>'", 401)
-        digest = hash_api_key(token.strip())
+        return self.key_for_token(token.strip())
+
+    def key_for_token(self, token: str) -> ApiKeySettings:
+        """The API key whose hash matches ``token`` (compared in constant time), else 401."""
+        digest = hash_api_key(token)
         for key in self.settings.api_keys:
             if hmac.compare_digest(key.sha256, digest):
                 return key
