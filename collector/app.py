@@ -222,7 +222,9 @@ def on_graph_error(request: Request, exc: Exception) -> Response:
     return error.response({"Retry-After": "1"} if error.transient else None)
 
 
-@post("/{version:str}/{pixel_id:str}/events", status_code=200, exception_handlers={
+# Not in pixelrelay's OpenAPI document: its contract is Meta's Graph API (collector/graph.py).
+@post("/{version:str}/{pixel_id:str}/events", status_code=200, include_in_schema=False,
+      exception_handlers={
     GraphError: on_graph_error, InputError: on_graph_error, StorageError: on_graph_error,
     HTTPException: on_graph_error,
 })

@@ -33,7 +33,7 @@ from litestar.openapi.spec import (
 )
 
 from collector.ingest import BeaconEvent
-from relay.events import InboundEvent
+from relay.events import MAX_PASSTHROUGH_BYTES, InboundEvent
 
 OPENAPI_PATH = "/_openapi"
 JSON = "application/json"
@@ -74,6 +74,13 @@ def _body_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
     types."""
     (events, beacon), definitions = msgspec.json.schema_components(
         [InboundEvent | list[InboundEvent], BeaconEvent], schema_hook=_any_json_value)
+    # Fields the struct does not name pass through to Meta (relay.events.inbound_event), so
+    # the event takes more properties than it lists; passthrough is where they go, not a field.
+    event = definitions["InboundEvent"]
+    event["properties"].pop("passthrough", None)
+    event["additionalProperties"] = {
+        "description": "any other field of Meta's server event, passed through unchanged "
+                       f"(at most {MAX_PASSTHROUGH_BYTES} bytes per event)"}
     return _inline(events, definitions), _inline(beacon, definitions)
 
 

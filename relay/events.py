@@ -86,7 +86,7 @@ class MetaExtensions(Struct, kw_only=True, omit_defaults=True):
 
 
 class InboundEvent(MetaExtensions, forbid_unknown_fields=True, omit_defaults=True):
-    """One event as the business's app posts it to ``/v1/events`` (``event_from_json`` puts
+    """One event as the business's app posts it to ``/v1/events`` (``inbound_event`` puts
     unknown top-level fields into ``passthrough``)."""
 
     event_name: str
