@@ -45,3 +45,11 @@ def live_collector(tmp_path_factory: pytest.TempPathFactory, module_redis: Redis
         yield LiveCollector(base, port, config, module_redis, process)
     finally:
         process.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.reliability.table import ROWS, write
+
+    if ROWS:
+        terminalreporter.section("reliability table")
+        terminalreporter.write_line(write(ROWS))
