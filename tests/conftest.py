@@ -40,3 +40,12 @@ def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The reliability table (tests/reliability/table.py), when the run made rows of it."""
+    from tests.reliability.table import ROWS, write
+
+    if ROWS:
+        terminalreporter.section("reliability table")
+        terminalreporter.write_line(write(ROWS))

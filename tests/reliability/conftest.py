@@ -46,10 +46,3 @@ def live_collector(tmp_path_factory: pytest.TempPathFactory, module_redis: Redis
     finally:
         process.stop()
 
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    from tests.reliability.table import ROWS, write
-
-    if ROWS:
-        terminalreporter.section("reliability table")
-        terminalreporter.write_line(write(ROWS))

@@ -1,0 +1,222 @@
+"""The fault suite: real relay workers, a real Redis (AOF everysec) and the fake Graph API,
+attacked under load the way production fails, each fault followed by a reconciliation of
+every acknowledged event: delivered once, or dead with a reason; the number sent twice is
+counted, the number lost must be 0 (or, for a kill -9 of Redis, within the AOF's one second).
+
+Durations are scaled down to fit ``make test``: outages last ``PIXELRELAY_FAULT_OUTAGE_S``
+seconds (default 5). The full-length version is the same file with the variable set, e.g.
+``PIXELRELAY_FAULT_OUTAGE_S=60 .venv/bin/pytest tests/integration/test_fault_suite.py`` (Redis
+stopped 60 s; the fake Meta down 60 s of 5xx, then 60 s of timeouts). Single faults are also
+tested one by one in test_crash.py and test_failures.py; this file reuses their fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from relay import _dramatiq
+from relay.events import Envelope
+from relay.queues import QUEUE_NAMES
+from tests.integration.conftest import CleanProcess, FakeMeta, RelayStack, make_envelope
+from tests.reliability.table import Row, record
+from tests.support import DEMO_TOKEN, VENV_BIN, wait_for
+
+pytestmark = pytest.mark.slow
+OUTAGE_S = float(os.environ.get("PIXELRELAY_FAULT_OUTAGE_S", "5"))
+SETTLE_S = 60 + 3 * OUTAGE_S
+
+
+def reconcile(stack: RelayStack, envelopes: Sequence[Envelope], what: str, started: float,
+              cases: int = 1) -> Row:
+    """Wait until nothing is left to do, then account for every event; record the row."""
+    wait_for(lambda: _drained(stack), SETTLE_S, interval_s=0.2, what=f"{what}: queues to drain")
+    states = stack.states(envelopes)
+    ids = stack.meta.event_ids()
+    wanted = {e.event.event_id for e in envelopes}
+    delivered = len(wanted & ids.keys())
+    dead = states["dead"]
+    row = Row(what, cases, sent=len(envelopes), delivered=delivered, dead=dead,
+              twice=sum(1 for i in wanted if ids[i] > 1),
+              lost=len(wanted) - delivered - dead, recover_s=time.monotonic() - started)
+    record(row)
+    return row
+
+
+def _drained(stack: RelayStack) -> bool:
+    client = stack.client()
+    try:
+        for queue in QUEUE_NAMES.values():
+            if client.scard(f"pixelrelay:inbox:{queue}") or stack.unacked(queue):
+                return False
+            for name in (queue, _dramatiq.delay_queue(queue)):
+                if client.hlen(_dramatiq.messages(name)):
+                    return False
+        return True
+    finally:
+        client.close()
+
+
+def pageviews(count: int) -> list[Envelope]:
+    return [make_envelope("PageView") for _ in range(count)]
+
+
+# -- processes ------------------------------------------------------------------------------------
+def test_kill_9_of_a_relay_worker_mid_batch(
+        fake_meta: Callable[..., FakeMeta], relay_stack: Callable[..., RelayStack]) -> None:
+    # Given a worker busy with batches Meta answers slowly
+    stack = relay_stack(fake_meta(FAKEMETA_LATENCY_MS="400"))
+    events = pageviews(4_000)
+    stack.inject(events)
+    doomed = stack.worker("low")
+    wait_for(lambda: stack.unacked("relay_low") >= 2, 15, what="batches in flight")
+
+    # When it is killed -9 and started again, as systemd would
+    doomed.signal(signal.SIGKILL)
+    killed = time.monotonic()
+    stack.worker("low")
+
+    # Then every event is delivered; those in flight at the kill may arrive twice
+    row = reconcile(stack, events, "kill -9 of a relay worker mid-batch", killed)
+    assert (4_000, 0, 0) == (row.delivered, row.dead, row.lost)
+
+
+def test_sigterm_of_a_relay_worker_under_load_drains_it(
+        fake_meta: Callable[..., FakeMeta], relay_stack: Callable[..., RelayStack]) -> None:
+    stack = relay_stack(fake_meta(FAKEMETA_LATENCY_MS="400"))
+    events = pageviews(4_000)
+    stack.inject(events)
+    stopping = stack.worker("low")
+    wait_for(lambda: stack.unacked("relay_low") >= 2, 15, what="batches in flight")
+
+    stopped = time.monotonic()
+    code = stopping.stop(timeout_s=60)
+    stack.worker("low")
+
+    row = reconcile(stack, events, "SIGTERM of a relay worker under load", stopped)
+    assert 0 == code, stopping.output()[-2000:]
+    assert (4_000, 0, 0, 0) == (row.delivered, row.dead, row.lost, row.twice)
+
+
+# -- Redis ----------------------------------------------------------------------------------------
+class Injector(threading.Thread):
+    """Stores events in small groups until Redis fails; keeps the acknowledged ones."""
+
+    def __init__(self, stack: RelayStack, group: int = 100) -> None:
+        super().__init__(daemon=True)
+        self.stack, self.group = stack, group
+        self.acked: list[tuple[float, Envelope]] = []
+        self.stop_requested = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_requested.is_set():
+            batch = [make_envelope("Lead") for _ in range(self.group)]
+            try:
+                self.stack.inject(batch)
+            except Exception:  # noqa: BLE001 - Redis went away: not acknowledged, stop
+                return
+            now = time.monotonic()
+            self.acked.extend((now, e) for e in batch)
+            time.sleep(0.01)  # a steady stream, not a flood the relay cannot follow
+
+
+def test_redis_killed_9_and_restarted_from_its_aof_under_load(
+        fake_meta: Callable[..., FakeMeta], relay_stack: Callable[..., RelayStack]) -> None:
+    # Given events stored continuously while a worker delivers them
+    stack = relay_stack(fake_meta())
+    stack.worker("high,normal,low")
+    injector = Injector(stack)
+    injector.start()
+    wait_for(lambda: len(injector.acked) >= 3_000, 30, what="3,000 events stored")
+
+    # When Redis is killed -9 mid-stream and restarted from its AOF
+    stack.redis.kill()
+    killed = time.monotonic()
+    injector.join(10)
+    stack.redis.start()
+
+    # Then every acknowledged event is delivered, except at most those of the last second
+    events = [e for _, e in injector.acked]
+    row = reconcile(stack, events, "Redis kill -9, restarted from the AOF (everysec)", killed)
+    ids = stack.meta.event_ids()
+    lost_at = [killed - t for t, e in injector.acked if e.event.event_id not in ids]
+    print(f"kill -9 of Redis: {len(lost_at)} of {len(events)} acknowledged events lost, "
+          f"acknowledged {max(lost_at, default=0):.2f} s or less before the kill")
+    assert 0 == row.dead
+    assert all(age <= 2.0 for age in lost_at), "lost an event older than the AOF's second"
+
+
+def test_redis_stopped_under_load_then_back(
+        fake_meta: Callable[..., FakeMeta], relay_stack: Callable[..., RelayStack]) -> None:
+    stack = relay_stack(fake_meta(FAKEMETA_LATENCY_MS="100"))
+    events = [make_envelope(n) for n in ("Purchase", "ViewContent", "PageView")
+              for _ in range(1_500)]
+    stack.inject(events)
+    stack.worker("high,normal,low")
+    wait_for(lambda: stack.meta.pixel()["events"] > 0, 15, what="deliveries to start")
+
+    stack.redis.stop()
+    stopped = time.monotonic()
+    time.sleep(OUTAGE_S)  # the outage itself: its length is the fault
+    stack.redis.start()
+
+    row = reconcile(stack, events, f"Redis stopped {OUTAGE_S:.0f} s under load", stopped)
+    assert (4_500, 0, 0, 0) == (row.delivered, row.dead, row.lost, row.twice)
+
+
+# -- Meta -----------------------------------------------------------------------------------------
+def test_meta_down_with_5xx_then_timeouts_then_back(
+        fake_meta: Callable[..., FakeMeta], relay_stack: Callable[..., RelayStack]) -> None:
+    meta = fake_meta()
+    stack = relay_stack(meta)
+    stack.worker("high,normal,low")
+    meta.faults(http_500_rate=1.0)
+    events = [make_envelope(n) for n in ("Purchase", "PageView") for _ in range(1_000)]
+    stack.inject(events)
+    down = time.monotonic()
+
+    wait_for(lambda: time.monotonic() - down >= OUTAGE_S, OUTAGE_S + 5, what="5xx phase")
+    meta.faults(http_500_rate=0.0, latency_ms=2_500)  # past the relay's 1.5 s timeout
+    wait_for(lambda: time.monotonic() - down >= 2 * OUTAGE_S, OUTAGE_S + 5, what="timeouts")
+    refused_while_down = meta.received()
+    meta.faults(latency_ms=0)
+
+    row = reconcile(stack, events, f"fake Meta down: {OUTAGE_S:.0f} s of 5xx, "
+                    f"{OUTAGE_S:.0f} s of timeouts", down)
+    print(f"requests while down: {refused_while_down['requests']} "
+          f"(rejected {refused_while_down['rejected']})")
+    assert (2_000, 0, 0) == (row.delivered, row.dead, row.lost)
+
+
+def test_a_revoked_token_dead_letters_then_a_fixed_one_delivers_the_requeued_events(
+        fake_meta: Callable[..., FakeMeta], relay_stack: Callable[..., RelayStack],
+        processes: Callable[[CleanProcess], None]) -> None:
+    # Given Meta refusing the pixel's token (190)
+    revoked = fake_meta(FAKEMETA_TOKENS="some-other-token")
+    stack = relay_stack(revoked)
+    events = [make_envelope("Purchase") for _ in range(300)]
+    stack.inject(events)
+    stack.worker("high")
+    wait_for(lambda: 300 == stack.states(events)["dead"], 30, what="300 dead letters")
+
+    # When the token is fixed (the same Graph API now takes it) and the dead letters requeued
+    revoked.process.stop()
+    fixed = CleanProcess([str(VENV_BIN / "python"), "-m", "fakemeta"],
+                         stack.directory / "fakemeta-fixed.log",
+                         env={"FAKEMETA_PORT": str(revoked.port), "FAKEMETA_TOKENS": DEMO_TOKEN})
+    processes(fixed.start())
+    stack.meta = FakeMeta(fixed, revoked.port)
+    wait_for(lambda: stack.meta.received() is not None, 20, what="the fixed fake Meta")
+    fixed_at = time.monotonic()
+    requeued = stack.tool("requeue", "--all")
+
+    # Then every event is delivered once
+    assert 0 == requeued.returncode, requeued.stdout + requeued.stderr
+    wait_for(lambda: 300 == stack.states(events)["delivered"], 30, what="300 delivered")
+    row = reconcile(stack, events, "token revoked (190), fixed, dead letters requeued", fixed_at)
+    assert (300, 0, 0, 0) == (row.delivered, row.dead, row.lost, row.twice)
