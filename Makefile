@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= pixelrelay.example.toml
 
-.PHONY: install bootstrap-up bootstrap-test up test lint audit bench bench-redirect bench-relay bench-footprint clean
+.PHONY: install bootstrap-up bootstrap-test up test lint audit loadtest bench bench-redirect bench-relay bench-footprint clean
 
 install: $(VENV)/.installed
 
@@ -37,7 +37,16 @@ lint: install
 audit: install
 	$(BIN)/pip-audit --strict --skip-editable --progress-spinner off
 
-bench: bench-redirect bench-relay bench-footprint
+# A private stack, locust's `day` shape (50,000 events) headless, and a report in var/loadtest/.
+# LOADTEST_ARGS passes options to loadtest/run.py (e.g. --host/--redis-url/--fake-meta-url).
+loadtest:
+	@$(MAKE) --no-print-directory bootstrap-test install
+	$(BIN)/python loadtest/run.py $(LOADTEST_ARGS)
+
+# Every benchmark side by side in one run, with ratios; writes docs/performance.md. The three
+# below stay as they were (each one benchmark in full, with its own options).
+bench: install
+	$(BIN)/python loadtest/bench.py $(BENCH_ARGS)
 
 bench-redirect: install
 	$(BIN)/python loadtest/bench_redirect.py

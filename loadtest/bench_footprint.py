@@ -75,10 +75,12 @@ from relay.inbox import EventWrite, Write, store_sync, write_encoder  # noqa: E4
 from relay.queues import QUEUE_NAMES, Priority  # noqa: E402
 from tests.support import (  # noqa: E402
     DEMO_API_KEY,
-    DEMO_TOKEN,
     Process,
     RedisServer,
-    free_port,
+    delivered_count,
+    stack_env,
+    start_fake_meta,
+    start_relay_worker,
     wait_for,
     write_config,
 )
@@ -310,50 +312,6 @@ def memory_by_family(client: Any) -> tuple[dict[str, int], dict[str, int], dict[
 
 
 # -- the relay -----------------------------------------------------------------------------------
-def start_fake_meta(tmp: Path, max_kept: int) -> tuple[Process, str]:
-    port = free_port()
-    process = Process([str(VENV_BIN / "python"), "-m", "fakemeta"], tmp / "fakemeta.log",
-                      env={"FAKEMETA_PORT": str(port), "FAKEMETA_LATENCY_MS": "0",
-                           "FAKEMETA_MAX_EVENTS_KEPT": str(max_kept)})
-    process.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: httpx.get(f"{url}/_fake/healthz", timeout=1).status_code == 200
-                 or not process.alive(), 30, what="fake Meta")
-    except AssertionError as exc:
-        raise BenchError(f"fake Meta did not start: {exc}\n{process.output()}") from None
-    if not process.alive():
-        raise BenchError(f"fake Meta exited:\n{process.output()[-3000:]}")
-    return process, url
-
-
-def start_relay(tmp: Path, config: Path, redis_url: str, graph_url: str,
-                priority: Priority) -> Process:
-    process = Process([str(VENV_BIN / "pixelrelay"), "relay", "--config", str(config),
-                       "--queues", priority], tmp / f"relay-{priority}.log",
-                      env={"PIXELRELAY_TEST_TOKEN": DEMO_TOKEN, "REDIS_URL": redis_url,
-                           "PIXELRELAY_GRAPH_URL": graph_url})
-    process.start()
-    try:
-        wait_for(lambda: "relay_worker_started" in process.output() or not process.alive(), 30,
-                 what="the relay worker")
-    except AssertionError as exc:
-        raise BenchError(f"the relay worker did not start: {exc}") from None
-    if not process.alive():
-        raise BenchError(f"the relay worker exited:\n{process.output()[-3000:]}")
-    return process
-
-
-def delivered_count(client: Any) -> int:
-    """Events the relay recorded as delivered (its per-minute ledger counters)."""
-    total = 0
-    for key in client.scan_iter(f"{keys.PREFIX}:stats:*"):
-        for field, value in client.hgetall(key).items():
-            if field.startswith(b"delivered:"):
-                total += int(value)
-    return total
-
-
 def drained(client: Any, queue: str, pixel_id: str) -> bool:
     """No event left in the queue's inbox and no batch message left, waiting or unacked."""
     return (client.llen(keys.inbox(queue, pixel_id)) == 0
@@ -481,8 +439,10 @@ def deliver(part: Part, tmp: Path, processes: list[Process], graph_url: str,
     Returns what the fake received for the pixel (counted from a reset) and the seconds taken.
     """
     httpx.post(f"{graph_url}/_fake/reset", timeout=60).raise_for_status()
-    relay = start_relay(tmp / part.kind.name, part.config, part.redis.url, graph_url,
-                        priority_of(stored.queue))
+    priority = priority_of(stored.queue)
+    relay = start_relay_worker(tmp / part.kind.name, part.config,
+                               stack_env(part.redis.url, graph_url), priority,
+                               f"relay-{priority}")
     processes.append(relay)
     started = time.monotonic()
     try:
@@ -564,8 +524,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace, tmp: Path, processes: list[Process]) -> int:
-    meta, meta_url = start_fake_meta(tmp, max_kept=args.events)
-    processes.append(meta)
+    meta = start_fake_meta(tmp, FAKEMETA_LATENCY_MS="0", FAKEMETA_MAX_EVENTS_KEPT=str(args.events))
+    processes.append(meta.process)
+    meta_url = meta.url
     parts = [prepare(kind, tmp, processes, meta_url)
              for kind in KINDS if args.kind in (kind.name, "both")]
     settings = parts[0].settings

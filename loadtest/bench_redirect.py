@@ -34,18 +34,13 @@ start or a run failed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
-import resource
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +50,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from loadtest._harness import (  # noqa: E402
-    TICK_S,
+    BROWSER_UA,
     BenchError,
-    group_cpu_ticks,
-    machine_busy_ticks,
+    CpuMeter,
+    WrkResult,
     machine_summary,
+    py_spy,
     run_benchmark,
+    run_wrk,
+    start_nginx,
     start_redis,
 )
 from relay import keys  # noqa: E402
@@ -70,204 +68,20 @@ from tests.support import (  # noqa: E402
     DEMO_API_KEY,
     DEMO_PIXEL,
     Process,
+    answering,
+    child_pids,
+    clean_env,
     free_port,
+    start_collector,
+    wait_started,
     write_config,
 )
 
-BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120 Safari/537.36"
 REDIRECT_PATH = "/go/demo?fbclid=abc&utm_source=fb"
-WRK_SCRIPT = ROOT / "loadtest" / "redirect.lua"
 EVENTS_SCRIPT = ROOT / "loadtest" / "events.lua"
 EVENTS_PATH = "/v1/events"
-DRAIN_S = 3  # wrk runs this much longer than the measured window, to collect answers in flight
 FLOOR_RPS = 5_000
 FLOOR_P99_MS = 10.0
-
-NGINX_CONF = """\
-worker_processes 1;
-pid {tmp}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ return 302 https://example.com/; }}
-    }}
-}}
-"""
-
-
-@dataclass(frozen=True)
-class WrkResult:
-    label: str
-    statuses: dict[int, int]
-    window_s: float
-    max_lag_ms: float
-    socket_errors: dict[str, int]
-    latency_ms: dict[str, float]
-    cpu: CpuUse | None = None
-    accepted: int | None = None  # events.lua: events the 202 answers accepted
-
-    @property
-    def answered(self) -> int:
-        return sum(self.statuses.values())
-
-    @property
-    def redirects(self) -> int:
-        return self.statuses.get(302, 0)
-
-    @property
-    def rate(self) -> float:
-        return self.answered / self.window_s if self.window_s else 0.0
-
-
-@dataclass(frozen=True)
-class CpuUse:
-    """CPU seconds used during one run: by the server under test, and by processes not ours."""
-
-    server_s: float
-    foreign_s: float
-    elapsed_s: float
-    per_server_s: tuple[float, ...] = ()  # server_s split by the servers measured together
-
-
-class CpuMeter:
-    """Reads /proc so a report can say how much CPU the server used per request, and whether
-    something else on the machine (a test suite, a build) was competing for the two cores."""
-
-    def __init__(self, ours: list[Process]) -> None:
-        self._ours = ours
-
-    def _sample(self, servers: Sequence[Process]
-                ) -> tuple[float, int, int, list[int], float]:
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        me = resource.getrusage(resource.RUSAGE_SELF)
-        mine = children.ru_utime + children.ru_stime + me.ru_utime + me.ru_stime
-        ours = {p.pid for p in self._ours if p.popen is not None}
-        return (time.monotonic(), machine_busy_ticks(), group_cpu_ticks(ours),
-                [group_cpu_ticks({s.pid}) for s in servers], mine)
-
-    @staticmethod
-    def machine_load(seconds: float = 2.0) -> float:
-        """CPUs busy on the whole machine, averaged over ``seconds``."""
-        before = machine_busy_ticks()
-        time.sleep(seconds)
-        return (machine_busy_ticks() - before) * TICK_S / seconds
-
-    @contextlib.contextmanager
-    def measure(self, server: Process, *more: Process) -> Iterator[list[CpuUse]]:
-        """Yield a list that holds the run's ``CpuUse`` once the block has finished; with
-        ``more`` servers, their CPU counts as the server's too (nginx and the collector)."""
-        out: list[CpuUse] = []
-        t0, busy0, ours0, server0, mine0 = self._sample((server, *more))
-        yield out
-        t1, busy1, ours1, server1, mine1 = self._sample((server, *more))
-        foreign = (busy1 - busy0 - (ours1 - ours0)) * TICK_S - (mine1 - mine0)
-        per_server = tuple((b - a) * TICK_S for a, b in zip(server0, server1, strict=True))
-        out.append(CpuUse(sum(per_server), max(foreign, 0.0), t1 - t0, per_server))
-
-
-# -- the servers ---------------------------------------------------------------------------------
-def start_collector(tmp: Path, config: Path, port: int, granian_args: list[str]) -> Process:
-    """The collector as ``pixelrelay collector`` execs it, on ``port``."""
-    args = [
-        str(Path(sys.executable).parent / "granian"), "--interface", "asgi", "--factory",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--loop", "uvloop",
-        "--no-ws", "--log-level", "warning", *granian_args, "collector.app:create_app",
-    ]
-    process = Process(args, tmp / "collector.log",
-                      env={"PIXELRELAY_CONFIG": str(config), "PIXELRELAY_LOG_LEVEL": "WARNING"})
-    process.start()
-    _wait_ready(process, f"http://127.0.0.1:{port}/healthz", "the collector")
-    return process
-
-
-def start_nginx(tmp: Path, port: int) -> Process:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port))
-    process = Process([nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "nginx-error.log"),
-                       "-g", "daemon off;"], tmp / "nginx.log")
-    process.start()
-    _wait_ready(process, f"http://127.0.0.1:{port}/", "nginx")
-    return process
-
-
-def _wait_ready(process: Process, url: str, what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not process.alive():
-            raise BenchError(f"{what} exited at start-up; its output:\n{process.output()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        time.sleep(0.1)
-    raise BenchError(f"{what} did not answer {url} within {timeout_s:g} s; its output:\n"
-                     f"{process.output()}")
-
-
-def worker_pid(process: Process) -> int | None:
-    """The granian worker (the child of granian's main process), for py-spy."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-        return int(children[0])
-    return None
-
-
-# -- the load ------------------------------------------------------------------------------------
-def run_wrk(label: str, url: str, server: Process, meter: CpuMeter, *, duration_s: float,
-            connections: int, rate: float = 0.0, also: Sequence[Process] = (),
-            headers: Sequence[str] = (f"User-Agent: {BROWSER_UA}",),
-            script: Path = WRK_SCRIPT, script_args: Sequence[str] = ()) -> WrkResult:
-    """One wrk run of ``duration_s`` (plus the drain); ``rate`` > 0 paces it (requests/s).
-
-    ``also``: processes whose CPU counts with the server's (the collector behind nginx).
-    """
-    wrk = shutil.which("wrk") or "/usr/bin/wrk"
-    args = [wrk, "-t1", f"-c{connections}", f"-d{int(duration_s + DRAIN_S)}s", "-T5s",
-            *(arg for header in headers for arg in ("-H", header)), "-s", str(script), url,
-            "--", str(duration_s), str(rate), *script_args]
-    with meter.measure(server, *also) as cpu:
-        done = subprocess.run(args, capture_output=True, text=True, check=False)
-    lines = done.stdout.splitlines()
-    line = next((ln for ln in lines if ln.startswith("BENCH_JSON ")), None)
-    if done.returncode != 0 or line is None:
-        raise BenchError(f"wrk failed for {label} (exit {done.returncode}):\n"
-                         f"{done.stdout}\n{done.stderr}")
-    data = json.loads(line.removeprefix("BENCH_JSON "))
-    events = next((ln for ln in lines if ln.startswith("BENCH_EVENTS ")), None)
-    return WrkResult(
-        label=label,
-        statuses={int(k): v for k, v in data["statuses"].items()},
-        window_s=data["window_ms"] / 1000,
-        max_lag_ms=data["max_lag_ms"],
-        socket_errors={k: v for k, v in data["errors"].items() if v},
-        latency_ms={k: v / 1000 for k, v in data["latency_us"].items()},
-        cpu=cpu[0],
-        accepted=json.loads(events.removeprefix("BENCH_EVENTS "))["accepted"] if events else None,
-    )
-
-
-@contextlib.contextmanager
-def py_spy(pid: int | None, output: Path | None) -> Iterator[None]:
-    """Record the granian worker with py-spy while the block runs (``--profile``)."""
-    if output is None:
-        yield
-        return
-    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
-    if spy is None or pid is None:
-        raise BenchError("--profile needs py-spy (.venv/bin/pip install py-spy) and a worker pid")
-    fmt = {".json": "speedscope", ".txt": "raw"}.get(output.suffix, "flamegraph")
-    recorder = subprocess.Popen([spy, "record", "--pid", str(pid), "--output", str(output),
-                                 "--format", fmt, "--rate", "250", "--nonblocking"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        yield
-    finally:
-        recorder.send_signal(signal.SIGINT)
-        recorder.wait(30)
-
 
 # -- the report ----------------------------------------------------------------------------------
 def _versions() -> str:
@@ -348,7 +162,8 @@ def start_shipped_nginx(tmp: Path, collector_port: int) -> tuple[Process, int]:
     process = Process([nginx, "-p", f"{prefix}/", "-c", str(conf), "-e", "stderr",
                        "-g", "daemon off;"], tmp / "nginx-shipped.log")
     process.start()
-    _wait_ready(process, f"http://127.0.0.1:{public}/healthz", "nginx with the shipped config")
+    wait_started(process, answering(f"http://127.0.0.1:{public}/healthz"),
+                 "nginx with the shipped config")
     return process, public
 
 
@@ -563,7 +378,7 @@ def _bench(args: argparse.Namespace, tmp: Path, processes: list[Process]) -> int
     config = write_config(tmp, redis_url=redis.url, collector_port=collector_port)
     settings = load_settings(config)
     inbox_key = keys.inbox(queue_for(settings.links[0].event_name, settings.relay), DEMO_PIXEL)
-    collector = start_collector(tmp, config, collector_port, args.granian_arg)
+    collector = start_collector(tmp, config, collector_port, clean_env(), args.granian_arg)
     processes.append(collector)
     if args.serve:
         return _serve(collector_port, config)
@@ -596,7 +411,7 @@ def _bench(args: argparse.Namespace, tmp: Path, processes: list[Process]) -> int
     run_wrk("nginx warm-up", nginx_url, nginx, meter, duration_s=args.warmup_s,
             connections=args.connections)
 
-    with py_spy(worker_pid(collector), args.profile):
+    with py_spy(next(iter(child_pids(collector.pid)), None), args.profile):
         unpaced = on_collector("unpaced", duration_s=args.duration_s,
                                connections=args.connections)
     reference = run_wrk("nginx", nginx_url, nginx, meter, duration_s=args.duration_s,

@@ -38,12 +38,9 @@ figures are reported as they are); 1 when events were lost; 2 when something fai
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import hashlib
 import itertools
 import json
-import os
 import signal
 import sys
 import time
@@ -53,28 +50,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from loadtest._harness import (  # noqa: E402
-    TICK_S,
     BenchError,
-    group_cpu_ticks,
-    machine_busy_ticks,
+    CpuMeter,
     machine_summary,
     run_benchmark,
     start_redis,
 )
 from relay import _dramatiq  # noqa: E402
-from relay import keys as relay_keys  # noqa: E402
 from relay.config import RelaySettings, load_settings  # noqa: E402
 from relay.events import Envelope, MetaEvent, UserData, decode_envelope, encode  # noqa: E402
 from relay.inbox import EventWrite, store_sync  # noqa: E402
-from relay.ledger import minute_of  # noqa: E402
 from relay.queues import queue_for  # noqa: E402
-from tests.support import Process, RedisServer, free_port, wait_for  # noqa: E402
+from tests.support import (  # noqa: E402
+    FakeMeta,
+    Process,
+    RedisServer,
+    StartupError,
+    delivered_count,
+    relay_worker,
+    stack_env,
+    start_fake_meta,
+    wait_for,
+    wait_relay,
+)
 
 PIXEL = "1234567890"
 TOKEN_ENV = "PIXELRELAY_BENCH_TOKEN"
@@ -125,48 +127,6 @@ def store_one_stamped(client: Any, envelope: Envelope) -> Envelope:
 
 
 # -- the processes -------------------------------------------------------------------------------
-@dataclass
-class FakeMeta:
-    process: Process
-    url: str
-
-    def get(self, path: str, **params: str) -> Any:
-        return httpx.get(f"{self.url}{path}", params=params, timeout=60).json()
-
-    def reset(self, latency_ms: int) -> None:
-        httpx.post(f"{self.url}/_fake/reset", timeout=10).raise_for_status()
-        httpx.post(f"{self.url}/_fake/faults", json={"latency_ms": latency_ms},
-                   timeout=10).raise_for_status()
-
-    def arrivals(self, event_name: str) -> list[tuple[str, int]]:
-        body = self.get("/_fake/arrivals", pixel_id=PIXEL, event_name=event_name)
-        return [(a["event_id"], a["received_ms"]) for a in body["arrivals"]]
-
-    def summary(self) -> dict[str, Any]:
-        """Counts without the (long) id list."""
-        received = self.get("/_fake/received")
-        pixel = received["pixels"].get(PIXEL, {"events": 0, "duplicates": 0})
-        return {"events": pixel["events"], "duplicates": pixel["duplicates"],
-                "requests": received["requests"], "batches": received["batches"],
-                "rejected": received["rejected"]}
-
-
-def start_fake_meta(tmp: Path, max_kept: int) -> FakeMeta:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FAKEMETA_")}
-    env.update(FAKEMETA_PORT=str(port), FAKEMETA_LATENCY_MS="200",
-               FAKEMETA_MAX_EVENTS_KEPT=str(max_kept))
-    process = Process([str(VENV_BIN / "python"), "-m", "fakemeta"], tmp / "fakemeta.log",
-                      env=env).start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: httpx.get(f"{url}/_fake/healthz", timeout=1).status_code == 200, 30,
-                 what="fake Meta")
-    except AssertionError as exc:
-        raise BenchError(f"fake Meta did not start: {exc}\n{process.output()}") from None
-    return FakeMeta(process, url)
-
-
 def write_bench_config(tmp: Path, redis_url: str, graph_url: str,
                        relay: Mapping[str, int] | None = None,
                        name: str = "pixelrelay.toml") -> Path:
@@ -204,28 +164,16 @@ class Workers:
     def start_group(self, queues: str, count: int, config: Path | None = None) -> list[Process]:
         """``count`` workers launched together (``config``, else the bench's), returned once
         every one has started: none gets a head start of a whole start-up (imports)."""
-        def started_or_gone(process: Process) -> bool:
-            return "relay_worker_started" in process.output() or not process.alive()
-
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PIXELRELAY_")}
-        env.update({TOKEN_ENV: "bench-token", "REDIS_URL": self.redis_url})
-        group: list[tuple[int, Process]] = []
-        for _ in range(count):
-            n = next(self._serial)
-            process = Process([str(VENV_BIN / "pixelrelay"), "relay", "--config",
-                               str(config or self.config), "--queues", queues],
-                              self.tmp / f"worker-{n}-{queues}.log", env=env).start()
-            self.started.append(process)
-            self.registry.append(process)
-            group.append((n, process))
-        for n, process in group:
-            try:
-                wait_for(functools.partial(started_or_gone, process), 30, what=f"worker {n}")
-            except AssertionError as exc:
-                raise BenchError(f"worker {n} did not start: {exc}") from None
-            if not process.alive():
-                raise BenchError(f"worker {n} exited:\n{process.output()[-3000:]}")
-        return [process for _, process in group]
+        env = stack_env(self.redis_url, "http://127.0.0.1:9", TOKEN_ENV)
+        env.pop("PIXELRELAY_GRAPH_URL")  # the config names the fake
+        group = [relay_worker(self.tmp, config or self.config, env, queues,
+                              f"worker-{next(self._serial)}-{queues}") for _ in range(count)]
+        self.started += group
+        self.registry += group
+        try:
+            return [wait_relay(process) for process in group]
+        except StartupError as exc:
+            raise BenchError(str(exc)) from None
 
     def stop_all(self) -> None:
         for process in self.started:
@@ -234,62 +182,6 @@ class Workers:
 
 
 # -- measuring -----------------------------------------------------------------------------------
-class CpuMeter:
-    """CPU seconds of the machine minus ours (the bench and its children) during a phase, so
-    the report says whether something else (a test suite, a build) competed for the cores."""
-
-    @staticmethod
-    def _machine_busy_s() -> float:
-        return machine_busy_ticks() * TICK_S
-
-    @staticmethod
-    def group_cpu_s(pgid: int) -> float:
-        """CPU seconds used so far by the live processes of one process group."""
-        return CpuMeter._ours_s({pgid})
-
-    @staticmethod
-    def cpu_s(processes: Sequence[Process]) -> float:
-        """CPU seconds used so far by these processes (each leads its own process group)."""
-        return CpuMeter._ours_s({p.pid for p in processes})
-
-    @staticmethod
-    def _ours_s(pgids: set[int]) -> float:
-        return group_cpu_ticks(pgids) * TICK_S
-
-    def __init__(self, processes: list[Process]) -> None:
-        self.processes = processes
-
-    @contextlib.contextmanager
-    def measure(self) -> Iterator[dict[str, float]]:
-        out: dict[str, float] = {}
-        groups = lambda: {p.pid for p in self.processes if p.alive()} | {os.getpgid(0)}  # noqa: E731
-        t0, busy0, ours0 = time.monotonic(), self._machine_busy_s(), self._ours_s(groups())
-        yield out
-        gone = self._ours_s(groups())  # processes stopped during the phase are not counted
-        t1, busy1 = time.monotonic(), self._machine_busy_s()
-        out["foreign_cpus"] = max(0.0, (busy1 - busy0) - (gone - ours0)) / (t1 - t0)
-
-
-def delivered_count(client: Any, since_ms: int | None = None) -> int:
-    """Events the relay has recorded as delivered (its per-minute ledger counters): cheaper to
-    poll than the fake's id lists. The figures themselves come from the fake.
-
-    Without ``since_ms`` the counters are found by SCAN, which walks every key (several per
-    event delivered: 400,000 after 100,000 events, up to seconds per poll on Redis's one
-    core); with it, only the minutes from ``since_ms`` to now are read."""
-    if since_ms is None:
-        found = list(client.scan_iter("pixelrelay:stats:*"))
-    else:
-        found = [relay_keys.counters(minute) for minute in
-                 range(minute_of(since_ms), minute_of(int(time.time() * 1000)) + 2)]
-    total = 0
-    for key in found:
-        for field, value in client.hgetall(key).items():
-            if field.startswith(b"delivered:"):
-                total += int(value)
-    return total
-
-
 def wait_delivered(client: Any, target: int, timeout_s: float, what: str,
                    on_poll: Callable[[int], None] | None = None,
                    since_ms: int | None = None) -> None:
@@ -360,15 +252,15 @@ def run_throughput(client: Any, meta: FakeMeta, redis: Process, workers: Workers
     (t0, used0), (t1, used1) = marks[0], marks[-1]
     cpus = {name: (used1[name] - used0[name]) / (t1 - t0) if t1 > t0 else float("nan")
             for name in used}
-    summary = meta.summary()
-    arrivals = meta.arrivals("PageView")
+    summary = meta.summary(PIXEL)
+    arrivals = meta.arrival_list("PageView")
     times = sorted(ms for _, ms in arrivals)
     first, last = times[0], times[-1]
     after_first = sum(1 for ms in times if ms > first)
     span_s = (last - first) / 1000
     return Throughput(summary["events"], after_first / span_s if span_s else 0.0,
                       summary["events"] / max(1, summary["batches"]), summary["duplicates"],
-                      count - len({eid for eid, _ in arrivals}), span_s, cpu["foreign_cpus"],
+                      count - len({eid for eid, _ in arrivals}), span_s, cpu[0].foreign_cpus,
                       {name: s * 1e6 / count for name, s in used.items()}, cpus)
 
 
@@ -394,7 +286,7 @@ def run_priority(client: Any, meta: FakeMeta, workers: Workers, meter: CpuMeter,
                   for p in _paced(envelopes("Purchase", purchases, "purchase"), interval_s)]
 
         def all_arrived() -> dict[str, int]:
-            found = dict(reversed(meta.arrivals("Purchase")))  # the first arrival of each id
+            found = dict(reversed(meta.arrival_list("Purchase")))  # the first arrival of each id
             return found if len(found) >= purchases else {}  # empty: keep waiting
 
         try:
@@ -404,15 +296,15 @@ def run_priority(client: Any, meta: FakeMeta, workers: Workers, meter: CpuMeter,
         wait_delivered(client, backlog + purchases, 600, "the PageView backlog")
     workers.stop_all()
     last_purchase = max(arrived.values())
-    pageviews = meta.arrivals("PageView")
-    summary = meta.summary()
+    pageviews = meta.arrival_list("PageView")
+    summary = meta.summary(PIXEL)
     return Priority(
         latencies_ms=sorted(arrived[p.event.event_id] - p.received_ms for p in stored),
         overtaken=sum(1 for _, ms in pageviews if ms > last_purchase),
         backlog=backlog,
         pageviews_lost=backlog - len({eid for eid, _ in pageviews}),
         duplicates=summary["duplicates"],
-        foreign_cpus=cpu["foreign_cpus"],
+        foreign_cpus=cpu[0].foreign_cpus,
     )
 
 
@@ -476,7 +368,7 @@ def run_kill(client: Any, meta: FakeMeta, workers: Workers, count: int,
         # An orphan arrived before the kill only if its batch was answered and marked sent
         # but not acked (the redelivery skips it); else after it, once or twice.
         last: dict[str, int] = {}
-        for eid, ms in meta.arrivals("PageView"):
+        for eid, ms in meta.arrival_list("PageView"):
             if eid in orphans:
                 last[eid] = max(ms, last.get(eid, 0))
         redelivered_s = (max(last.values()) - killed_ms) / 1000 if last else float("nan")
@@ -484,7 +376,7 @@ def run_kill(client: Any, meta: FakeMeta, workers: Workers, count: int,
         raise BenchError(str(exc)) from None
     wait_delivered(client, count, 300, "every event of the kill phase")
     workers.stop_all()
-    ids = Counter(eid for eid, _ in meta.arrivals("PageView"))
+    ids = Counter(eid for eid, _ in meta.arrival_list("PageView"))
     return Recovery(
         requeued_s=requeued_s,
         redelivered_s=redelivered_s,
@@ -533,8 +425,8 @@ def _start(args: argparse.Namespace, tmp: Path, processes: list[Process]) -> int
     """Redis, the fake and the config, then the phases; workers get 30 s to stop."""
     redis = start_redis(tmp / "redis", processes)
     # Room for every arrival of every phase, events that arrive twice included.
-    meta = start_fake_meta(tmp, max_kept=2 * (max(args.events, args.backlog,
-                                                  args.kill_events) + args.purchases))
+    max_kept = 2 * (max(args.events, args.backlog, args.kill_events) + args.purchases)
+    meta = start_fake_meta(tmp, FAKEMETA_LATENCY_MS="200", FAKEMETA_MAX_EVENTS_KEPT=str(max_kept))
     processes.append(meta.process)
     config = write_bench_config(tmp, redis.url, meta.url)
     workers = Workers(tmp, config, redis.url, processes)

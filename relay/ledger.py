@@ -135,6 +135,28 @@ class Ledger:
         value = self._client.get(keys.state(dedup_key))
         return value.decode() if isinstance(value, bytes) else None
 
+    def states(self, dedup_keys: Sequence[str], chunk: int = 5_000) -> dict[str, str | None]:
+        """The current state of each event (None: never recorded), a pipeline per ``chunk``."""
+        found: dict[str, str | None] = {}
+        for start in range(0, len(dedup_keys), chunk):
+            part = dedup_keys[start:start + chunk]
+            pipe = self._client.pipeline(transaction=False)
+            for key in part:
+                pipe.get(keys.state(key))
+            for key, value in zip(part, pipe.execute(), strict=True):
+                found[key] = value.decode() if isinstance(value, bytes) else None
+        return found
+
+    def accepted_between(self, start_ms: int, end_ms: int) -> dict[str, int]:
+        """Dedup key -> acceptance time (ms) of every event the collector stored in
+        [start_ms, end_ms], from the per-hour accepted sets the audit reads."""
+        found: dict[str, int] = {}
+        for hour in range(start_ms // 3_600_000, end_ms // 3_600_000 + 1):
+            for member, score in self._client.zrangebyscore(keys.accepted(hour), start_ms,
+                                                             end_ms, withscores=True):
+                found[member.decode()] = int(score)
+        return found
+
     def keys_for_event(self, event_id: str) -> list[str]:
         members: Iterable[bytes] = self._client.smembers(keys.event_index(event_id))
         return sorted(m.decode() for m in members)

@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -241,3 +242,212 @@ def established_connections(port: int) -> int:
             if local_port == port and fields[3] == "01":
                 count += 1
     return count
+
+
+# -- the stack's processes, shared by tests/, loadtest/bench_*.py and loadtest/run.py ------------
+# Each ``start_*`` returns once the process answers, or raises ``StartupError`` (an
+# AssertionError, so a test fails with it) naming what did not start, with its log's tail.
+CHILD_ENV_PREFIXES = ("FAKEMETA_", "PIXELRELAY_")
+
+
+class StartupError(AssertionError):
+    """A process of the stack exited or did not answer in time."""
+
+
+def clean_env(**env: str) -> dict[str, str]:
+    """The caller's environment without the settings that would change what a child does (a
+    REDIS_URL or PIXELRELAY_GRAPH_URL must never point a child at a real server), plus ``env``."""
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(CHILD_ENV_PREFIXES) and k != "REDIS_URL"}
+    return {**base, **env}
+
+
+def wait_started(process: Process, ready: Callable[[], bool], what: str,
+                 timeout_s: float = 30.0) -> Process:
+    """Wait until ``ready()`` or the process exits; raise ``StartupError`` unless it is ready."""
+    try:
+        wait_for(lambda: not process.alive() or ready(), timeout_s, what=what)
+    except AssertionError as exc:
+        raise StartupError(f"{what}: {exc}\n{process.output()[-3000:]}") from None
+    if not process.alive():
+        raise StartupError(f"{what}: it exited; its output:\n{process.output()[-3000:]}")
+    return process
+
+
+def answering(url: str) -> Callable[[], bool]:
+    def ok() -> bool:
+        try:
+            return httpx.get(url, timeout=1.0).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    return ok
+
+
+@dataclass
+class FakeMeta:
+    """A running fake Graph API (``python -m fakemeta``) and its ``/_fake`` endpoints."""
+
+    process: Process
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def received(self) -> dict[str, Any]:
+        received: dict[str, Any] = httpx.get(f"{self.url}/_fake/received", timeout=60).json()
+        return received
+
+    def pixel(self, pixel_id: str = DEMO_PIXEL) -> dict[str, Any]:
+        empty = {"events": 0, "event_ids": [], "duplicates": 0}
+        pixel: dict[str, Any] = self.received()["pixels"].get(pixel_id, empty)
+        return pixel
+
+    def event_ids(self, pixel_id: str = DEMO_PIXEL) -> Counter[str]:
+        return Counter(self.pixel(pixel_id)["event_ids"])
+
+    def arrivals(self, event_name: str, pixel_id: str = DEMO_PIXEL) -> dict[str, int]:
+        """event_id -> wall-clock ms when the fake accepted it (first arrival)."""
+        body = httpx.get(f"{self.url}/_fake/arrivals", timeout=60,
+                         params={"pixel_id": pixel_id, "event_name": event_name}).json()
+        found: dict[str, int] = {}
+        for item in body["arrivals"]:
+            found.setdefault(item["event_id"], item["received_ms"])
+        return found
+
+    def faults(self, **changes: Any) -> dict[str, Any]:
+        response = httpx.post(f"{self.url}/_fake/faults", json=changes, timeout=10)
+        response.raise_for_status()
+        settings: dict[str, Any] = response.json()
+        return settings
+
+    def arrival_list(self, event_name: str, pixel_id: str = DEMO_PIXEL) -> list[tuple[str, int]]:
+        """(event_id, wall-clock ms) of every accepted copy, repeats included, oldest first."""
+        body = httpx.get(f"{self.url}/_fake/arrivals", timeout=60,
+                         params={"pixel_id": pixel_id, "event_name": event_name}).json()
+        return [(a["event_id"], a["received_ms"]) for a in body["arrivals"]]
+
+    def summary(self, pixel_id: str = DEMO_PIXEL) -> dict[str, Any]:
+        """The counts of ``/_fake/received`` without the (long) id list."""
+        received = self.received()
+        pixel = received["pixels"].get(pixel_id, {"events": 0, "duplicates": 0})
+        return {"events": pixel["events"], "duplicates": pixel["duplicates"],
+                "requests": received["requests"], "batches": received["batches"],
+                "rejected": received["rejected"]}
+
+    def reset(self, latency_ms: int | None = None) -> None:
+        """Forget what was received; with ``latency_ms``, answer that slowly from now on."""
+        httpx.post(f"{self.url}/_fake/reset", timeout=10).raise_for_status()
+        if latency_ms is not None:
+            self.faults(latency_ms=latency_ms)
+
+
+def start_fake_meta(directory: Path, name: str = "fakemeta", **env: str) -> FakeMeta:
+    """``python -m fakemeta`` on a free port, configured by ``FAKEMETA_*`` variables in ``env``
+    (e.g. ``FAKEMETA_LATENCY_MS="200"``); nothing else of the caller's FAKEMETA_* leaks in."""
+    port = free_port()
+    process = Process([str(VENV_BIN / "python"), "-m", "fakemeta"], directory / f"{name}.log",
+                      env=clean_env(FAKEMETA_PORT=str(port), **env)).start()
+    meta = FakeMeta(process, port)
+    wait_started(process, answering(f"{meta.url}/_fake/healthz"), "the fake Graph API")
+    return meta
+
+
+def stack_env(redis_url: str, graph_url: str, token_env: str = "PIXELRELAY_TEST_TOKEN",
+              **env: str) -> dict[str, str]:
+    """What collector and relay children get: this Redis, this Graph API, a token, ``env``."""
+    return clean_env(**{token_env: DEMO_TOKEN, "REDIS_URL": redis_url,
+                        "PIXELRELAY_GRAPH_URL": graph_url}, **env)
+
+
+def relay_worker(directory: Path, config: Path, env: Mapping[str, str],
+                 queues: str = "high,normal,low", name: str = "relay") -> Process:
+    """``pixelrelay relay --queues ...``, started but not yet waited for (``wait_relay``)."""
+    return Process([str(VENV_BIN / "pixelrelay"), "relay", "--config", str(config),
+                    "--queues", queues], directory / f"{name}.log", env=dict(env)).start()
+
+
+def wait_relay(process: Process, timeout_s: float = 30.0) -> Process:
+    """Wait until a relay worker's consumers run."""
+    return wait_started(process, lambda: "relay_worker_started" in process.output(),
+                        f"relay worker {process.log_path.stem}", timeout_s)
+
+
+def start_relay_worker(directory: Path, config: Path, env: Mapping[str, str],
+                       queues: str = "high,normal,low", name: str = "relay") -> Process:
+    """A relay worker process, returned once its consumers run."""
+    return wait_relay(relay_worker(directory, config, env, queues, name))
+
+
+def start_collector(directory: Path, config: Path, port: int, env: Mapping[str, str],
+                    granian_args: Sequence[str] = (), workers: int = 1) -> Process:
+    """The collector as ``pixelrelay collector`` execs it (granian, uvloop) on ``port``."""
+    args = [str(VENV_BIN / "granian"), "--interface", "asgi", "--factory", "--host",
+            "127.0.0.1", "--port", str(port), "--workers", str(workers), "--loop", "uvloop",
+            "--no-ws", "--log-level", "warning", *granian_args, "collector.app:create_app"]
+    process = Process(args, directory / "collector.log",
+                      env={**env, "PIXELRELAY_CONFIG": str(config),
+                           "PIXELRELAY_LOG_LEVEL": "WARNING"}).start()
+    return wait_started(process, answering(f"http://127.0.0.1:{port}/healthz"), "the collector")
+
+
+def delivered_count(client: Any, since_ms: int | None = None) -> int:
+    """Events the relay has recorded as delivered (its per-minute ledger counters): cheaper to
+    poll than the fake's id lists.
+
+    Without ``since_ms`` the counters are found by SCAN, which walks every key (several per
+    event delivered; seconds per poll after a few hundred thousand events); with it, only the
+    minutes from ``since_ms`` to now are read."""
+    from relay import keys
+    from relay.ledger import minute_of
+
+    if since_ms is None:
+        found = list(client.scan_iter(keys.counters(0).rsplit(":", 1)[0] + ":*"))
+    else:
+        found = [keys.counters(minute) for minute in
+                 range(minute_of(since_ms), minute_of(int(time.time() * 1000)) + 2)]
+    total = 0
+    for key in found:
+        for name, value in client.hgetall(key).items():
+            if name.startswith(b"delivered:"):
+                total += int(value)
+    return total
+
+
+# -- CPU and memory, read from /proc --------------------------------------------------------------
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")  # seconds per clock tick, the unit of /proc's CPU times
+
+
+def machine_busy_ticks() -> int:
+    """Clock ticks the whole machine has spent busy since boot (all CPUs, /proc/stat)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return user + nice + system + irq + softirq + steal
+
+
+def group_cpu_ticks(pgids: set[int]) -> int:
+    """utime + stime, in clock ticks, of every live process in these process groups."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) in pgids:
+                total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of one process (VmRSS), in bytes; 0 once it is gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (a granian main process's workers)."""
+    with contextlib.suppress(OSError, ValueError):
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return []

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 import subprocess
 import time
 from collections import Counter
@@ -35,8 +34,10 @@ from tests.support import (
     DEMO_PIXEL,
     DEMO_TOKEN,
     VENV_BIN,
+    FakeMeta,
     Process,
     RedisServer,
+    clean_env,
     free_port,
     wait_for,
     write_config,
@@ -80,43 +81,6 @@ def inject(client: Redis, envelopes: Sequence[Envelope], chunk: int = 5_000) -> 
             for e in envelopes[start:start + chunk]
         ]
         store_sync(client, writes, LEDGER_TTL_S)
-
-
-@dataclass
-class FakeMeta:
-    process: Process
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def received(self) -> dict[str, Any]:
-        received: dict[str, Any] = httpx.get(f"{self.url}/_fake/received", timeout=10).json()
-        return received
-
-    def pixel(self, pixel_id: str = DEMO_PIXEL) -> dict[str, Any]:
-        empty = {"events": 0, "event_ids": [], "duplicates": 0}
-        pixel: dict[str, Any] = self.received()["pixels"].get(pixel_id, empty)
-        return pixel
-
-    def event_ids(self, pixel_id: str = DEMO_PIXEL) -> Counter[str]:
-        return Counter(self.pixel(pixel_id)["event_ids"])
-
-    def arrivals(self, event_name: str, pixel_id: str = DEMO_PIXEL) -> dict[str, int]:
-        """event_id -> wall-clock ms when the fake accepted it (first arrival)."""
-        body = httpx.get(f"{self.url}/_fake/arrivals", timeout=30,
-                         params={"pixel_id": pixel_id, "event_name": event_name}).json()
-        found: dict[str, int] = {}
-        for item in body["arrivals"]:
-            found.setdefault(item["event_id"], item["received_ms"])
-        return found
-
-    def faults(self, **changes: Any) -> dict[str, Any]:
-        response = httpx.post(f"{self.url}/_fake/faults", json=changes, timeout=10)
-        response.raise_for_status()
-        settings: dict[str, Any] = response.json()
-        return settings
 
 
 @dataclass
@@ -207,8 +171,7 @@ class RelayStack:
 
 def _clean_env() -> dict[str, str]:
     """The caller's environment without settings that would change what a child does."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("FAKEMETA_", "PIXELRELAY_")) and k != "REDIS_URL"}
+    return clean_env()
 
 
 class CleanProcess(Process):
