@@ -12,6 +12,7 @@
     pixelrelay audit                reconcile accepted events with their outcome
     pixelrelay requeue KEY|--all    send dead letters again
     pixelrelay openapi              the collector's OpenAPI document (JSON)
+    pixelrelay user add NAME        a dashboard operator's [[operators]] entry
 
 Every command takes ``--config`` (default ``$PIXELRELAY_CONFIG``).
 """
@@ -38,11 +39,47 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     missing = [p.id for p in settings.pixels if not p.access_token]
     print(f"configuration {settings.source} is valid: {len(settings.pixels)} pixel(s), "
-          f"{len(settings.links)} link(s), {len(settings.api_keys)} API key(s)")
+          f"{len(settings.links)} link(s), {len(settings.api_keys)} API key(s), "
+          f"{len(settings.operators)} operator(s)")
     if missing:
         print(f"note: no access token in the environment for pixel(s) {', '.join(missing)}; "
               "`pixelrelay up` will use the fake Graph API")
+    for warning in demo_credentials_exposed(settings):
+        print(f"warning: {warning}")
     return 0
+
+
+DEMO_API_KEY = "demo-api-key"  # the sample config's key (pixelrelay.example.toml)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def demo_credentials_exposed(settings: Settings) -> list[str]:
+    """The sample config's demo operator or API key, listening beyond loopback."""
+    from dashboard.operators import DEMO_OPERATOR_PASSWORD, demo_operator
+
+    warnings = []
+    demo = demo_operator(settings) if not _loopback(settings.dashboard.host) else None
+    if demo is not None:
+        warnings.append(f"operator {demo.name!r} still has the demo password "
+                        f"({DEMO_OPERATOR_PASSWORD!r}) and the dashboard listens on "
+                        f"{settings.dashboard.host}: replace it (pixelrelay user add)")
+    demo_hash = hash_api_key(DEMO_API_KEY)
+    if not _loopback(settings.collector.host):
+        for key in settings.api_keys:
+            if key.sha256 == demo_hash:
+                warnings.append(f"API key {key.name!r} is the demo key ({DEMO_API_KEY!r}) and "
+                                f"the collector listens on {settings.collector.host}: replace it")
+    return warnings
 
 
 def cmd_config_reference(_: argparse.Namespace) -> int:
@@ -186,6 +223,12 @@ def cmd_openapi(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_add(args: argparse.Namespace) -> int:
+    from dashboard.operators import user_add
+
+    return user_add(args.name, args.role)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pixelrelay", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help=f"TOML configuration (default ${CONFIG_ENV})")
@@ -222,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     rq.add_argument("keys", nargs="*", help="dead letter keys (pixel:event_name:event_id)")
     rq.add_argument("--all", action="store_true", help="requeue every dead letter")
     command("openapi", cmd_openapi, "print the collector's OpenAPI document")
+    user = sub.add_parser("user", help="dashboard operators")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    add = user_sub.add_parser("add", help="print an [[operators]] entry (asks the password)")
+    add.add_argument("name")
+    add.add_argument("--role", choices=("viewer", "operator"), default="viewer")
+    add.set_defaults(handler=cmd_user_add)
     return parser
 
 

@@ -261,6 +261,11 @@ class Stack:
             f"  dashboard   http://{_url_host(s.dashboard.host)}:{s.dashboard.port}/",
             f"  redis       {s.redis_url}" + ("  (embedded)" if self.embedded_redis else ""),
         ]
+        # -- the dashboard's demo login (dash, issue 8): name and password when configured --
+        from dashboard.operators import demo_login_line
+
+        if (login := demo_login_line(s)) is not None:
+            lines.insert(3, login)
         if self.fake_meta:
             lines.append(f"  fake Meta   http://127.0.0.1:{s.fake_meta.port}/_fake/received")
         lines.append("Ctrl-C stops everything.")

@@ -14,7 +14,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -126,6 +126,24 @@ class RelaySettings(Struct, frozen=True, forbid_unknown_fields=True):
 class DashboardSettings(Struct, frozen=True, forbid_unknown_fields=True):
     host: Annotated[str, _help("Address the dashboard listens on.")] = "127.0.0.1"
     port: Annotated[int, _help("Port the dashboard listens on.", ge=1, le=65535)] = 8001
+    session_idle_timeout_s: Annotated[
+        int, _help("A dashboard session unused this long ends (the operator logs in again).",
+                   ge=60)
+    ] = 1_800
+    session_max_age_s: Annotated[
+        int, _help("A dashboard session ends this long after its login, used or not.", ge=300)
+    ] = 43_200
+    login_free_failures: Annotated[
+        int, _help("Failed logins per name or address before each further try must wait.", ge=1)
+    ] = 5
+    login_max_delay_s: Annotated[
+        int, _help("Longest wait imposed after repeated failed logins (doubling from 1 s).",
+                   ge=1)
+    ] = 900
+    collector_url: Annotated[
+        str, _help("Collector base URL whose /metrics the dashboard reads; empty = "
+                   "collector.host:port.")
+    ] = ""
 
 
 class FakeMetaSettings(Struct, frozen=True, forbid_unknown_fields=True):
@@ -173,6 +191,20 @@ class ApiKeySettings(Struct, frozen=True, forbid_unknown_fields=True):
     )
 
 
+class OperatorSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    name: Annotated[str, _help("Operator's login name (pixelrelay user add).",
+                               pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")]
+    argon2: Annotated[str, _help("Argon2id hash of the password (pixelrelay user add).",
+                                 pattern=r"^\$argon2id\$")]
+    role: Annotated[Literal["viewer", "operator"],
+                    _help("viewer sees everything; operator may also requeue and discard.")] = (
+        "viewer"
+    )
+
+    def __repr__(self) -> str:  # the hash stays out of tracebacks and logs
+        return f"OperatorSettings(name={self.name!r}, role={self.role!r})"
+
+
 class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     collector: CollectorSettings = field(default_factory=CollectorSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
@@ -183,6 +215,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     pixels: list[PixelSettings] = field(default_factory=list)
     links: list[LinkSettings] = field(default_factory=list)
     api_keys: list[ApiKeySettings] = field(default_factory=list)
+    operators: list[OperatorSettings] = field(default_factory=list)
     source: Annotated[str, _help("Not a file setting: the file this was read from.")] = ""
 
     @property
@@ -194,6 +227,13 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
 
     def link(self, slug: str) -> LinkSettings | None:
         return next((k for k in self.links if k.slug == slug), None)
+
+    def operator(self, name: str) -> OperatorSettings | None:
+        return next((o for o in self.operators if o.name == name), None)
+
+    @property
+    def collector_url(self) -> str:
+        return self.dashboard.collector_url or f"http://{self.collector.host}:{self.collector.port}"
 
 
 def hash_api_key(key: str) -> str:
@@ -309,6 +349,13 @@ def _check_consistency(settings: Settings) -> None:
     overlap = set(settings.relay.high_events) & set(settings.relay.low_events)
     if overlap:
         raise ConfigError(f"relay.high_events and relay.low_events both name {sorted(overlap)}")
+    names = [o.name for o in settings.operators]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"operators[{i}].name {name!r} is configured twice")
+    if settings.dashboard.session_max_age_s < settings.dashboard.session_idle_timeout_s:
+        raise ConfigError("dashboard.session_max_age_s must not be smaller than "
+                          "dashboard.session_idle_timeout_s")
     graph = urlsplit(settings.meta.graph_url)
     if graph.scheme not in ("http", "https") or not graph.netloc:
         raise ConfigError("meta.graph_url must be an absolute http(s) URL")
@@ -324,7 +371,7 @@ def reference() -> list[tuple[str, str, str]]:
         ("collector", CollectorSettings), ("redis", RedisSettings), ("meta", MetaSettings),
         ("relay", RelaySettings), ("dashboard", DashboardSettings),
         ("fake_meta", FakeMetaSettings), ("pixels", PixelSettings), ("links", LinkSettings),
-        ("api_keys", ApiKeySettings),
+        ("api_keys", ApiKeySettings), ("operators", OperatorSettings),
     ]
     rows = []
     for section, struct in sections:

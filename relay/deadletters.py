@@ -1,13 +1,20 @@
 """Dead letters: events that will not be delivered without an operator, with the reason why.
 
 Kept per event (not per batch) so one bad event does not hide its batch-mates, for
-``ledger_ttl_days``. ``requeue`` puts an event back into its queue's inbox in one atomic step.
+``ledger_ttl_days``. ``requeue`` puts an event back into its queue's inbox in one atomic step;
+``discard`` drops it (its state stays ``dead``). Both are Lua scripts, so an event is never both
+requeued and dead, and two operators acting on the same letter move it once.
+
+Besides the time-ordered set of all letters, each letter is indexed by pixel, event name, kind
+and Meta code (``keys.dead_index``), and the count per ``kind:code`` is kept
+(``keys.dead_reasons``), so the dashboard filters and pages 100,000 letters by reading only
+the index it needs. The record names its own index entries, so removal needs no search.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,19 +24,75 @@ from redis import Redis
 from relay import keys
 from relay.events import Envelope, decode_envelope, encode
 
-_REQUEUE = """
+_List = list  # the class below has a method named list
+FACETS = ("pixel", "event", "kind", "code")
+_SEPARATOR = "\n"
+TRIM_PER_CALL = 500  # expired letters removed per add (bounded work per batch)
+
+_REMOVE = """
+local function remove(prefix, dedup_key)
+  local record = prefix .. ':dead:' .. dedup_key
+  local found = redis.call('HMGET', record, 'index', 'reason_key', 'envelope')
+  if found[1] then
+    for index in string.gmatch(found[1], '[^\\n]+') do
+      redis.call('ZREM', prefix .. ':dead:ix:' .. index, dedup_key)
+    end
+  end
+  if found[2] then
+    if redis.call('HINCRBY', prefix .. ':dead:reasons', found[2], -1) <= 0 then
+      redis.call('HDEL', prefix .. ':dead:reasons', found[2])
+    end
+  end
+  redis.call('ZREM', prefix .. ':dead', dedup_key)
+  redis.call('DEL', record)
+  return found[3]
+end
+"""
+
+_ADD = _REMOVE + """
+local prefix, now, ttl, cutoff = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+for _, old in ipairs(redis.call('ZRANGEBYSCORE', prefix .. ':dead', '-inf', cutoff,
+                                'LIMIT', 0, tonumber(ARGV[4]))) do
+  remove(prefix, old)
+end
+local i = 5
+while i <= #ARGV do
+  local dedup_key, envelope, reason, index, reason_key =
+    ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
+  i = i + 5
+  remove(prefix, dedup_key)  -- dead again: replaces the old letter
+  local record = prefix .. ':dead:' .. dedup_key
+  redis.call('HSET', record, 'envelope', envelope, 'reason', reason, 'dead_at_ms', now,
+             'index', index, 'reason_key', reason_key)
+  redis.call('EXPIRE', record, ttl)
+  redis.call('ZADD', prefix .. ':dead', now, dedup_key)
+  for one in string.gmatch(index, '[^\\n]+') do
+    redis.call('ZADD', prefix .. ':dead:ix:' .. one, now, dedup_key)
+    redis.call('EXPIRE', prefix .. ':dead:ix:' .. one, ttl)
+  end
+  redis.call('HINCRBY', prefix .. ':dead:reasons', reason_key, 1)
+end
+return 1
+"""
+
+_REQUEUE = _REMOVE + """
 local prefix, dedup_key, queue, pixel = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
-local record_key = prefix .. ':dead:' .. dedup_key
-local payload = redis.call('HGET', record_key, 'envelope')
+local payload = remove(prefix, dedup_key)
 if not payload then
   return 0
 end
 redis.call('RPUSH', prefix .. ':inbox:' .. queue .. ':' .. pixel, payload)
 redis.call('SADD', prefix .. ':inbox:' .. queue, pixel)
-redis.call('DEL', record_key, prefix .. ':dedup:' .. dedup_key)
-redis.call('ZREM', prefix .. ':dead', dedup_key)
+redis.call('DEL', prefix .. ':dedup:' .. dedup_key)
 redis.call('SET', prefix .. ':state:' .. dedup_key, 'requeued', 'KEEPTTL')
 return 1
+"""
+
+_DISCARD = _REMOVE + """
+if remove(KEYS[1], ARGV[1]) then
+  return 1
+end
+return 0
 """
 
 
@@ -40,58 +103,215 @@ class DeadLetter:
     reason: dict[str, Any]
     dead_at_ms: int
 
+    @property
+    def kind(self) -> str:
+        return str(self.reason.get("kind") or "unknown")
+
+    @property
+    def code(self) -> str:
+        return _code(self.reason)
+
+
+def _code(reason: dict[str, Any]) -> str:
+    code = reason.get("code")
+    return "none" if code is None else str(code)
+
+
+def reason_key(reason: dict[str, Any]) -> str:
+    return f"{reason.get('kind') or 'unknown'}:{_code(reason)}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadFilter:
+    """Which letters to show or act on; empty fields match everything."""
+
+    pixel: str = ""
+    event: str = ""
+    kind: str = ""
+    code: str = ""
+    newer_than_ms: int | None = None  # dead at or after this epoch ms
+    older_than_ms: int | None = None  # dead at or before this epoch ms
+
+    def facets(self) -> dict[str, str]:
+        return {f: getattr(self, f) for f in FACETS if getattr(self, f)}
+
+    def accepts(self, index: str | None) -> bool:
+        if not self.facets():
+            return True
+        have = set((index or "").split(_SEPARATOR))
+        return all(f"{f}:{v}" in have for f, v in self.facets().items())
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    letters: list[DeadLetter]
+    next_cursor: str | None  # pass back to get the next page; None at the end
+    examined: int  # index entries looked at (bounded by ``scan_max``)
+
 
 class DeadLetters:
     def __init__(self, client: Redis, ttl_s: int) -> None:
         self._client = client
         self._ttl_s = ttl_s
+        self._add = client.register_script(_ADD)
         self._requeue = client.register_script(_REQUEUE)
+        self._discard = client.register_script(_DISCARD)
 
     def add(self, envelopes: Sequence[Envelope], reason: dict[str, Any]) -> None:
         now = int(time.time() * 1000)
         reason_json = msgspec.json.encode(reason)
-        pipe = self._client.pipeline(transaction=True)
+        rkey = reason_key(reason)
+        args: _List[Any] = [now, self._ttl_s, now - self._ttl_s * 1000, TRIM_PER_CALL]
         for env in envelopes:
-            key = keys.dead_letter(env.dedup_key)
-            pipe.hset(key, mapping={"envelope": encode(env), "reason": reason_json,
-                                    "dead_at_ms": now})
-            pipe.expire(key, self._ttl_s)
-            pipe.zadd(keys.dead_letters(), {env.dedup_key: now})
-        pipe.zremrangebyscore(keys.dead_letters(), 0, now - self._ttl_s * 1000)
-        pipe.execute()
+            index = _SEPARATOR.join((f"pixel:{env.pixel_id}", f"event:{env.event.event_name}",
+                                     f"kind:{reason.get('kind') or 'unknown'}",
+                                     f"code:{_code(reason)}"))
+            args += (env.dedup_key, encode(env), reason_json, index, rkey)
+        self._add(keys=[keys.PREFIX], args=args)
 
     def count(self) -> int:
         return int(self._client.zcard(keys.dead_letters()))
 
-    def list(self, offset: int = 0, limit: int = 50) -> list[DeadLetter]:
+    def reasons(self) -> dict[str, int]:
+        """Dead letters now, per ``kind:code``."""
+        raw = self._client.hgetall(keys.dead_reasons())
+        return {k.decode(): int(v) for k, v in raw.items() if int(v) > 0}
+
+    def list(self, offset: int = 0, limit: int = 50) -> _List[DeadLetter]:
         names = self._client.zrevrange(keys.dead_letters(), offset, offset + limit - 1)
+        return self._records([n.decode() for n in names])
+
+    def _records(self, dedup_keys: Sequence[str]) -> _List[DeadLetter]:
+        pipe = self._client.pipeline(transaction=False)
+        for dk in dedup_keys:
+            pipe.hgetall(keys.dead_letter(dk))
         result = []
-        for raw in names:
-            dk = raw.decode()
-            record = self._client.hgetall(keys.dead_letter(dk))
-            if not record:
-                continue
-            result.append(DeadLetter(
-                dedup_key=dk,
-                envelope=decode_envelope(record[b"envelope"]),
-                reason=msgspec.json.decode(record[b"reason"]),
-                dead_at_ms=int(record[b"dead_at_ms"]),
-            ))
+        for dk, record in zip(dedup_keys, pipe.execute(), strict=True):
+            if record:
+                result.append(_letter(dk, record))
         return result
 
     def get(self, dedup_key: str) -> DeadLetter | None:
         record = self._client.hgetall(keys.dead_letter(dedup_key))
-        if not record:
-            return None
-        return DeadLetter(dedup_key, decode_envelope(record[b"envelope"]),
-                          msgspec.json.decode(record[b"reason"]),
-                          int(record[b"dead_at_ms"]))
+        return _letter(dedup_key, record) if record else None
 
     def requeue(self, dedup_key: str, queue: str) -> bool:
-        """Move one dead event back into its queue's inbox; False if it is not dead."""
-        letter = self.get(dedup_key)
-        if letter is None:
-            return False
-        done = self._requeue(keys=[keys.PREFIX],
-                             args=[dedup_key, queue, letter.envelope.pixel_id])
+        """Move one dead event back into its queue's inbox; False if it is not dead.
+
+        Its dedup claim is deleted in the same step, so the next batch may send it."""
+        pixel_id = dedup_key.split(":", 1)[0]
+        done = self._requeue(keys=[keys.PREFIX], args=[dedup_key, queue, pixel_id])
         return bool(done)
+
+    def discard(self, dedup_key: str) -> bool:
+        """Drop one dead letter for good; False if it is not dead. Its dedup claim stays, so a
+        copy sent again later is still dropped as a duplicate."""
+        return bool(self._discard(keys=[keys.PREFIX], args=[dedup_key]))
+
+    # -- filtering and paging -----------------------------------------------------------------
+    def matching_count(self, where: DeadFilter) -> tuple[int, bool]:
+        """(count, exact): exact for no facet or one; for several, the smallest index's count
+        is an upper bound."""
+        source, size = self._source(where)
+        lo, hi = _score_range(where)
+        n = int(self._client.zcount(source, lo, hi)) if (lo, hi) != ("-inf", "+inf") else size
+        return n, len(where.facets()) <= 1
+
+    def page(self, where: DeadFilter, cursor: str | None = None, limit: int = 50,
+             scan_max: int = 5_000) -> Page:
+        """Newest first, ``limit`` letters matching ``where`` after ``cursor``.
+
+        Walks the smallest index the filter names, looking at most ``scan_max`` entries, so a
+        page costs the same at 100 or 100,000 letters. A page may be short while letters remain:
+        ``next_cursor`` then continues from where this one stopped.
+        """
+        found: _List[str] = []
+        last: tuple[float, str] | None = None
+        examined = 0
+        exhausted = False
+        for batch in self._walk(where, cursor, scan_max):
+            if batch is None:
+                exhausted = True
+                break
+            checks = self._indexes([dk for dk, _ in batch]) if len(where.facets()) > 1 else None
+            for i, (dk, score) in enumerate(batch):
+                examined += 1
+                last = (score, dk)
+                if checks is None or where.accepts(checks[i]):
+                    found.append(dk)
+                    if len(found) == limit:
+                        break
+            if len(found) == limit:
+                break
+        if last is None or (exhausted and len(found) < limit):
+            next_cursor = None
+        else:
+            next_cursor = f"{int(last[0])}:{last[1]}"
+        return Page(self._records(found), next_cursor, examined)
+
+    def matching_keys(self, where: DeadFilter, chunk: int = 500) -> Iterator[_List[str]]:
+        """Every letter matching ``where``, newest first, a chunk at a time (bulk actions)."""
+        cursor: str | None = None
+        while True:
+            page = self.page(where, cursor, limit=chunk, scan_max=chunk * 10)
+            keys_found = [d.dedup_key for d in page.letters]
+            if keys_found:
+                yield keys_found
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def _source(self, where: DeadFilter) -> tuple[str, int]:
+        """The sorted set to walk: the smallest index the filter names, else all letters."""
+        candidates = [keys.dead_index(f, v) for f, v in where.facets().items()]
+        if not candidates:
+            return keys.dead_letters(), int(self._client.zcard(keys.dead_letters()))
+        pipe = self._client.pipeline(transaction=False)
+        for key in candidates:
+            pipe.zcard(key)
+        sizes = pipe.execute()
+        size, key = min(zip(sizes, candidates, strict=True))
+        return key, int(size)
+
+    def _walk(self, where: DeadFilter, cursor: str | None, scan_max: int
+              ) -> Iterator[_List[tuple[str, float]] | None]:
+        """Chunks of (dedup key, score) from the source set, newest first; None once the end
+        (or the filter's oldest time) is reached."""
+        source, _ = self._source(where)
+        lo, hi = _score_range(where)
+        start = 0 if hi == "+inf" else int(self._client.zcount(source, f"({hi}", "+inf"))
+        if cursor:
+            score_text, _, member = cursor.partition(":")
+            rank = self._client.zrevrank(source, member)
+            if rank is None:  # the cursor's letter was requeued meanwhile: resume by time
+                rank = int(self._client.zcount(source, score_text, "+inf")) - 1
+            start = max(start, rank + 1)
+        step = min(500, scan_max)
+        seen = 0
+        while seen < scan_max:
+            rows = self._client.zrevrange(source, start, start + step - 1, withscores=True)
+            batch = [(m.decode(), s) for m, s in rows if lo == "-inf" or s >= float(lo)]
+            if batch:
+                yield batch
+            seen += len(rows)
+            if len(rows) < step or len(batch) < len(rows):
+                yield None
+                return
+            start += step
+
+    def _indexes(self, dedup_keys: Sequence[str]) -> _List[str | None]:
+        pipe = self._client.pipeline(transaction=False)
+        for dk in dedup_keys:
+            pipe.hget(keys.dead_letter(dk), "index")
+        return [r.decode() if r else None for r in pipe.execute()]
+
+
+def _score_range(where: DeadFilter) -> tuple[str, str]:
+    lo = "-inf" if where.newer_than_ms is None else str(where.newer_than_ms)
+    hi = "+inf" if where.older_than_ms is None else str(where.older_than_ms)
+    return lo, hi
+
+
+def _letter(dedup_key: str, record: dict[bytes, bytes]) -> DeadLetter:
+    return DeadLetter(dedup_key, decode_envelope(record[b"envelope"]),
+                      msgspec.json.decode(record[b"reason"]), int(record[b"dead_at_ms"]))

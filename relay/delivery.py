@@ -12,13 +12,14 @@ Outcomes of ``deliver``:
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import structlog
-from redis import Redis
+from redis import Redis, RedisError
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -37,6 +38,8 @@ from relay.events import Envelope, decode_click, decode_envelope, enrich_from_cl
 from relay.ledger import Entry, Ledger
 from relay.limiter import PixelLimiter, PixelRates
 from relay.meta_client import MetaClient, SendResult, same_rejection
+from relay.stats import match_key_counts
+from relay.status import PixelActivity
 from relay.validation import problem
 
 log = structlog.get_logger("relay.delivery")
@@ -95,6 +98,11 @@ class _SplitDeferred(Exception):
         self.wait_ms = wait_ms
 
 
+def _carries(env: Envelope) -> Callable[[str], bool]:
+    user_data = env.event.user_data
+    return lambda key: getattr(user_data, key, None) not in (None, "", [])
+
+
 def _entry(env: Envelope, state: Any, **detail: Any) -> Entry:
     return Entry(env.dedup_key, env.event.event_id, env.pixel_id, env.event.event_name, state,
                  detail)
@@ -116,6 +124,7 @@ class Deliverer:
         self.ledger = Ledger(client, ttl_s)
         self.dead = DeadLetters(client, ttl_s)
         self.limiter = PixelLimiter(client)
+        self.activity = PixelActivity(client)
         self.after_send_retry = after_send_retry or patient_retry()
 
     def rates(self, pixel: PixelSettings) -> PixelRates:
@@ -185,6 +194,7 @@ class Deliverer:
         raw = self.client.mget([keys.click(c) for c in click_ids])
         clicks = {cid: decode_click(r) for cid, r in zip(click_ids, raw, strict=True)
                   if r is not None}
+        self._note_clicks(envelopes, clicks)
         result = []
         for env in envelopes:
             click = clicks.get(env.click_id or "")
@@ -192,6 +202,28 @@ class Deliverer:
                 env = msgspec.structs.replace(env, event=enrich_from_click(env.event, click))
             result.append(env)
         return result
+
+    def _note_clicks(self, envelopes: list[Envelope], clicks: dict[str, Any]) -> None:
+        """For the dashboard: which events came from each click (find by click_id), and per
+        link the clicks and the later events attributed to them (counted once per batch run;
+        a retried batch counts again)."""
+        ttl_s = self.settings.relay.ledger_ttl_days * SECONDS_PER_DAY
+        counts: Counter[str] = Counter()
+        pipe = self.client.pipeline(transaction=False)
+        for env in envelopes:
+            if not env.click_id:
+                continue
+            pipe.sadd(keys.click_events(env.click_id), env.dedup_key)
+            pipe.expire(keys.click_events(env.click_id), ttl_s)
+            click = clicks.get(env.click_id)
+            if click is not None:
+                what = "lk.click" if env.source == "redirect" else "lk.conv"
+                counts[f"{what}:{click.slug}:{env.event.event_name}"] += 1
+        try:
+            pipe.execute()
+            self.ledger.count(counts, int(self.clock() * 1000))
+        except RedisError as exc:
+            log.warning("click_notes_lost", error=type(exc).__name__)
 
     def _drop_invalid(self, envelopes: list[Envelope], attempt: Attempt) -> list[Envelope]:
         now = self.clock()
@@ -358,6 +390,14 @@ class Deliverer:
         self._patiently(attempt, lambda: self.ledger.observe_batch(
             envelopes[0].pixel_id, result.latency_ms,
             [(e.event.event_name, now_ms - e.received_ms) for e in envelopes], now_ms))
+        self._patiently(attempt, lambda: self._note_delivered(envelopes, now_ms))
+
+    def _note_delivered(self, envelopes: Sequence[Envelope], now_ms: int) -> None:
+        """For the dashboard: which match keys the events carried (presence only), and when
+        the pixel last delivered."""
+        self.ledger.count(match_key_counts(
+            (e.pixel_id, e.event.event_name, _carries(e)) for e in envelopes), now_ms)
+        self.activity.delivered(envelopes[0].pixel_id, now_ms)
 
     def _patiently(self, attempt: Attempt, step: Callable[[], None]) -> None:
         """Run one bookkeeping step, retrying it while Redis is unreachable (``patient_retry``)."""
@@ -385,6 +425,12 @@ class Deliverer:
 
     def _log_batch(self, pixel_id: str, envelopes: Sequence[Envelope], attempt: Attempt,
                    started: float, outcome: str, error: DeliveryError | None) -> None:
+        if error is not None:
+            try:
+                self.activity.failed(pixel_id, error.as_dict(), int(self.clock() * 1000))
+            except RedisError as exc:  # the dashboard's note must not change the outcome
+                log.warning("pixel_activity_not_noted", pixel_id=pixel_id,
+                            error=type(exc).__name__)
         log.info("batch", pixel_id=pixel_id, batch=attempt.batch_id, size=len(envelopes),
                  attempt=attempt.number, outcome=outcome,
                  latency_ms=round((time.perf_counter() - started) * 1000, 1),

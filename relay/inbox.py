@@ -26,6 +26,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from relay import keys
+from relay.ledger import COUNTER_TTL_S
 
 STORE = """
 local prefix = KEYS[1]
@@ -40,13 +41,18 @@ for _ = 1, n do
   local hour_key = prefix .. ':accepted:' .. math.floor(tonumber(ms) / 3600000)
   redis.call('ZADD', hour_key, 'NX', ms, dedup_key)  -- a repeat keeps the first time
   redis.call('EXPIRE', hour_key, ttl)
+  -- the dashboard's "received" per minute, pixel and event name (dedup key: pixel:name:id)
+  local stats = prefix .. ':stats:' .. math.floor(tonumber(ms) / 60000)
+  local event_name = string.match(dedup_key, '^[^:]*:([^:]*):')
+  redis.call('HINCRBY', stats, 'received:' .. pixel .. ':' .. event_name, 1)
+  redis.call('EXPIRE', stats, COUNTER_TTL_S)
 end
 while i <= #ARGV do
   redis.call('SET', prefix .. ':click:' .. ARGV[i], ARGV[i+2], 'EX', ARGV[i+1])
   i = i + 3
 end
 return n
-"""
+""".replace("COUNTER_TTL_S", str(COUNTER_TTL_S))
 
 BATCH = """
 local prefix, namespace = KEYS[1], KEYS[2]

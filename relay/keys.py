@@ -83,3 +83,69 @@ def collector_stats() -> str:
 def dramatiq_queue(queue: str) -> str:
     """Dramatiq's list of ids ready to run; its other keys are in ``relay._dramatiq``."""
     return f"{DRAMATIQ_NAMESPACE}:{queue}"
+
+
+# -- the dashboard's own keys (dashboard/) ------------------------------------------------------
+def counters_hour(hour: int) -> str:
+    """Hash: one hour of ``counters`` added up (the 24 h and 7 d views read these)."""
+    return f"{PREFIX}:stats:h:{hour}"
+
+
+def latency_hour(hour: int) -> str:
+    """Hash: one hour of ``latency`` added up."""
+    return f"{PREFIX}:latency:h:{hour}"
+
+
+def workers() -> str:
+    """Hash: relay worker id -> JSON presence (queues, threads, host, pid, seen_ms)."""
+    return f"{PREFIX}:workers"
+
+
+def pixel_activity(pixel_id: str) -> str:
+    """Hash: a pixel's last delivery and last error with Meta's code and fbtrace_id."""
+    return f"{PREFIX}:activity:{pixel_id}"
+
+
+def dead_index(facet: str, value: str) -> str:
+    """Sorted set of dead dedup keys by time, for one facet value (pixel, event, kind, code)."""
+    return f"{PREFIX}:dead:ix:{facet}:{value}"
+
+
+def dead_reasons() -> str:
+    """Hash: dead letters per ``kind:code`` now (the counts atop the dead-letter page)."""
+    return f"{PREFIX}:dead:reasons"
+
+
+def dashboard_sessions() -> str:
+    """Namespace of the dashboard's server-side sessions (one key per session id)."""
+    return f"{PREFIX}:session"
+
+
+def dashboard_secret() -> str:
+    """Random secret signing the dashboard's CSRF tokens, made by the first dashboard start."""
+    return f"{PREFIX}:dashboard:secret"
+
+
+def login_failures(kind: str, value: str) -> str:
+    """Hash of failed logins (count, last_ms) for one name or one address."""
+    return f"{PREFIX}:loginfail:{kind}:{value}"
+
+
+def operator_audit() -> str:
+    """List of JSON entries, newest first: every operator action in the dashboard."""
+    return f"{PREFIX}:audit"
+
+
+def bulk_job(job_id: str) -> str:
+    """Hash: progress of one bulk requeue or discard started in the dashboard."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def bulk_jobs() -> str:
+    """Sorted set of bulk job ids by start time."""
+    return f"{PREFIX}:jobs"
+
+
+def click_events(click_id: str) -> str:
+    """Set of dedup keys of the events that carried a click_id (the dashboard's find)."""
+    return f"{PREFIX}:clickev:{click_id}"

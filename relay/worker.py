@@ -34,6 +34,7 @@ from relay.health import PixelHealth
 from relay.inbox import Batcher
 from relay.meta_client import MetaClient
 from relay.queues import PRIORITIES, QUEUE_NAMES, Priority
+from relay.status import WorkerPresence
 
 log = structlog.get_logger("relay.worker")
 RECOVER_INTERVAL_S = 1.0
@@ -73,6 +74,8 @@ class RelayWorker:
         self.worker = dramatiq.Worker(self.broker, queues=set(self.queues),
                                       worker_threads=relay.worker_threads, worker_timeout=100)
         self.worker.delay_prefetch = 256  # delayed batches can be large; keep few in memory
+        self.presence = WorkerPresence(self.client, self.broker.broker_id, self.queues,
+                                       relay.worker_threads)
         self._gate = RecoveryGate(relay.heartbeat_timeout_ms / 1000)
         self._stopping = threading.Event()
         self._pump = threading.Thread(target=self._pump_loop, name="relay-pump", daemon=True)
@@ -105,6 +108,7 @@ class RelayWorker:
                 if now >= next_recover:
                     self.broker.recover(self.queues, self._gate.allows_maintenance())
                     self._gate.heartbeat_written()
+                    self.presence.beat()  # for the dashboard: queues, threads, last seen
                     next_recover = now + RECOVER_INTERVAL_S
                 if now >= next_stranded_check:
                     self.broker.rescue_stranded(self.queues)
@@ -139,6 +143,10 @@ class RelayWorker:
         self._checker.join(5)
         self.worker.stop(timeout=timeout_ms)
         self.meta.close()
+        try:
+            self.presence.leave()
+        except Exception as exc:  # noqa: BLE001 - Redis may be gone; the entry just ages out
+            log.warning("presence_not_removed", error=type(exc).__name__)
         log.info("relay_worker_stopped", queues=self.queues)
 
     def run_until_signalled(self) -> None:

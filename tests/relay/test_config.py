@@ -361,7 +361,7 @@ def test_settings_introspection_finds_every_section() -> None:
     sections = {name.split(".")[0] for name in FILE_SETTINGS}
 
     assert {"collector", "redis", "meta", "relay", "dashboard", "fake_meta", "pixels", "links",
-            "api_keys"} == sections
+            "api_keys", "operators"} == sections
 
 
 @pytest.mark.parametrize(("name", "description"), ALL_SETTINGS, ids=[n for n, _ in ALL_SETTINGS])

@@ -1,0 +1,325 @@
+"""Every page and fragment, checked by parsing the HTML: the right numbers in the right cells."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import fakeredis
+from litestar.testing import AsyncTestClient
+
+from relay import keys
+from relay.deadletters import DeadLetters
+from relay.ledger import Entry, Ledger
+from relay.status import PixelActivity, WorkerPresence
+from tests.dashboard.conftest import OTHER_PIXEL, PIXEL, cell_text, csrf_of, soup
+from tests.relay.factories import envelope
+
+TTL_S = 7 * 86_400
+REJECTED = {"kind": "rejected", "message": "Invalid parameter", "code": 100,
+            "subcode": 2804001, "fbtrace_id": "trace-abc"}
+
+
+def add_dead_letter(redis: fakeredis.FakeRedis, event_id: str, *, pixel: str = PIXEL,
+                    event_name: str = "Purchase", reason: dict | None = None,
+                    ip: str = "203.0.113.7", ua: str = "Mozilla/5.0") -> str:
+    env = envelope(event_id, pixel_id=pixel, event_name=event_name, client_ip_address=ip,
+                   client_user_agent=ua)
+    DeadLetters(redis, TTL_S).add([env], reason or REJECTED)
+    Ledger(redis, TTL_S).record([Entry(env.dedup_key, event_id, pixel, event_name, "dead",
+                                       {"attempt": 1, **(reason or REJECTED)})])
+    return env.dedup_key
+
+
+def count(redis: fakeredis.FakeRedis, counts: dict[str, int], at_ms: int | None = None) -> None:
+    Ledger(redis, TTL_S).count(Counter(counts), at_ms or int(time.time() * 1000))
+
+
+def by_stat(page: str) -> dict[str, str]:
+    return {el["data-stat"]: cell_text(el) for el in soup(page).select("[data-stat]")}
+
+
+async def test_overview_shows_the_minute_counters_in_their_cells(
+        operator: AsyncTestClient, redis: fakeredis.FakeRedis) -> None:
+    count(redis, {f"received:{PIXEL}:Purchase": 7, f"delivered:{PIXEL}:Purchase": 5,
+                  f"dead:{PIXEL}:Purchase": 1, f"duplicate:{PIXEL}:Purchase": 1,
+                  f"received:{OTHER_PIXEL}:PageView": 3,
+                  f"delivered:{OTHER_PIXEL}:PageView": 3})
+    count(redis, {f"attempt:{PIXEL}:Purchase": 2}, int(time.time() * 1000) - 10 * 60_000)
+
+    page = (await operator.get("/")).text
+
+    stats = by_stat(page)
+    assert ("10", "8", "1", "2", "1", "88.9 % success") == (
+        stats["received"], stats["delivered"], stats["dead"], stats["attempt"],
+        stats["duplicate"], stats["success"])
+    rows = {r["data-event"]: {c["data-col"]: cell_text(c) for c in r.select("td[data-col]")}
+            for r in soup(page).select("#by-event tbody tr[data-event]")}
+    assert {"Purchase": {"received": "7", "delivered": "5", "attempt": "2", "dead": "1",
+                         "duplicate": "1"},
+            "PageView": {"received": "3", "delivered": "3", "attempt": "0", "dead": "0",
+                         "duplicate": "0"}} == rows
+    assert soup(page).select_one("svg#flow-chart polyline") is not None
+
+
+async def test_the_live_fragment_is_a_fragment_with_the_same_numbers(
+        operator: AsyncTestClient, redis: fakeredis.FakeRedis) -> None:
+    count(redis, {f"delivered:{PIXEL}:Lead": 4})
+
+    answer = await operator.get("/fragments/overview?range=24h",
+                                headers={"HX-Request": "true"})
+
+    assert (200, None, "4") == (answer.status_code, soup(answer.text).find("html"),
+                                by_stat(answer.text)["delivered"])
+
+
+async def test_seven_days_are_read_from_hour_rollups(operator: AsyncTestClient,
+                                                     redis: fakeredis.FakeRedis) -> None:
+    three_days_ago = int(time.time() * 1000) - 3 * 86_400_000
+    count(redis, {f"delivered:{PIXEL}:Purchase": 11}, three_days_ago)
+
+    first = by_stat((await operator.get("/?range=7d")).text)["delivered"]
+    hour = three_days_ago // 3_600_000
+    rolled = redis.hget(keys.counters_hour(hour), f"delivered:{PIXEL}:Purchase")
+    redis.delete(keys.counters(three_days_ago // 60_000))  # the minutes are no longer read
+    second = by_stat((await operator.get("/?range=7d")).text)["delivered"]
+
+    assert ("11", b"11", "11", "0") == (first, rolled, second,
+                                        by_stat((await operator.get("/")).text)["delivered"])
+
+
+async def test_an_unknown_range_is_a_400_with_a_sentence(operator: AsyncTestClient) -> None:
+    answer = await operator.get("/?range=2y")
+
+    assert (400, "range must be one of 1h, 24h, 7d, not '2y'") == (
+        answer.status_code, cell_text(soup(answer.text).find(id="error-detail")))
+
+
+async def test_latency_percentiles_come_from_the_histograms(
+        operator: AsyncTestClient, redis: fakeredis.FakeRedis) -> None:
+    now = int(time.time() * 1000)
+    ledger = Ledger(redis, TTL_S)
+    for _ in range(99):
+        ledger.observe_batch(PIXEL, 150.0, [("Purchase", 400.0)], now)
+    ledger.observe_batch(PIXEL, 3000.0, [("Purchase", 20_000.0)], now)
+
+    page = soup((await operator.get("/")).text)
+
+    rows = [[cell_text(c) for c in r.find_all(["th", "td"])]
+            for r in page.select("#latency tbody tr")]
+    assert ["receipt → Meta accepted", "376 ms", "490 ms", "500 ms", "100"] == rows[0]
+    assert ["Meta request", "151 ms", "196 ms", "200 ms", "100"] == rows[1]
+
+
+async def test_queues_workers_and_pixels_are_shown(operator: AsyncTestClient,
+                                                   redis: fakeredis.FakeRedis) -> None:
+    old = envelope("e9", received_ms=int(time.time() * 1000) - 120_000)
+    redis.rpush(keys.inbox("relay_high", PIXEL), msgspec_encode(old))
+    redis.sadd(keys.inbox_pixels("relay_high"), PIXEL)
+    WorkerPresence(redis, "w1", ["relay_high"], 8).beat()
+    PixelActivity(redis).failed(PIXEL, {"code": 190, "message": "Invalid OAuth access token",
+                                        "fbtrace_id": "AbC123"}, int(time.time() * 1000))
+
+    page = soup((await operator.get("/")).text)
+
+    high = [cell_text(c) for c in page.select_one('#queues tr[data-queue="high"]').find_all(
+        ["th", "td"])]
+    assert ["high", "1", "0", "0", "0", "0"] == high[:6]
+    assert high[6].endswith("min")
+    assert "relay_high · 8 threads" in cell_text(page.select_one("#workers"))
+    pixel = cell_text(page.select_one(f'#pixel-status li[data-pixel="{PIXEL}"]'))
+    assert "code 190 Invalid OAuth access token (fbtrace_id AbC123)" in pixel
+
+
+def msgspec_encode(env: object) -> bytes:
+    from relay.events import encode
+
+    return encode(env)  # type: ignore[arg-type]
+
+
+# -- dead letters -------------------------------------------------------------------------------
+def _rows(page: str) -> list[str]:
+    return [r["data-key"] for r in soup(page).select("#dead-table tbody tr[data-key]")]
+
+
+async def test_dead_letters_list_with_counts_per_reason(operator: AsyncTestClient,
+                                                        redis: fakeredis.FakeRedis) -> None:
+    add_dead_letter(redis, "e1")
+    add_dead_letter(redis, "e2", reason={"kind": "expired", "message": "too old"})
+    add_dead_letter(redis, "e3", pixel=OTHER_PIXEL, event_name="Lead")
+
+    page = (await operator.get("/dead-letters")).text
+
+    reasons = {el["data-reason"]: cell_text(el) for el in soup(page).select("[data-reason]")}
+    assert ({"rejected:100": "2", "expired:none": "1"}, "3") == (
+        reasons, cell_text(soup(page).find(id="dead-total")))
+    assert 3 == len(_rows(page))
+
+
+async def test_dead_letters_filter_by_pixel_event_kind_and_code(
+        operator: AsyncTestClient, redis: fakeredis.FakeRedis) -> None:
+    add_dead_letter(redis, "e1")
+    add_dead_letter(redis, "e2", reason={"kind": "expired", "message": "too old"})
+    k3 = add_dead_letter(redis, "e3", pixel=OTHER_PIXEL, event_name="Lead")
+
+    by_pixel = _rows((await operator.get(f"/dead-letters?pixel={OTHER_PIXEL}")).text)
+    both = _rows((await operator.get(
+        "/dead-letters?kind=rejected&event=Lead&code=100")).text)
+    none = _rows((await operator.get("/dead-letters?kind=rejected&code=190")).text)
+    old = _rows((await operator.get("/dead-letters?age=older-24h")).text)
+
+    assert ([k3], [k3], [], []) == (by_pixel, both, none, old)
+
+
+async def test_dead_letters_page_with_a_cursor(operator: AsyncTestClient,
+                                               redis: fakeredis.FakeRedis) -> None:
+    for i in range(120):
+        add_dead_letter(redis, f"e{i:03}")
+
+    seen: list[str] = []
+    path = "/dead-letters?kind=rejected"
+    for _ in range(5):
+        page = (await operator.get(path)).text
+        seen += _rows(page)
+        link = soup(page).find(id="next-page")
+        if link is None:
+            break
+        path = link["href"]
+
+    assert (120, 120) == (len(seen), len(set(seen)))
+
+
+async def test_detail_shows_the_event_and_every_attempt(operator: AsyncTestClient,
+                                                        redis: fakeredis.FakeRedis) -> None:
+    key = add_dead_letter(redis, "e1")
+
+    page = soup((await operator.get(f"/dead-letter?key={key}")).text)
+
+    facts = dict(zip([cell_text(d) for d in page.select("#reason dt")],
+                     [cell_text(d) for d in page.select("#reason dd")], strict=True))
+    assert {"kind": "rejected", "Meta code": "100", "subcode": "2804001",
+            "message": "Invalid parameter", "fbtrace_id": "trace-abc"} == facts
+    attempt = [cell_text(c) for c in page.select("#attempts tbody tr")[0].find_all("td")]
+    assert ["dead", "1", "100", "2804001", "Invalid parameter", "trace-abc"] == attempt[1:]
+    assert '"event_id": "e1"' in page.find(id="event-json").get_text()
+
+
+async def test_requeue_one_moves_it_back_to_the_inbox_and_is_audited(
+        operator: AsyncTestClient, redis: fakeredis.FakeRedis) -> None:
+    key = add_dead_letter(redis, "e1")
+    redis.set(keys.dedup(key), "dead:batch-1")
+    page = (await operator.get(f"/dead-letter?key={key}")).text
+
+    answer = await operator.post("/dead-letters/act", data={
+        "action": "requeue", "scope": "one", "key": key, "_csrf_token": csrf_of(page)})
+
+    assert (200, 0, 1, None, b"requeued") == (
+        answer.status_code, redis.zcard(keys.dead_letters()),
+        redis.llen(keys.inbox("relay_high", PIXEL)), redis.get(keys.dedup(key)),
+        redis.get(keys.state(key)))
+    assert "1 of 1 requeued" == cell_text(soup(answer.text).find(id="done"))
+    audit = soup((await operator.get("/audit")).text)
+    first = [cell_text(c) for c in audit.select("#audit tbody tr")[0].find_all("td")]
+    assert ["op operator", "requeue", "1"] == first[1:4]
+
+
+async def test_requeue_twice_moves_it_once(operator: AsyncTestClient,
+                                           redis: fakeredis.FakeRedis) -> None:
+    key = add_dead_letter(redis, "e1")
+    token = csrf_of((await operator.get("/dead-letters")).text)
+
+    for _ in range(2):
+        last = await operator.post("/dead-letters/act", data={
+            "action": "requeue", "scope": "one", "key": key, "_csrf_token": token})
+
+    assert (1, "0 of 1 requeued") == (redis.llen(keys.inbox("relay_high", PIXEL)),
+                                      cell_text(soup(last.text).find(id="done")))
+
+
+async def test_discard_selected(operator: AsyncTestClient, redis: fakeredis.FakeRedis) -> None:
+    k1, k2 = add_dead_letter(redis, "e1"), add_dead_letter(redis, "e2")
+    add_dead_letter(redis, "e3")
+    token = csrf_of((await operator.get("/dead-letters")).text)
+
+    answer = await operator.post("/dead-letters/act", data={
+        "action": "discard", "keys": [k1, k2], "_csrf_token": token})
+
+    assert (1, 0, {"rejected:100": 1}) == (
+        redis.zcard(keys.dead_letters()), redis.llen(keys.inbox("relay_high", PIXEL)),
+        DeadLetters(redis, TTL_S).reasons())
+    assert "2 of 2 discarded" == cell_text(soup(answer.text).find(id="done"))
+
+
+async def test_requeue_every_match_runs_as_a_job_with_progress(
+        operator: AsyncTestClient, redis: fakeredis.FakeRedis) -> None:
+    for i in range(30):
+        add_dead_letter(redis, f"e{i}")
+    kept = add_dead_letter(redis, "x1", reason={"kind": "expired", "message": "too old"})
+    token = csrf_of((await operator.get("/dead-letters?kind=rejected")).text)
+
+    answer = await operator.post("/dead-letters/act", data={
+        "action": "requeue-matching", "kind": "rejected", "_csrf_token": token},
+        follow_redirects=False)
+    job_path = answer.headers["location"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        fragment = soup((await operator.get(f"/fragments{job_path}")).text)
+        if fragment.find(id="job-card")["data-state"] != "running":
+            break
+
+    assert ("done", "30", "30") == (fragment.find(id="job-card")["data-state"],
+                                    cell_text(fragment.find(id="job-done")),
+                                    cell_text(fragment.find(id="job-total")))
+    assert ([kept.encode()], 30) == (redis.zrange(keys.dead_letters(), 0, -1),
+                                     redis.llen(keys.inbox("relay_high", PIXEL)))
+
+
+async def test_a_bad_filter_is_a_400(operator: AsyncTestClient) -> None:
+    answer = await operator.get("/dead-letters?age=forever")
+
+    assert 400 == answer.status_code
+    assert "age must be one of" in cell_text(soup(answer.text).find(id="error-detail"))
+
+
+# -- find, links, pixels ------------------------------------------------------------------------
+async def test_find_shows_the_trace_timeline(operator: AsyncTestClient,
+                                             redis: fakeredis.FakeRedis) -> None:
+    add_dead_letter(redis, "order-7")
+
+    page = soup((await operator.get("/find?q=order-7")).text)
+
+    timeline = page.find(id="timeline").get_text()
+    assert timeline.startswith(f"Purchase order-7 for pixel {PIXEL}: dead")
+
+
+async def test_find_unknown_says_so(operator: AsyncTestClient) -> None:
+    page = soup((await operator.get("/find?q=nothing-here")).text)
+
+    assert page.find(id="not-found") is not None
+
+
+async def test_pixels_page_shows_match_key_coverage(operator: AsyncTestClient,
+                                                    redis: fakeredis.FakeRedis) -> None:
+    count(redis, {f"delivered:{PIXEL}:Purchase": 4, f"mk.em:{PIXEL}:Purchase": 4,
+                  f"mk.ph:{PIXEL}:Purchase": 1, f"mk.fbc:{PIXEL}:Purchase": 2,
+                  f"received:{PIXEL}:Purchase": 5, f"dead:{PIXEL}:Purchase": 1})
+
+    page = soup((await operator.get("/pixels")).text)
+
+    row = page.select_one(f'#pixel-{PIXEL} tr[data-event="Purchase"]')
+    cells = {c["data-col"]: cell_text(c) for c in row.select("td[data-col]")}
+    assert {"received": "5", "delivered": "4", "dead": "1", "success": "80.0 %",
+            "em": "100 %", "ph": "25 %", "fbc": "50 %", "fbp": "0 %", "external_id": "0 %",
+            "client_ip_address": "0 %", "client_user_agent": "0 %"} == cells
+
+
+async def test_links_page_counts_clicks_and_conversions(operator: AsyncTestClient,
+                                                        redis: fakeredis.FakeRedis) -> None:
+    count(redis, {"lk.click:summer:PageView": 9, "lk.conv:summer:Purchase": 2,
+                  f"delivered:{PIXEL}:PageView": 9})
+
+    page = soup((await operator.get("/links")).text)
+
+    row = page.select_one('#links tr[data-link="summer"]')
+    cells = {c["data-col"]: cell_text(c) for c in row.select("td[data-col]")}
+    assert {"clicks": "9", "conversions": "Purchase 2", "success": "100.0 %"} == cells
