@@ -158,7 +158,8 @@ def cmd_relay(args: argparse.Namespace) -> int:
         priorities = parse_priorities(args.queues)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    RelayWorker(settings, priorities, redis_client(settings)).run_until_signalled()
+    RelayWorker(settings, priorities, redis_client(settings),
+                metrics_port=args.metrics_port).run_until_signalled()
     return 0
 
 
@@ -245,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     relay = command("relay", cmd_relay, "run a relay worker")
     relay.add_argument("--queues", default="high,normal,low",
                        help="comma-separated priority queues: high, normal, low")
+    relay.add_argument("--metrics-port", type=int, default=None,
+                       help="port of this worker's /metrics (default: relay.metrics_port plus "
+                            "the queue set's offset; 0 = none)")
     command("dashboard", cmd_dashboard, "run the dashboard")
     fake = command("fake-meta", cmd_fake_meta, "run the fake Graph API")
     fake.add_argument("--port", type=int, default=0, help="port (default $FAKEMETA_PORT)")

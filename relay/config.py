@@ -121,6 +121,17 @@ class RelaySettings(Struct, frozen=True, forbid_unknown_fields=True):
     ] = 10_000
     requests_per_s: Annotated[float, _help("Default request rate limit per pixel.", gt=0)] = 50.0
     events_per_s: Annotated[float, _help("Default event rate limit per pixel.", gt=0)] = 20_000.0
+    metrics_host: Annotated[str, _help("Address each relay worker's /metrics listens on.")] = (
+        "127.0.0.1"
+    )
+    metrics_port: Annotated[
+        int, _help("Base port of the workers' /metrics: high +0, normal +1, low +2, other queue "
+                   "sets +3..+6 (docs/metrics.md); 0 = none.", ge=0, le=65535)
+    ] = 9320
+    observe_interval_ms: Annotated[
+        int, _help("How often the elected worker reads queue depths and evaluates alerts.",
+                   ge=100)
+    ] = 5_000
 
 
 class DashboardSettings(Struct, frozen=True, forbid_unknown_fields=True):

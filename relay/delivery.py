@@ -38,6 +38,7 @@ from relay.events import Envelope, decode_click, decode_envelope, enrich_from_cl
 from relay.ledger import Entry, Ledger
 from relay.limiter import PixelLimiter, PixelRates
 from relay.meta_client import MetaClient, SendResult, same_rejection
+from relay.metrics import DeliveryObserver
 from relay.stats import match_key_counts
 from relay.status import PixelActivity
 from relay.validation import problem
@@ -112,7 +113,8 @@ class Deliverer:
     def __init__(self, settings: Settings, client: Redis, meta: MetaClient,
                  clock: Callable[[], float] = time.time,
                  after_send_retry: Retry | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 observer: DeliveryObserver | None = None) -> None:
         relay = settings.relay
         ttl_s = relay.ledger_ttl_days * SECONDS_PER_DAY
         self.settings = settings
@@ -126,6 +128,7 @@ class Deliverer:
         self.limiter = PixelLimiter(client)
         self.activity = PixelActivity(client)
         self.after_send_retry = after_send_retry or patient_retry()
+        self.observer = observer or DeliveryObserver()
 
     def rates(self, pixel: PixelSettings) -> PixelRates:
         relay = self.settings.relay
@@ -150,6 +153,7 @@ class Deliverer:
             return None
         wait_ms = self.limiter.acquire(pixel_id, self.rates(pixel), len(envelopes))
         if wait_ms > 0:
+            self.observer.deferred(envelopes, "rate_limit")
             return Defer(wait_ms, "rate limit")
         return self._send(pixel, envelopes, attempt)
 
@@ -183,6 +187,7 @@ class Deliverer:
         if duplicates:
             self.ledger.record([_entry(e, "duplicate", batch=attempt.batch_id)
                                 for e in duplicates])
+            self.observer.duplicate(duplicates)
             log.info("duplicates_dropped", pixel_id=duplicates[0].pixel_id,
                      count=len(duplicates), batch=attempt.batch_id)
         return keep
@@ -253,6 +258,7 @@ class Deliverer:
             self.ledger.record([_entry(e, "deferred", batch=attempt.batch_id,
                                        attempt=attempt.number, outcome="throttled",
                                        code=exc.code) for e in pending])
+            self.observer.deferred(pending, "throttled")
             return Defer(int(THROTTLE_DELAY_MS / factor), f"throttled by Meta (code {exc.code})")
         except TransientError as exc:
             self._log_batch(pixel.id, envelopes, attempt, started, "transient", exc)
@@ -263,6 +269,7 @@ class Deliverer:
             self.ledger.record([_entry(e, "attempt", batch=attempt.batch_id,
                                        attempt=attempt.number, outcome="transient",
                                        error=exc.message, code=exc.code) for e in pending])
+            self.observer.retried(pending)
             raise
         except PermanentError as exc:
             self._log_batch(pixel.id, envelopes, attempt, started, "permanent", exc)
@@ -275,6 +282,7 @@ class Deliverer:
             self.ledger.record([_entry(e, "deferred", batch=attempt.batch_id,
                                        attempt=attempt.number, outcome="rate limit")
                                 for e in pending])
+            self.observer.deferred(pending, "rate_limit")
             return Defer(deferred.wait_ms, "rate limit")
         self._log_batch(pixel.id, envelopes, attempt, started, "delivered", None)
         return None
@@ -360,10 +368,20 @@ class Deliverer:
     def _send_part(self, split: _Split, envelopes: list[Envelope]) -> InvalidBatchError | None:
         """POST ``envelopes``: None once delivered and recorded, or Meta's refusal naming an
         event (every other error is raised)."""
+        started = time.perf_counter()
+        outcome = "delivered"
         try:
             result = self.meta.send(split.pixel, [e.event for e in envelopes])
         except InvalidBatchError as exc:
+            outcome = "invalid_batch"
             return exc
+        except DeliveryError as exc:
+            outcome = _outcome(exc)
+            raise
+        finally:
+            self.observer.request(split.pixel.id, len(envelopes), time.perf_counter() - started,
+                                  outcome)
+        self.observer.delivered(envelopes)
         self._delivered(envelopes, result, split.attempt)
         split.settled.update(e.dedup_key for e in envelopes)
         return None
@@ -413,6 +431,9 @@ class Deliverer:
         if not envelopes:
             return
         self.dead.add(envelopes, reason)
+        code = reason.get("code")
+        self.observer.dead(envelopes, str(reason.get("kind")),
+                           code if isinstance(code, int) else None)
         self.dedup.mark_dead(attempt.batch_id, [e.dedup_key for e in envelopes])
         self.ledger.record([_entry(e, "dead", batch=attempt.batch_id, attempt=attempt.number,
                                    **reason) for e in envelopes])
@@ -437,3 +458,12 @@ class Deliverer:
                  code=error.code if error else None,
                  fbtrace_id=error.fbtrace_id if error else None,
                  error=error.message if error else None)
+
+
+def _outcome(error: DeliveryError) -> str:
+    """The ``outcome`` label of a request Meta answered with ``error``."""
+    if isinstance(error, ThrottledError):
+        return "throttled"
+    if isinstance(error, TransientError):
+        return "transient"
+    return "permanent"

@@ -149,3 +149,13 @@ def bulk_jobs() -> str:
 def click_events(click_id: str) -> str:
     """Set of dedup keys of the events that carried a click_id (the dashboard's find)."""
     return f"{PREFIX}:clickev:{click_id}"
+
+
+def observer_leader() -> str:
+    """The worker elected to export Redis-derived gauges and send built-in alerts."""
+    return f"{PREFIX}:observer:leader"
+
+
+def alert_state() -> str:
+    """Hash of built-in alert condition -> JSON (active, since, last notified)."""
+    return f"{PREFIX}:alerts:state"

@@ -12,9 +12,13 @@ PageViews never holds up a Purchase.
 
 from __future__ import annotations
 
+import itertools
+import os
 import signal
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +27,9 @@ import dramatiq
 import httpx
 import structlog
 from dramatiq.middleware import CurrentMessage
+from prometheus_client import start_http_server
 from redis import Redis
+from redis import exceptions as redis_errors
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -33,6 +39,8 @@ from relay.delivery import Attempt, Deliverer
 from relay.health import PixelHealth
 from relay.inbox import Batcher
 from relay.meta_client import MetaClient
+from relay.metrics import RelayMetrics
+from relay.observe import Election, gauge_values, relay_state
 from relay.queues import PRIORITIES, QUEUE_NAMES, Priority
 from relay.status import WorkerPresence
 
@@ -40,6 +48,11 @@ log = structlog.get_logger("relay.worker")
 RECOVER_INTERVAL_S = 1.0
 HEALTH_INTERVAL_S = 60.0
 HEALTH_POLL_S = 2.5  # how often a worker asks whether a check is due (one SET NX)
+# Port offsets of /metrics from relay.metrics_port, one per set of queues a process serves.
+METRICS_PORT_OFFSETS: dict[tuple[Priority, ...], int] = {
+    group: offset for offset, group in enumerate(
+        g for n in (1, 2, 3) for g in itertools.combinations(PRIORITIES, n))
+}
 
 
 def actor_name(priority: Priority) -> str:
@@ -52,6 +65,7 @@ class RelayWorker:
     priorities: Sequence[Priority]
     client: Redis
     transport: httpx.BaseTransport | None = None
+    metrics_port: int | None = None  # None: relay.metrics_port plus this queue set's offset
     broker: RelayBroker = field(init=False)
     worker: dramatiq.Worker = field(init=False)
     deliverer: Deliverer = field(init=False)
@@ -60,7 +74,10 @@ class RelayWorker:
         relay = self.settings.relay
         self.broker = make_broker(self.client, relay)
         self.meta = MetaClient(self.settings.meta, self.transport)
-        self.deliverer = Deliverer(self.settings, self.client, self.meta)
+        self.metrics = RelayMetrics(self.settings)
+        self.deliverer = Deliverer(self.settings, self.client, self.meta, observer=self.metrics)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.election = Election(self.client, self.worker_id, 3 * relay.observe_interval_ms)
         self.health = PixelHealth(self.client, self.meta)
         self.queues = [QUEUE_NAMES[p] for p in self.priorities]
         for priority in self.priorities:
@@ -81,6 +98,9 @@ class RelayWorker:
         self._pump = threading.Thread(target=self._pump_loop, name="relay-pump", daemon=True)
         self._checker = threading.Thread(target=self._health_loop, name="relay-health",
                                          daemon=True)
+        self._observer = threading.Thread(target=self._observe_loop, name="relay-observer",
+                                          daemon=True)
+        self._metrics_server: Any = None
 
     # -- the actor --------------------------------------------------------------------------------
     def _deliver(self, pixel_id: str, items: list[str]) -> None:
@@ -109,6 +129,8 @@ class RelayWorker:
                     self.broker.recover(self.queues, self._gate.allows_maintenance())
                     self._gate.heartbeat_written()
                     self.presence.beat()  # for the dashboard: queues, threads, last seen
+                    self.metrics.heartbeat(self.queues)
+                    self.metrics.redis_reachable(True)
                     next_recover = now + RECOVER_INTERVAL_S
                 if now >= next_stranded_check:
                     self.broker.rescue_stranded(self.queues)
@@ -116,6 +138,8 @@ class RelayWorker:
                     # back in the queue within one to two heartbeat timeouts.
                     next_stranded_check = now + self.settings.relay.heartbeat_timeout_ms / 1000
             except Exception as exc:  # noqa: BLE001 - Redis hiccups must not kill the pump
+                if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):
+                    self.metrics.redis_reachable(False)
                 log.warning("pump_error", error=type(exc).__name__, detail=str(exc))
             self._stopping.wait(linger_s)
 
@@ -128,11 +152,51 @@ class RelayWorker:
                 log.warning("health_check_error", error=type(exc).__name__, detail=str(exc))
             self._stopping.wait(HEALTH_POLL_S)
 
+    # -- the observer -----------------------------------------------------------------------------
+    def _observe_loop(self) -> None:
+        """Every ``observe_interval_ms``: stand for election; if elected, read the relay's state
+        from Redis into the Redis-derived gauges (exported by this worker only)."""
+        interval_s = self.settings.relay.observe_interval_ms / 1000
+        while not self._stopping.is_set():
+            try:
+                self.observe_once()
+            except Exception as exc:  # noqa: BLE001 - observing must never stop the worker
+                log.warning("observer_error", error=type(exc).__name__, detail=str(exc))
+            self._stopping.wait(interval_s)
+
+    def observe_once(self) -> bool:
+        """One round of the observer; True when this worker is the elected one."""
+        elected = self.election.hold()
+        if elected:
+            state = relay_state(self.client, self.settings)
+            self.metrics.redis_gauges.replace(gauge_values(state))
+        self.metrics.observing(elected)
+        return elected
+
+    def _serve_metrics(self) -> None:
+        port = self.metrics_port
+        if port is None:
+            base = self.settings.relay.metrics_port
+            key = tuple(p for p in PRIORITIES if p in self.priorities)
+            port = base + METRICS_PORT_OFFSETS[key] if base else 0
+        if not port:
+            return
+        host = self.settings.relay.metrics_host
+        try:
+            self._metrics_server, _ = start_http_server(port, host, registry=self.metrics.registry)
+        except OSError as exc:
+            # Delivery matters more than metrics: run on, and say so (Prometheus sees up == 0).
+            log.error("metrics_port_unavailable", host=host, port=port, error=str(exc))
+            return
+        log.info("metrics_serving", url=f"http://{host}:{port}/metrics")
+
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
+        self._serve_metrics()
         self.worker.start()
         self._pump.start()
         self._checker.start()
+        self._observer.start()
         log.info("relay_worker_started", queues=self.queues,
                  threads=self.settings.relay.worker_threads)
 
@@ -141,12 +205,21 @@ class RelayWorker:
         self._stopping.set()
         self._pump.join(5)
         self._checker.join(5)
+        self._observer.join(5)
         self.worker.stop(timeout=timeout_ms)
         self.meta.close()
         try:
             self.presence.leave()
         except Exception as exc:  # noqa: BLE001 - Redis may be gone; the entry just ages out
             log.warning("presence_not_removed", error=type(exc).__name__)
+        if self.metrics.redis_is_up():  # else each command would wait out the outage first
+            try:
+                self.election.resign()
+            except redis_errors.RedisError as exc:
+                log.warning("resign_failed", error=type(exc).__name__)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         log.info("relay_worker_stopped", queues=self.queues)
 
     def run_until_signalled(self) -> None:
