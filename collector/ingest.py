@@ -124,16 +124,14 @@ async def store_server_events(ctx: CollectorContext, key: ApiKeySettings,
     accepted: list[str] = []
     for where, obj in located:
         item = inbound_event(obj, where)
-        event = build_event(item, now_s=now_s, max_age_days=relay.max_event_age_days,
-                            max_future_skew_s=ctx.settings.collector.max_future_skew_s,
-                            where=where)
-        if item.user_data and item.user_data.fbc and not is_valid_fbc(item.user_data.fbc):
-            raise InputError(f"{where}.user_data.fbc must look like fb.1.<ms>.<fbclid>", 422,
-                             reason="bad_fbc")
         if pixel_id is not None and item.pixel_id not in (None, pixel_id):
             raise InputError(f"{where}.pixel_id {item.pixel_id} is not the pixel in the path "
                              f"({pixel_id})", 422)
-        for pixel in _pixels_for(ctx, key, pixel_id or item.pixel_id, where):
+        pixels = _pixels_for(ctx, key, pixel_id or item.pixel_id, where)
+        event = build_event(item, now_s=now_s, max_age_days=relay.max_event_age_days,
+                            max_future_skew_s=ctx.settings.collector.max_future_skew_s,
+                            where=where, phone_region=ctx.settings.phone_region(key, pixels))
+        for pixel in pixels:
             writes.append(ctx.event_write(pixel, event, source="server",
                                           click_id=item.click_id, received_ms=received))
         accepted.append(event.event_id)

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from relay.validation import is_valid_fbc, is_valid_fbp
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Crawlers, link previews and monitors: they follow links but are not people. Kept short and
@@ -31,8 +33,6 @@ MAX_FBCLID_LENGTH = 1000  # real ones are a few hundred characters; a cookie mus
 FBC_COOKIE = "_fbc"
 FBP_COOKIE = "_fbp"
 CLICK_COOKIE = "_prclk"
-_FBC_FORM = re.compile(r"^fb\.\d+\.\d{10,16}\.\S+$")
-_FBP_FORM = re.compile(r"^fb\.\d+\.\d{10,16}\.\d+$")
 # RFC 6265 cookie-octets: an fbclid with anything else cannot be set as a cookie as it is, and the
 # fbc made from it would be refused by Meta (subcode 2804001) and by is_valid_fbc.
 _FBCLID_FORM = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
@@ -114,14 +114,6 @@ def make_fbc(fbclid: str, now_ms: int) -> str:
 
 def make_fbp(now_ms: int) -> str:
     return f"fb.1.{now_ms}.{secrets.randbelow(9_000_000_000) + 1_000_000_000}"
-
-
-def is_valid_fbc(value: str | None) -> bool:
-    return bool(value) and _FBC_FORM.match(value or "") is not None
-
-
-def is_valid_fbp(value: str | None) -> bool:
-    return bool(value) and _FBP_FORM.match(value or "") is not None
 
 
 def choose_fbc(fbclid: str | None, cookie: str | None, now_ms: int) -> tuple[str | None, bool]:

@@ -174,6 +174,10 @@ class PixelSettings(Struct, frozen=True, forbid_unknown_fields=True):
     api_version: Annotated[str, _help("Graph API version for this pixel; empty = meta's.")] = ""
     requests_per_s: Annotated[float, _help("Request rate limit; 0 = relay default.", ge=0)] = 0.0
     events_per_s: Annotated[float, _help("Event rate limit; 0 = relay default.", ge=0)] = 0.0
+    default_phone_region: Annotated[
+        str, _help("Country (ISO 3166-1 alpha-2, e.g. BR) of phone numbers sent to this pixel "
+                   "without a country code; empty = none, such numbers are refused.")
+    ] = ""
     # Resolved from the environment at load time; never in the TOML file.
     access_token: Annotated[str, _help("Not a file setting: read from access_token_env.")] = ""
     app_secret: Annotated[str, _help("Not a file setting: read from app_secret_env.")] = ""
@@ -200,6 +204,10 @@ class ApiKeySettings(Struct, frozen=True, forbid_unknown_fields=True):
     pixels: Annotated[list[str], _help("Pixels the key may send to; empty = all.")] = field(
         default_factory=list
     )
+    default_phone_region: Annotated[
+        str, _help("Country (ISO 3166-1 alpha-2, e.g. BR) of phone numbers this key sends "
+                   "without a country code; empty = the pixel's.")
+    ] = ""
 
 
 class OperatorSettings(Struct, frozen=True, forbid_unknown_fields=True):
@@ -235,6 +243,18 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
 
     def pixel(self, pixel_id: str) -> PixelSettings | None:
         return next((p for p in self.pixels if p.id == pixel_id), None)
+
+    def phone_region(self, api_key: ApiKeySettings | None, pixel_ids: list[str]) -> str | None:
+        """Region for phone numbers without a country code: the API key's, else the one all
+        ``pixel_ids`` share (pixels that disagree give none: a guess would hash a wrong number).
+        """
+        if api_key is not None and api_key.default_phone_region:
+            return api_key.default_phone_region.upper()
+        regions = {(p.default_phone_region.upper() if p else "")
+                   for p in (self.pixel(pid) for pid in pixel_ids)}
+        if len(regions) != 1:
+            return None
+        return regions.pop() or None
 
     def link(self, slug: str) -> LinkSettings | None:
         return next((k for k in self.links if k.slug == slug), None)
@@ -338,6 +358,10 @@ def _check_consistency(settings: Settings) -> None:
         for pid in link.pixels:
             if pid not in pixel_ids:
                 raise ConfigError(f"links[{i}].pixels names {pid}, which is not a configured pixel")
+    for where, region in _phone_regions(settings):
+        if region and region.upper() not in _phone_region_codes():
+            raise ConfigError(f"{where}.default_phone_region {region!r} is not a country code "
+                              "phone numbers are known for, such as US or BR")
     for i, key in enumerate(settings.api_keys):
         for pid in key.pixels:
             if pid not in pixel_ids:
@@ -372,6 +396,18 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError("meta.graph_url must be an absolute http(s) URL")
     if settings.relay.max_backoff_ms < settings.relay.min_backoff_ms:
         raise ConfigError("relay.max_backoff_ms must not be smaller than relay.min_backoff_ms")
+
+
+def _phone_regions(settings: Settings) -> list[tuple[str, str]]:
+    return ([(f"pixels[{i}]", p.default_phone_region) for i, p in enumerate(settings.pixels)]
+            + [(f"api_keys[{i}]", k.default_phone_region)
+               for i, k in enumerate(settings.api_keys)])
+
+
+def _phone_region_codes() -> frozenset[str]:
+    import phonenumbers  # only when a region is configured
+
+    return frozenset(phonenumbers.SUPPORTED_REGIONS)
 
 
 def reference() -> list[tuple[str, str, str]]:

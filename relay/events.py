@@ -17,19 +17,18 @@ import msgspec
 from msgspec import Struct
 
 from relay.errors import InputError
-from relay.hashing import HASHED_KEYS, UnnormalizableValue, hash_user_field
+from relay.hashing import HASHED_KEYS, UnnormalizableValue, context_for, hash_user_field
 
-ACTION_SOURCES = frozenset(
-    {
-        "email", "website", "app", "phone_call", "chat", "physical_store",
-        "system_generated", "business_messaging", "other",
-    }
-)
+# The event rules live in relay.validation; these are re-exported for older imports.
+from relay.validation import ACTION_SOURCES as ACTION_SOURCES
+from relay.validation import EXTINFO_LENGTH as EXTINFO_LENGTH
+from relay.validation import EXTINFO_VERSIONS as EXTINFO_VERSIONS
+from relay.validation import SECONDS_IN_DAY as SECONDS_IN_DAY
+from relay.validation import app_data_problem as app_data_problem
+from relay.validation import door_problem
+
 MAX_EVENTS_PER_REQUEST = 1000
 MAX_PASSTHROUGH_BYTES = 16_384  # per event: the unknown fields, JSON-encoded
-EXTINFO_LENGTH = 16  # Meta's App Data Parameters: extinfo has 16 entries, the first a2 or i2
-EXTINFO_VERSIONS = ("a2", "i2")
-SECONDS_IN_DAY = 86_400
 _MS_THRESHOLD = 100_000_000_000  # a Unix time above this is milliseconds, not seconds
 
 Source = Literal["redirect", "beacon", "server"]
@@ -228,26 +227,9 @@ def located(message: str, where: str) -> str:
     return f"{where}{path}: {text}" if path else f"invalid {where}: {text}"
 
 
-def app_data_problem(app_data: dict[str, Any] | None) -> str | None:
-    """Why an app event's ``app_data`` falls short of what Meta requires, or None."""
-    if app_data is None:
-        return "app_data is required for app events"
-    for flag in ("advertiser_tracking_enabled", "application_tracking_enabled"):
-        if app_data.get(flag) not in (True, False, 0, 1):
-            return f"app_data.{flag} must be true or false (or 1 or 0)"
-    extinfo = app_data.get("extinfo")
-    if not (isinstance(extinfo, list) and len(extinfo) == EXTINFO_LENGTH
-            and extinfo[0] in EXTINFO_VERSIONS):
-        return (f"app_data.extinfo must be an array of {EXTINFO_LENGTH} values starting with "
-                "a2 (Android) or i2 (iOS)")
-    return None
-
-
 def _check_extensions(inbound: InboundEvent, where: str) -> None:
-    if inbound.action_source == "app":
-        problem = app_data_problem(inbound.app_data)
-        if problem:
-            raise InputError(f"{where}.{problem}", 422)
+    """What the event rules cannot see on a ``MetaEvent``: the shape of pass-through fields.
+    (``app_data`` is an event rule: ``relay.validation.app_problem``.)"""
     original = inbound.original_event_data or {}
     if not isinstance(original.get("event_name", ""), str):
         raise InputError(f"{where}.original_event_data.event_name must be a string", 422)
@@ -261,14 +243,17 @@ def new_event_id() -> str:
     return f"{int(time.time() * 1000):x}{secrets.token_hex(8)}"
 
 
-def hash_user_data(raw: InboundUserData | None, where: str = "event") -> UserData:
+def hash_user_data(raw: InboundUserData | None, where: str = "event",
+                   phone_region: str | None = None) -> UserData:
     """Normalize and hash the keys Meta wants hashed; copy the clear keys.
 
-    Raises ``InputError`` (422) naming ``where`` and the key when a value has no form Meta
-    documents; the sentence never repeats the value.
+    ``phone_region`` (alpha-2) reads a phone number given without its country code, unless
+    the event's own ``country`` names one. Raises ``InputError`` (422) naming ``where`` and the
+    key when a value has no form Meta documents; the sentence never repeats the value.
     """
     if raw is None:
         return UserData()
+    context = context_for(raw.country, phone_region)
     values: dict[str, Any] = {}
     for name in raw.__struct_fields__:
         value = getattr(raw, name)
@@ -276,7 +261,7 @@ def hash_user_data(raw: InboundUserData | None, where: str = "event") -> UserDat
             continue
         if name in HASHED_KEYS:
             try:
-                hashed = hash_user_field(name, value)
+                hashed = hash_user_field(name, value, context)
             except UnnormalizableValue as exc:
                 raise InputError(f"{where}.user_data.{exc.key} {exc.expected}", 422,
                                  reason="malformed_user_data") from None
@@ -288,50 +273,24 @@ def hash_user_data(raw: InboundUserData | None, where: str = "event") -> UserDat
 
 
 def build_event(inbound: InboundEvent, *, now_s: float, max_age_days: int,
-                max_future_skew_s: int, where: str = "event") -> MetaEvent:
+                max_future_skew_s: int, where: str = "event",
+                phone_region: str | None = None) -> MetaEvent:
     """Check one inbound event and turn it into the hashed, Meta-ready form.
 
+    The event rules are ``relay.validation``'s, the ones the relay checks again before sending;
+    ``phone_region`` reads phone numbers given without a country code (``hash_user_data``).
     Raises ``InputError`` (422) naming ``where`` and the field.
     """
-    name = inbound.event_name.strip()
-    if not name or len(name) > 100:
-        raise InputError(f"{where}.event_name must be 1 to 100 characters", 422)
-    if ":" in name:  # it is part of the dedup key pixel:event_name:event_id, split at ':'
-        raise InputError(f"{where}.event_name must not contain ':'", 422)
     event_time = int(now_s) if inbound.event_time is None else inbound.event_time
     if event_time > _MS_THRESHOLD:
         raise InputError(f"{where}.event_time must be Unix seconds, not milliseconds", 422)
-    if event_time < now_s - max_age_days * SECONDS_IN_DAY:
-        raise InputError(f"{where}.event_time is older than {max_age_days} days", 422,
-                         reason="event_too_old")
-    if event_time > now_s + max_future_skew_s:
-        raise InputError(f"{where}.event_time is in the future", 422)
-    if inbound.action_source not in ACTION_SOURCES:
-        raise InputError(
-            f"{where}.action_source must be one of {', '.join(sorted(ACTION_SOURCES))}", 422
-        )
-    event_id = inbound.event_id or new_event_id()
-    if len(event_id) > 200:
-        raise InputError(f"{where}.event_id is longer than 200 characters", 422)
-    currency = (inbound.custom_data or {}).get("currency")
-    if currency is not None and not (isinstance(currency, str) and len(currency) == 3
-                                     and currency.isalpha()):
-        raise InputError(f"{where}.custom_data.currency must be a 3-letter ISO 4217 code", 422)
-    value = (inbound.custom_data or {}).get("value")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise InputError(f"{where}.custom_data.value must be a number", 422)
     _check_extensions(inbound, where)
-    user_data = hash_user_data(inbound.user_data, where)
-    if inbound.action_source == "website" and not inbound.event_source_url:
-        raise InputError(f"{where}.event_source_url is required for website events", 422)
-    if not _has_user_keys(user_data) and not inbound.click_id:
-        raise InputError(f"{where}.user_data needs at least one customer key or a click_id", 422)
-    return MetaEvent(
-        event_name=name,
+    event = MetaEvent(
+        event_name=inbound.event_name.strip(),
         event_time=event_time,
-        event_id=event_id,
+        event_id=inbound.event_id or new_event_id(),
         action_source=inbound.action_source,
-        user_data=user_data,
+        user_data=hash_user_data(inbound.user_data, where, phone_region),
         event_source_url=inbound.event_source_url,
         referrer_url=inbound.referrer_url,
         custom_data=inbound.custom_data,
@@ -346,10 +305,11 @@ def build_event(inbound: InboundEvent, *, now_s: float, max_age_days: int,
         messaging_channel=inbound.messaging_channel,
         passthrough=inbound.passthrough,
     )
-
-
-def _has_user_keys(user_data: UserData) -> bool:
-    return any(getattr(user_data, k) is not None for k in user_data.__struct_fields__)
+    problem = door_problem(event, now_s=now_s, max_age_days=max_age_days,
+                           max_future_s=max_future_skew_s, has_click=bool(inbound.click_id))
+    if problem is not None:
+        raise InputError(problem.at(where), 422, reason=problem.reason)
+    return event
 
 
 def enrich_from_click(event: MetaEvent, click: ClickContext) -> MetaEvent:

@@ -14,7 +14,13 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
+
+import email_validator
+import phonenumbers
+
+from relay import gender_words
 
 HASHED_KEYS = frozenset(
     {"em", "ph", "fn", "ln", "db", "ge", "ct", "st", "zp", "country", "external_id"}
@@ -28,9 +34,6 @@ CLEAR_KEYS = frozenset(
 )
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-_NON_DIGITS = re.compile(r"\D+")
-_PUNCT_SPACE = re.compile(r"[\W_]+", re.UNICODE)
-_DIGITS = re.compile(r"\d+")
 # Year first only: 02/03/1990 is 3 February in the US and 2 March in Europe, and a guess would
 # hash a date that never matches.
 _BIRTHDATE_FORMS = (
@@ -40,6 +43,10 @@ _BIRTHDATE_FORMS = (
 EARLIEST_BIRTH_YEAR = 1900
 BIRTHDATE_EXPECTED = "must be a date as YYYY-MM-DD or YYYYMMDD, year 1900 to this year"
 COUNTRY_EXPECTED = "must be an ISO 3166-1 country code such as 'us', or a country name"
+EMAIL_EXPECTED = "must be an email address such as name@example.com"
+PHONE_EXPECTED = ("must be a phone number with its country code such as +1 650 555 1212 "
+                  "(or set default_phone_region for the API key or pixel)")
+GENDER_EXPECTED = "must be f or m, or a word for female or male such as 'female' or 'mujer'"
 
 
 class UnnormalizableValue(ValueError):
@@ -63,10 +70,38 @@ def sha256_hex(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
+# Invisible characters that are never part of a name: zero-width space, byte order mark, soft
+# hyphen. Joiners (ZWJ, ZWNJ) stay: Persian and Indic spellings need them.
+_INVISIBLE = frozenset("\u200b\ufeff\u00ad")
+
+
+def _is_junk(char: str) -> bool:
+    return char in _INVISIBLE or unicodedata.category(char) == "Cc"
+
+
+def _is_punctuation(char: str) -> bool:
+    """Unicode P*, and modifier symbols (an acute or grave accent typed for an apostrophe)."""
+    category = unicodedata.category(char)
+    return category[0] == "P" or category == "Sk"
+
+
+def _is_special(char: str) -> bool:
+    """Punctuation or any symbol (``&``, ``+``, ``©``): Meta's "special characters"."""
+    return unicodedata.category(char)[0] in "PS"
+
+
+def _clean(value: str) -> str:
+    """NFC, lowercase, trimmed: the start of every text key's normalization."""
+    return unicodedata.normalize("NFC", value).lower().strip()
+
+
 def _letters_only(value: str) -> str:
-    """Lowercase, punctuation and spaces removed, Unicode kept (fn, ln)."""
-    value = unicodedata.normalize("NFC", value.strip().lower())
-    return _PUNCT_SPACE.sub("", value)
+    """Lowercase without punctuation, special characters or spaces; letters keep their marks.
+
+    How codes and names are looked up (country, st, ge): ``Côte d'Ivoire`` -> ``côtedivoire``.
+    """
+    return "".join(c for c in _clean(value)
+                   if not (c.isspace() or _is_special(c) or _is_junk(c)))
 
 
 def _without_accents(value: str) -> str:
@@ -128,50 +163,129 @@ def preload() -> None:
 
 
 def normalize_email(value: str) -> str:
-    return value.strip().lower()
+    """Trimmed and lowercase (Meta), once ``email-validator`` finds it a syntactically valid
+    address (no DNS lookup: the collector must answer without the network)."""
+    text = _clean(value)
+    if not text:
+        return ""
+    try:
+        email_validator.validate_email(text, check_deliverability=False)
+    except email_validator.EmailNotValidError:
+        raise UnnormalizableValue("em", EMAIL_EXPECTED) from None
+    return text
 
 
-def normalize_phone(value: str) -> str:
-    """Digits only, with country code, no leading zeros: ``+1 (650)555-1212`` -> ``16505551212``.
+def normalize_phone(value: str, region: str | None = None) -> str:
+    """E.164 digits (country code, no ``+``, no leading zeros): ``+1 (650)555-1212`` ->
+    ``16505551212``.
 
-    A country code cannot be invented: callers must include it; leading ``00`` and ``0`` are
-    dropped as Meta asks.
+    Parsed by ``phonenumbers``: letters (``1-800-FLOWERS``) become digits, an extension is cut
+    off. A number written without its country code is read in ``region`` (a default from the
+    API key, the pixel or the event's country); one that is still not a valid number there or
+    with a country code raises ``UnnormalizableValue``.
     """
-    return _NON_DIGITS.sub("", value).lstrip("0")
+    text = value.strip()
+    if not any(c.isalnum() for c in text):
+        return ""
+    number = _parse_phone(text, region.upper() if region else None)
+    if number is None:
+        raise UnnormalizableValue("ph", PHONE_EXPECTED)
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
+
+
+def _parse_phone(text: str, region: str | None) -> phonenumbers.PhoneNumber | None:
+    """The first valid reading of ``text``: in ``region``, then as country code + number.
+
+    A number that is only *possible* (right length, unknown range) is taken only when the
+    sender wrote the country code (``+`` or ``00``): the library's ranges can lag a country's
+    new ones, but a guess at the country would hash a number that never matches.
+    """
+    international = text.startswith(("+", "00"))
+    readings: list[tuple[str, str | None]] = []
+    if region and not text.startswith("+"):
+        readings.append((text, region))
+    readings.append(("+" + text.lstrip("+0 "), None))
+    possible = None
+    for candidate, in_region in readings:
+        try:
+            number = phonenumbers.parse(candidate, in_region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(number):
+            return number
+        if possible is None and international and phonenumbers.is_possible_number(number):
+            possible = number
+    return possible
 
 
 def normalize_name(value: str) -> str:
-    return _letters_only(value)
+    """Lowercase, UTF-8, no punctuation (fn, ln): ``Mary-Jane`` -> ``maryjane``.
+
+    Only punctuation goes (Unicode P*, and modifier symbols such as an acute accent typed for
+    an apostrophe); letters keep their combining marks (``प्रिया``, ``ராஜா``, ``José``). Spaces inside
+    stay, one between words, as the SDK keeps them: ``van der Berg`` -> ``van der berg``.
+    """
+    kept = "".join(c for c in _clean(value) if not (_is_punctuation(c) or _is_junk(c)))
+    return " ".join(kept.split())
 
 
 def normalize_city(value: str) -> str:
-    """Like a name, and without digits: ``New York 10001`` -> ``newyork``."""
-    return _DIGITS.sub("", _letters_only(value))
+    """Lowercase, no punctuation, special characters, digits or spaces: ``New York 10001`` ->
+    ``newyork``, ``São Paulo`` -> ``sãopaulo``, ``नई दिल्ली`` -> ``नईदिल्ली``."""
+    return "".join(c for c in _letters_only(value) if unicodedata.category(c)[0] != "N")
 
 
 def normalize_state(value: str) -> str:
     """2-letter code, lowercase; a US state's name becomes its code: ``New York`` -> ``ny``.
 
-    Other regions keep the name, lowercase without punctuation or spaces, as Meta asks for
-    states outside the US.
+    Other regions keep the name, lowercase without punctuation, special characters, digits or
+    spaces, as Meta asks for states outside the US.
     """
-    letters = _letters_only(value)
+    letters = normalize_city(value)
     if len(letters) <= 2:
         return letters  # a code already: the subdivision table is not needed
     return _us_state_codes().get(_without_accents(letters), letters)
 
 
 def normalize_gender(value: str) -> str:
-    v = value.strip().lower()
-    return v[:1] if v[:1] in ("f", "m") else ""  # anything else is not a gender Meta knows
+    """``f`` or ``m`` from a word in ``relay.gender_words``; ``""`` for a word for neither."""
+    key = _letters_only(value)
+    if not key:
+        return ""
+    for candidate in (key, _without_accents(key)):
+        gender = _gender_words().get(candidate)
+        if gender is not None:
+            return gender
+    raise UnnormalizableValue("ge", GENDER_EXPECTED)
 
 
-def normalize_zip(value: str) -> str:
-    v = value.strip().lower().replace(" ", "").replace("-", "")
-    # US ZIP+4 ("94025-1234" -> "940251234"): Meta wants the first 5 digits.
-    if v.isdigit() and len(v) == 9:
-        return v[:5]
-    return v
+@functools.cache
+def _gender_words() -> dict[str, str]:
+    table = {_letters_only(w): "" for w in gender_words.NEITHER_WORDS}
+    table.update({_letters_only(w): "f" for w in gender_words.FEMALE_WORDS})
+    table.update({_letters_only(w): "m" for w in gender_words.MALE_WORDS})
+    return table
+
+
+# A whole UK postcode: outward code (area + district), space, inward code (sector + unit).
+_UK_POSTCODE = re.compile(r"(?P<sector>[a-z]{1,2}[0-9][a-z0-9]?[0-9])[a-z]{2}")
+_US_ZIP = re.compile(r"(?P<zip5>[0-9]{5})-?[0-9]{4}")
+
+
+def normalize_zip(value: str, country: str | None = None) -> str:
+    """Lowercase, no spaces (any Unicode space) and no dash; US: the first 5 digits; UK: area,
+    district and sector (``SW1A 1AA`` -> ``sw1a1``), as Meta asks.
+
+    ``country`` (the event's, lowercase alpha-2) decides which of the two applies; without it,
+    a ZIP+4 (``94025-1234``) is taken as American and a whole UK postcode as British, shapes no
+    other country's codes have.
+    """
+    text = "".join(c for c in _clean(value) if not (c.isspace() or _is_junk(c)))
+    if country in (None, "us") and (us := _US_ZIP.fullmatch(text)):
+        return us["zip5"]
+    if country in (None, "gb") and (uk := _UK_POSTCODE.fullmatch(text)):
+        return uk["sector"]
+    return text.replace("-", "")
 
 
 def normalize_country(value: str) -> str:
@@ -212,40 +326,70 @@ def normalize_external_id(value: str) -> str:
     return value.strip().lower()
 
 
-NORMALIZERS: dict[str, Callable[[str], str]] = {
-    "em": normalize_email,
-    "ph": normalize_phone,
-    "fn": normalize_name,
-    "ln": normalize_name,
-    "db": normalize_birthdate,
-    "ge": normalize_gender,
-    "ct": normalize_city,
-    "st": normalize_state,
-    "zp": normalize_zip,
-    "country": normalize_country,
-    "external_id": normalize_external_id,
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a key's normalization may need from the rest of the event."""
+
+    country: str | None = None  # lowercase alpha-2: ZIP rules, the phone's region
+    phone_region: str | None = None  # configured default for numbers without a country code
+
+    @property
+    def region(self) -> str | None:
+        return self.country or self.phone_region
+
+
+NO_CONTEXT = Context()
+
+NORMALIZERS: dict[str, Callable[[str, Context], str]] = {
+    "em": lambda v, _: normalize_email(v),
+    "ph": lambda v, c: normalize_phone(v, c.region),
+    "fn": lambda v, _: normalize_name(v),
+    "ln": lambda v, _: normalize_name(v),
+    "db": lambda v, _: normalize_birthdate(v),
+    "ge": lambda v, _: normalize_gender(v),
+    "ct": lambda v, _: normalize_city(v),
+    "st": lambda v, _: normalize_state(v),
+    "zp": lambda v, c: normalize_zip(v, c.country),
+    "country": lambda v, _: normalize_country(v),
+    "external_id": lambda v, _: normalize_external_id(v),
 }
 
 
-def hash_value(key: str, value: str) -> str | None:
+def context_for(country: str | list[str] | None, phone_region: str | None = None) -> Context:
+    """The event's country (its first raw value that names one) and the configured region."""
+    values = country if isinstance(country, list) else [country] if country else []
+    for value in values:
+        if is_sha256_hex(value.strip()):
+            continue
+        try:
+            code = normalize_country(value)
+        except UnnormalizableValue:
+            continue  # refused with its own sentence when the country key itself is hashed
+        if code:
+            return Context(country=code, phone_region=phone_region)
+    return Context(phone_region=phone_region)
+
+
+def hash_value(key: str, value: str, context: Context = NO_CONTEXT) -> str | None:
     """Hash one value of a hashed key; ``None`` when nothing is left after normalizing.
 
-    Raises ``UnnormalizableValue`` when the value has no form Meta documents (db, country).
+    Raises ``UnnormalizableValue`` when the value has no form Meta documents.
     """
     if is_sha256_hex(value.strip()):
         return value.strip().lower()
-    normalized = NORMALIZERS[key](value)
+    normalized = NORMALIZERS[key](value, context)
     if not normalized:
         return None
     return sha256_hex(normalized)
 
 
-def hash_user_field(key: str, value: str | list[str]) -> str | list[str] | None:
+def hash_user_field(key: str, value: str | list[str],
+                    context: Context = NO_CONTEXT) -> str | list[str] | None:
     """Hash a single value or a list of values of one ``user_data`` key.
 
     One value that cannot be normalized rejects the whole field (``UnnormalizableValue``).
     """
     if isinstance(value, list):
-        hashed = [h for v in value if (h := hash_value(key, v)) is not None]
+        hashed = [h for v in value if (h := hash_value(key, v, context)) is not None]
         return hashed or None
-    return hash_value(key, value)
+    return hash_value(key, value, context)

@@ -88,6 +88,6 @@ def test_trace_names_each_state_of_an_events_life(
     assert any("  duplicate  (" in line for line in lines), lines
     assert 0 == lead.returncode, lead.stderr
     assert f"Lead lead-trace-1 for pixel {no_agent.pixel_id}: dead" in lead.stdout
-    assert "website events need user_data.client_user_agent" in lead.stdout
+    assert "user_data.client_user_agent is required for website events" in lead.stdout
     assert 1 == unknown.returncode
     assert "no event with event_id never-seen is known" in unknown.stdout

@@ -59,7 +59,8 @@ def test_one_bad_event_is_dead_lettered_and_its_batch_mates_delivered(
     assert 8 == sum(received["batch_sizes"])
     assert received["rejected"]["100"] >= 2
     assert "invalid" == reasons["no-agent"]["kind"]
-    assert "website events need user_data.client_user_agent" == reasons["no-agent"]["message"]
+    assert "user_data.client_user_agent is required for website events" == (
+        reasons["no-agent"]["message"])
     assert ("rejected", 100) == (reasons["bad-currency"]["kind"], reasons["bad-currency"]["code"])
     assert "custom_data.currency must be a 3-letter ISO 4217 code" in (
         reasons["bad-currency"]["message"])

@@ -45,7 +45,7 @@ API_HEADERS = {"authorization": f"Bearer {DEMO_API_KEY}", "content-type": "appli
 PURCHASE = {
     "event_name": "Purchase", "pixel_id": DEMO_PIXEL,
     "event_source_url": "https://shop.example/checkout/done",
-    "user_data": {"em": "buyer@example.com"},
+    "user_data": {"em": "buyer@example.com", "client_user_agent": BROWSER},
     "custom_data": {"currency": "EUR", "value": 12.5},
 }
 DASHBOARD_PAGE = "stand-in for the pixelrelay dashboard\n"

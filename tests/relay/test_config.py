@@ -19,6 +19,7 @@ from relay.config import (
     hash_api_key,
     load_settings,
     reference,
+    settings_from_mapping,
 )
 from relay.errors import ConfigError
 
@@ -393,3 +394,41 @@ def test_pixel_settings_repr_is_overridden_by_the_struct() -> None:
 
 def test_reference_table_lists_every_file_setting() -> None:
     assert FILE_SETTINGS == [name for name, _, _ in reference()]
+
+
+# -- default_phone_region ---------------------------------------------------------------------
+def _regions(key: str, *pixels: str) -> Settings:
+    return settings_from_mapping({
+        "pixels": [{"id": f"1234{i}", "default_phone_region": r} for i, r in enumerate(pixels)],
+        "api_keys": [{"name": "shop", "sha256": "0" * 64, "default_phone_region": key}],
+    }, environ={})
+
+
+def test_the_api_keys_phone_region_comes_before_the_pixels() -> None:
+    settings = _regions("br", "PT")
+
+    assert "BR" == settings.phone_region(settings.api_keys[0], ["12340"])
+
+
+def test_pixels_that_share_a_phone_region_give_it() -> None:
+    settings = _regions("", "pt", "PT")
+
+    assert "PT" == settings.phone_region(settings.api_keys[0], ["12340", "12341"])
+
+
+@pytest.mark.parametrize("pixels", [("PT", "ES"), ("PT", ""), ("", "")])
+def test_pixels_that_disagree_or_have_none_give_no_phone_region(pixels: tuple[str, str]) -> None:
+    settings = _regions("", *pixels)
+
+    assert None is settings.phone_region(settings.api_keys[0], ["12340", "12341"])
+
+
+@pytest.mark.parametrize(("where", "raw"), [
+    ("pixels[0]", {"pixels": [{"id": "12345", "default_phone_region": "XX"}]}),
+    ("api_keys[0]", {"api_keys": [{"name": "k", "sha256": "0" * 64,
+                                   "default_phone_region": "Brazil"}]}),
+])
+def test_an_unknown_phone_region_fails_at_start_naming_the_key(where: str,
+                                                               raw: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=rf"^{re.escape(where)}\.default_phone_region "):
+        settings_from_mapping(raw, environ={})

@@ -296,7 +296,7 @@ def test_bookkeeping_raises_for_a_retry_once_its_patience_is_spent(
     [
         ({"fbc": "IwAR-no-prefix"}, "user_data.fbc is not of the form fb.<index>.<ms>.<fbclid>"),
         ({"em": "jane@example.com"}, "user_data.em is not a SHA-256 hex digest"),
-        ({"client_user_agent": None}, "website events need user_data.client_user_agent"),
+        ({"client_user_agent": None}, "user_data.client_user_agent is required for website events"),
     ],
     ids=["malformed-fbc", "unhashed-em", "no-user-agent"],
 )

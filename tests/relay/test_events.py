@@ -18,6 +18,7 @@ from relay.events import (
     encode,
     enrich_from_click,
 )
+from relay.validation import EXPIRY_MARGIN_S
 from tests.relay.factories import APP_DATA, EMAIL, FBC, FBP, USER_AGENT, meta_event, sha
 
 NOW_S = 1_790_000_000
@@ -68,11 +69,19 @@ def test_event_time_in_milliseconds_is_refused() -> None:
 def test_event_older_than_max_age_is_refused() -> None:
     error = refusal(inbound(event_time=NOW_S - 7 * DAY_S - 1))
 
-    assert "event.event_time is older than 7 days" == error.message
+    assert "event.event_time is (almost) older than 7 days" == error.message
 
 
-def test_event_just_within_max_age_is_accepted() -> None:
-    assert NOW_S - 7 * DAY_S == build(inbound(event_time=NOW_S - 7 * DAY_S)).event_time
+def test_event_within_an_hour_of_max_age_is_refused_as_the_relay_would_dead_letter_it() -> None:
+    error = refusal(inbound(event_time=NOW_S - 7 * DAY_S + EXPIRY_MARGIN_S - 1))
+
+    assert "event.event_time is (almost) older than 7 days" == error.message
+
+
+def test_event_just_within_max_age_less_the_margin_is_accepted() -> None:
+    at = NOW_S - 7 * DAY_S + EXPIRY_MARGIN_S
+
+    assert at == build(inbound(event_time=at)).event_time
 
 
 def test_event_beyond_future_skew_is_refused() -> None:
@@ -115,23 +124,27 @@ def test_website_event_without_url_is_refused() -> None:
 def test_event_without_user_data_or_click_id_is_refused() -> None:
     error = refusal(inbound(user_data=None))
 
-    assert "event.user_data needs at least one customer key or a click_id" == error.message
+    assert ("event.user_data has no customer information: send a customer key such as em or "
+            "ph, or a click_id") == error.message
 
 
 def test_user_data_empty_after_normalization_counts_as_none() -> None:
     error = refusal(inbound(user_data=InboundUserData(em="  ", fn="...")))
 
-    assert error.message.startswith("event.user_data needs")
+    assert error.message.startswith("event.user_data has no customer information")
 
 
 def test_click_id_alone_is_enough_user_data() -> None:
     assert UserData() == build(inbound(user_data=None, click_id="c-1")).user_data
 
 
-@pytest.mark.parametrize("name", ["", "   ", "x" * 101])
-def test_event_name_must_be_1_to_100_characters(name: str) -> None:
-    assert "event.event_name must be 1 to 100 characters" == refusal(
-        inbound(event_name=name)).message
+@pytest.mark.parametrize(("name", "message"), [
+    ("", "event.event_name is missing"),
+    ("   ", "event.event_name is missing"),
+    ("x" * 101, "event.event_name is longer than 100 characters"),
+])
+def test_event_name_must_be_1_to_100_characters(name: str, message: str) -> None:
+    assert message == refusal(inbound(event_name=name)).message
 
 
 def test_event_name_with_a_colon_is_refused() -> None:
@@ -184,20 +197,22 @@ def test_event_id_longer_than_200_characters_is_refused() -> None:
 # -- build_event: personal data -------------------------------------------------------------------
 def test_hashed_keys_are_normalized_and_hashed() -> None:
     raw = InboundUserData(em=" Jane.Doe@Example.com", ph="+1 (650) 555-1212", fn="Jane",
-                          ct="New York", external_id=["A-1", "b-2"])
+                          ct="New York", external_id=["A-1", "b-2"], client_user_agent=USER_AGENT)
 
     user = build(inbound(user_data=raw)).user_data
 
     assert UserData(em=sha(EMAIL), ph=sha("16505551212"), fn=sha("jane"), ct=sha("newyork"),
-                    external_id=[sha("a-1"), sha("b-2")]) == user
+                    external_id=[sha("a-1"), sha("b-2")], client_user_agent=USER_AGENT) == user
 
 
 def test_birthdate_state_and_country_take_the_form_meta_documents() -> None:
-    raw = InboundUserData(em=EMAIL, db="1990-2-3", st="California", country="United States")
+    raw = InboundUserData(em=EMAIL, db="1990-2-3", st="California", country="United States",
+                          client_user_agent=USER_AGENT)
 
     user = build(inbound(user_data=raw)).user_data
 
-    assert UserData(em=sha(EMAIL), db=sha("19900203"), st=sha("ca"), country=sha("us")) == user
+    assert UserData(em=sha(EMAIL), db=sha("19900203"), st=sha("ca"), country=sha("us"),
+                    client_user_agent=USER_AGENT) == user
 
 
 @pytest.mark.parametrize(
@@ -252,14 +267,15 @@ def test_clear_keys_are_copied_trimmed_and_not_hashed() -> None:
 
 
 def test_blank_clear_key_is_dropped() -> None:
-    raw = InboundUserData(em=EMAIL, fbc="   ")
+    raw = InboundUserData(em=EMAIL, fbc="   ", client_user_agent=USER_AGENT)
 
     assert None is build(inbound(user_data=raw)).user_data.fbc
 
 
 def test_raw_personal_data_never_reaches_the_built_event() -> None:
     raw = InboundUserData(em="Jane.Doe@Example.com", ph="+1 (650) 555-1212", fn="Janette",
-                          ln="Doe-Smithers", ct="Springfield", zp="94025-1234", db="1990-01-31")
+                          ln="Doe-Smithers", ct="Springfield", zp="94025-1234", db="1990-01-31",
+                          client_user_agent=USER_AGENT)
 
     body = msgspec.json.encode(build(inbound(user_data=raw)))
 

@@ -14,8 +14,10 @@ from relay.hashing import (
     COUNTRY_ALIASES,
     COUNTRY_EXPECTED,
     HASHED_KEYS,
+    Context,
     UnnormalizableValue,
     _us_state_codes,
+    context_for,
     hash_user_field,
     hash_value,
     is_sha256_hex,
@@ -64,7 +66,7 @@ def sha(text: str) -> str:
         ("zp", "94025", "94025"),
         ("zp", "94025-1234", "94025"),
         ("zp", "94025 1234", "94025"),
-        ("zp", "SW1A 1AA", "sw1a1aa"),
+        ("zp", "SW1A 1AA", "sw1a1"),  # UK: area, district and sector
         ("zp", "75-001", "75001"),
         # country: ISO 3166-1 alpha-2, lowercase
         ("country", "US", "us"),
@@ -291,3 +293,60 @@ def test_clear_keys_are_never_hashed_keys() -> None:
 )
 def test_brief_never_hash_keys_are_clear_keys(key: str) -> None:
     assert key in CLEAR_KEYS
+
+
+# -- issue 11: the defects a new user found -------------------------------------------------------
+@pytest.mark.parametrize(
+    ("key", "raw", "normalized"),
+    [
+        ("fn", "प्रिया", "प्रिया"),  # Devanagari vowel signs are marks, not punctuation
+        ("fn", "ராஜா", "ராஜா"),
+        ("ln", "ใจดี", "ใจดี"),
+        ("ge", "mujer", "f"), ("ge", "mulher", "f"), ("ge", "Mrs", "f"), ("ge", "Ms", "f"),
+        ("ge", "Madame", "f"), ("ge", "woman", "f"), ("ge", "weiblich", "f"),
+        ("ge", "Mr.", "m"), ("ge", "hombre", "m"),
+        ("ph", "+1-800-FLOWERS", "18003569377"),
+        ("ph", "+1 650 555 1212 ext. 34", "16505551212"),
+        ("zp", "75\u00a0001", "75001"),
+        ("zp", "10\u202f115", "10115"),
+    ],
+)
+def test_values_the_issue_found_mangled_are_normalized(key: str, raw: str,
+                                                       normalized: str) -> None:
+    assert sha(normalized) == hash_value(key, raw)
+
+
+@pytest.mark.parametrize(("key", "raw"), [("em", "john.example.com"), ("em", "n/a"),
+                                          ("em", "john@"), ("ph", "(650) 555-1212"),
+                                          ("ge", "dog"), ("ge", "2")])
+def test_values_that_are_not_what_the_key_holds_are_refused(key: str, raw: str) -> None:
+    error = refusal(key, raw)
+
+    assert (key, False) == (error.key, raw in str(error))
+
+
+def test_a_phone_without_country_code_is_read_in_the_region() -> None:
+    assert sha("5511987654321") == hash_value("ph", "(11) 98765-4321",
+                                              Context(phone_region="BR"))
+
+
+def test_the_events_country_reads_the_phone_before_the_default_region() -> None:
+    context = context_for("France", phone_region="BR")
+
+    assert sha("33612345678") == hash_value("ph", "06 12 34 56 78", context)
+
+
+def test_a_hashed_country_gives_no_context() -> None:
+    assert Context(phone_region="BR") == context_for(sha("fr"), phone_region="BR")
+
+
+def test_outside_the_us_a_zip_plus_four_shape_keeps_every_digit() -> None:
+    assert sha("123456789") == hash_value("zp", "12345-6789", Context(country="de"))
+
+
+def test_outside_the_uk_a_uk_shaped_postcode_is_kept_whole() -> None:
+    assert sha("ab12cd") == hash_value("zp", "AB1 2CD", Context(country="nl"))
+
+
+def test_words_for_neither_gender_drop_the_key() -> None:
+    assert [None, None, None] == [hash_value("ge", w) for w in ("divers", "Non-binary", "X")]

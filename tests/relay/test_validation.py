@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from relay.events import MetaEvent, UserData
-from relay.validation import EXPIRY_MARGIN_S, is_expired, present_keys, problem
+from relay.validation import EXPIRY_MARGIN_S, door_problem, is_expired, present_keys, problem
 from tests.relay.factories import FBC, FBP, USER_AGENT, meta_event, sha
 
 NOW_S = 1_790_000_000
@@ -43,7 +43,7 @@ def test_expiry_follows_max_age_days() -> None:
 
 
 def test_event_more_than_a_day_in_the_future_is_refused() -> None:
-    assert "event_time is more than a day in the future" == problem(
+    assert "event_time is in the future" == problem(
         event(event_time=NOW_S + DAY_S + 1), NOW_S)
 
 
@@ -57,12 +57,14 @@ def test_missing_event_name_is_refused() -> None:
 
 
 def test_unknown_action_source_is_refused() -> None:
-    assert "action_source 'web' is not one Meta accepts" == problem(
+    assert ("action_source must be one of app, business_messaging, chat, email, other, "
+            "phone_call, physical_store, system_generated, website") == problem(
         event(action_source="web"), NOW_S)
 
 
 def test_event_without_user_keys_is_refused() -> None:
-    assert "user_data has no customer information" == problem(event(user=UserData()), NOW_S)
+    assert ("user_data has no customer information: send a customer key such as em or ph, "
+            "or a click_id") == problem(event(user=UserData()), NOW_S)
 
 
 @pytest.mark.parametrize(
@@ -102,14 +104,15 @@ def test_combinations_beyond_the_too_little_sets_are_enough(user: UserData) -> N
 
 
 def test_website_event_needs_a_url() -> None:
-    assert "website events need event_source_url" == problem(
+    assert "event_source_url is required for website events" == problem(
         event(event_source_url=None), NOW_S)
 
 
 def test_website_event_needs_a_user_agent() -> None:
     user = UserData(em=sha("a@example.com"), client_ip_address="203.0.113.7")
 
-    assert "website events need user_data.client_user_agent" == problem(event(user=user), NOW_S)
+    assert "user_data.client_user_agent is required for website events" == problem(
+        event(user=user), NOW_S)
 
 
 def test_non_website_event_needs_neither_url_nor_user_agent() -> None:
@@ -169,3 +172,48 @@ def test_present_keys_lists_only_set_keys() -> None:
     user = UserData(em=sha("a@example.com"), fbp=FBP)
 
     assert frozenset({"em", "fbp"}) == present_keys(user)
+
+
+# -- one set of rules: the collector's check is the relay's, plus what only the door sees ---------
+def test_door_leaves_agent_ip_and_fbp_to_the_click_when_there_is_one() -> None:
+    bare = event(user=UserData(fn=sha("jane"), ge=sha("f")))
+
+    assert (None, "user_data has too little customer information to match anyone (fn, ge)") == (
+        door_problem(bare, now_s=NOW_S, max_age_days=7, max_future_s=600, has_click=True),
+        str(door_problem(bare, now_s=NOW_S, max_age_days=7, max_future_s=600,
+                         has_click=False)))
+
+
+def test_the_relay_no_longer_leaves_anything_to_a_click() -> None:
+    bare = event(user=UserData(fn=sha("jane"), ge=sha("f")))
+
+    assert "user_data has too little customer information to match anyone (fn, ge)" == problem(
+        bare, NOW_S)
+
+
+@pytest.mark.parametrize("custom_data", [{"currency": "dollars"}, {"value": "12"}])
+def test_custom_data_is_checked_at_the_door_only(custom_data: dict[str, object]) -> None:
+    bad = event(custom_data=custom_data)
+
+    assert (True, None) == (
+        door_problem(bad, now_s=NOW_S, max_age_days=7, max_future_s=600,
+                     has_click=False) is not None, problem(bad, NOW_S))
+
+
+def test_a_problem_names_where_the_event_was() -> None:
+    found = door_problem(event(event_source_url=None), now_s=NOW_S, max_age_days=7,
+                         max_future_s=600, has_click=False)
+
+    assert found is not None
+    assert "events[2].event_source_url is required for website events" == found.at("events[2]")
+
+
+@pytest.mark.parametrize(("options", "ok"), [
+    ({"data_processing_options": ["LDU"], "data_processing_options_country": 1,
+      "data_processing_options_state": 1000}, True),
+    ({"data_processing_options": []}, True),
+    ({"data_processing_options": ["LDU", "CCPA"]}, False),
+    ({"data_processing_options": ["LDU"], "data_processing_options_country": -1}, False),
+])
+def test_data_processing_options_are_ldu_or_nothing(options: dict[str, object], ok: bool) -> None:
+    assert ok == (problem(event(**options), NOW_S) is None)
