@@ -25,6 +25,7 @@ from litestar.params import FromPath
 from litestar.types import Receive, Scope, Send
 from redis.asyncio import Redis
 
+from collector.asgi import response_messages
 from collector.context import CollectorContext, json_encode
 from collector.enqueue import DurableEnqueuer
 from collector.graph import GraphError, graph_error_of, handle_graph_events
@@ -56,7 +57,9 @@ class CollectorApp:
     The redirect is the hot path, and Litestar's middleware stack, routing and parameter parsing
     were about a quarter of its CPU: 191 against 142 us per redirect, 4,900 against 6,500
     redirects/s (docs/benchmarks.md). The handler, its counters and its error answers are the
-    same either way.
+    same either way. Its response goes out as two ASGI messages written by
+    ``collector.asgi.response_messages`` (Litestar's response path was a fifth of what was
+    left: docs/performance.md).
     """
 
     def __init__(self, litestar: Litestar, ctx: CollectorContext) -> None:
@@ -77,7 +80,12 @@ class CollectorApp:
             response = await handle_redirect(self.ctx, request, slug)
         except StorageError as exc:
             response = storage_error_response(self.ctx, request, exc)
-        await response.to_asgi_response(app=None, request=request)(scope, receive, send)
+        messages = response_messages(response)
+        if messages is None:
+            await response.to_asgi_response(app=None, request=request)(scope, receive, send)
+            return
+        await send(messages[0])  # type: ignore[arg-type]
+        await send(messages[1])  # type: ignore[arg-type]
 
 
 def _redirect_slug(scope: Scope) -> str | None:

@@ -12,21 +12,39 @@ from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit, urlunsplit
 
 from relay.config import LinkSettings
 
+# A query of name=value pairs made only of characters that unquoting and quote_plus leave
+# alone (an ad click's fbclid and utm_* are): parse_qsl splits it on "&" and "=", urlencode
+# joins it back the same way; anything else ("+", "%", a name without "=") takes parse_qsl.
+_PLAIN_QUERY = re.compile(r"[\w.~-]+=[\w.~-]*(?:&[\w.~-]+=[\w.~-]*)*", re.ASCII)
 
-def destination_url(link: LinkSettings, click_id: str, query: str) -> str:
-    """The configured target with {click_id} filled and, if asked, the link's query appended."""
+
+def query_pairs(query: str) -> list[tuple[str, str]]:
+    """``parse_qsl(query, keep_blank_values=True)``, split directly when the query is plain."""
+    if _PLAIN_QUERY.fullmatch(query):
+        return [(name, value) for name, _, value in
+                (pair.partition("=") for pair in query.split("&"))]
+    return parse_qsl(query, keep_blank_values=True)
+
+
+def destination_url(link: LinkSettings, click_id: str, query: str,
+                    pairs: list[tuple[str, str]] | None = None) -> str:
+    """The configured target with {click_id} filled and, if asked, the link's query appended;
+    ``pairs``: the query already split by ``query_pairs``, to split it only once per click."""
     target = link.destination.replace("{click_id}", click_id)
     if not link.forward_query or not query:
         return target
+    if pairs is None:
+        pairs = query_pairs(query)
     template = _template(link.destination) if _INERT_CLICK_ID.fullmatch(click_id) else None
     if template is not None:
-        extra = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True)
-                 if k not in template.own_names]
+        extra = [(k, v) for k, v in pairs if k not in template.own_names]
+        if _PLAIN_QUERY.fullmatch(query):
+            return template.fill(click_id, "&".join(f"{k}={v}" for k, v in extra))
         return template.fill(click_id, urlencode(extra))
     parts = urlsplit(target)
     own = parse_qsl(parts.query, keep_blank_values=True)
     own_names = {name for name, _ in own}
-    extra = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in own_names]
+    extra = [(k, v) for k, v in pairs if k not in own_names]
     return urlunsplit(parts._replace(query=urlencode(own + extra)))
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from urllib.parse import parse_qsl
 
 from litestar import Request, Response
 from litestar.datastructures import Cookie
 
 from collector.context import CollectorContext, now_ms
 from collector.cookies import PlainCookie
-from collector.destination import destination_url
+from collector.destination import destination_url, query_pairs
 from collector.visitor import (
     CLICK_COOKIE,
     FBC_COOKIE,
@@ -61,9 +60,10 @@ async def handle_redirect(ctx: CollectorContext, request: Request, slug: str) ->
 
     headers = request.headers
     query_string = request.scope.get("query_string", b"").decode("latin-1")
-    query: Mapping[str, str] = dict(parse_qsl(query_string, keep_blank_values=True))
+    pairs = query_pairs(query_string)
+    query: Mapping[str, str] = dict(pairs)
     click_id = secrets.token_urlsafe(12)
-    location = destination_url(link, click_id, query_string)
+    location = destination_url(link, click_id, query_string, pairs)
     response_headers = {"Location": location, "Cache-Control": "no-store",
                         "Referrer-Policy": "no-referrer-when-downgrade"}
     user_agent = headers.get("user-agent")

@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 
-from collector.destination import destination_url
+from collector.destination import destination_url, query_pairs
 from relay.config import LinkSettings
 
 
@@ -36,6 +36,8 @@ DESTINATIONS = [
 QUERIES = [
     "", "fbclid=abc", "fbclid=AbC-123_x&utm_source=fb&utm_campaign=summer+sale",
     "utm_source=theirs&x=%2F%3F%26", "a=1&a=2&empty=", "weird=%E2%9C%93&plus=a+b",
+    "fbclid=IwAR0_x-Y.z~9&utm_source=fb&utm_medium=paid_social", "novalue&a=1", "a=1&&b=2",
+    "a=b=c", "&", "=x", "a=1&",
 ]
 CLICK_IDS = ["dAEkb7eYkY3sLxBe", "abc-_09", "with.dot", "percent%41"]
 
@@ -56,3 +58,8 @@ def test_query_is_not_forwarded_when_the_link_says_so() -> None:
                         pixels=["1234567890"], forward_query=False)
 
     assert "https://shop.example/?cid=abc" == destination_url(link, "abc", "fbclid=x")
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_query_pairs_are_what_parse_qsl_gives(query: str) -> None:
+    assert parse_qsl(query, keep_blank_values=True) == query_pairs(query)
