@@ -22,12 +22,15 @@ import msgspec
 from redis import Redis
 
 from relay import keys
+from relay.dedup import claim_days
 from relay.events import Envelope, decode_envelope, encode
+from relay.ledger import RECORD_LUA
 
 _List = list  # the class below has a method named list
 FACETS = ("pixel", "event", "kind", "code")
 _SEPARATOR = "\n"
 TRIM_PER_CALL = 500  # expired letters removed per add (bounded work per batch)
+DEFAULT_DEDUP_WINDOW_S = 48 * 3600
 
 _REMOVE = """
 local function remove(prefix, dedup_key)
@@ -75,16 +78,30 @@ end
 return 1
 """
 
-_REQUEUE = _REMOVE + """
-local prefix, dedup_key, queue, pixel = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+_REQUEUE = _REMOVE + RECORD_LUA + """
+-- KEYS: the prefix (for the letter's own index keys), the inbox, the inbox's pixel set, the
+-- event's ledger bucket, the old layout's claim and state keys, then the claim buckets to
+-- clear. ARGV: dedup key, pixel, record field.
+local prefix, dedup_key, pixel, name = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local payload = remove(prefix, dedup_key)
 if not payload then
   return 0
 end
-redis.call('RPUSH', prefix .. ':inbox:' .. queue .. ':' .. pixel, payload)
-redis.call('SADD', prefix .. ':inbox:' .. queue, pixel)
-redis.call('DEL', prefix .. ':dedup:' .. dedup_key)
-redis.call('SET', prefix .. ':state:' .. dedup_key, 'requeued', 'KEEPTTL')
+redis.call('RPUSH', KEYS[2], payload)
+redis.call('SADD', KEYS[3], pixel)
+local raw = redis.call('HGET', KEYS[4], name)
+if raw then
+  local r = parse_record(raw)
+  r[1] = 'r'
+  redis.call('HSET', KEYS[4], name, join_record(r))
+end
+redis.call('DEL', KEYS[5])
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  redis.call('SET', KEYS[6], 'requeued', 'KEEPTTL')
+end
+for k = 7, #KEYS do
+  redis.call('HDEL', KEYS[k], name)
+end
 return 1
 """
 
@@ -150,9 +167,11 @@ class Page:
 
 
 class DeadLetters:
-    def __init__(self, client: Redis, ttl_s: int) -> None:
+    def __init__(self, client: Redis, ttl_s: int,
+                 dedup_window_s: int = DEFAULT_DEDUP_WINDOW_S) -> None:
         self._client = client
         self._ttl_s = ttl_s
+        self._dedup_window_s = dedup_window_s
         self._add = client.register_script(_ADD)
         self._requeue = client.register_script(_REQUEUE)
         self._discard = client.register_script(_DISCARD)
@@ -198,9 +217,20 @@ class DeadLetters:
     def requeue(self, dedup_key: str, queue: str) -> bool:
         """Move one dead event back into its queue's inbox; False if it is not dead.
 
-        Its dedup claim is deleted in the same step, so the next batch may send it."""
-        pixel_id = dedup_key.split(":", 1)[0]
-        done = self._requeue(keys=[keys.PREFIX], args=[dedup_key, queue, pixel_id])
+        Its dedup claim is deleted and its ledger state set to "requeued" in the same step, so
+        the next batch may send it."""
+        letter = self.get(dedup_key)
+        if letter is None:
+            return False
+        pixel_id, _, event_id = keys.split_dedup_key(dedup_key)
+        today, slot = keys.day_of(int(time.time() * 1000)), keys.slot_of(event_id)
+        claims = [keys.claim_bucket(pixel_id, today - back, slot)
+                  for back in range(claim_days(self._dedup_window_s))]
+        done = self._requeue(
+            keys=[keys.PREFIX, keys.inbox(queue, pixel_id), keys.inbox_pixels(queue),
+                  keys.ledger_bucket_of(dedup_key, letter.envelope.received_ms),
+                  keys.dedup(dedup_key), keys.state(dedup_key), *claims],
+            args=[dedup_key, pixel_id, keys.ledger_field(dedup_key)])
         return bool(done)
 
     def discard(self, dedup_key: str) -> bool:

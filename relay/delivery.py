@@ -106,7 +106,7 @@ def _carries(env: Envelope) -> Callable[[str], bool]:
 
 def _entry(env: Envelope, state: Any, **detail: Any) -> Entry:
     return Entry(env.dedup_key, env.event.event_id, env.pixel_id, env.event.event_name, state,
-                 detail)
+                 detail, env.received_ms, env.source)
 
 
 class Deliverer:
@@ -124,7 +124,7 @@ class Deliverer:
         self.sleep = sleep
         self.dedup = Dedup(client, relay.dedup_window_hours * 3600)
         self.ledger = Ledger(client, ttl_s)
-        self.dead = DeadLetters(client, ttl_s)
+        self.dead = DeadLetters(client, ttl_s, relay.dedup_window_hours * 3600)
         self.limiter = PixelLimiter(client)
         self.activity = PixelActivity(client)
         self.after_send_retry = after_send_retry or patient_retry()

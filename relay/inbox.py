@@ -1,8 +1,8 @@
 """The inbox protocol between collector and relay: two Lua scripts, each one atomic step.
 
-``STORE`` (collector): append a group of events to the per-queue, per-pixel inbox lists, record
-them as accepted for the audit (the first time an event_id is seen stays its acceptance time),
-and save click contexts. One EVALSHA per group commit, so the
+``STORE`` (collector): append a group of events to the per-queue, per-pixel inbox lists, create
+their ledger records as accepted for the audit (a repeat received the same day keeps the first
+time), and save click contexts. One EVALSHA per group commit, so the
 collector's cost per event is a few list items, not a round trip.
 
 ``BATCH`` (relay): move up to ``max_batch`` events of one pixel out of the inbox into one Dramatiq
@@ -11,13 +11,14 @@ It stops while the queue already holds ``max_ready`` messages, so that under bac
 in the inbox and batches leave full. Taking and enqueuing in one script means a crash can never
 drop events between the two.
 
-Keys are built inside the scripts from the prefixes in ``relay.keys`` (single-node Redis only).
+Both scripts receive every key they touch in ``KEYS[]`` (names from ``relay.keys``). STORE also
+creates each event's ledger record (state "accepted", ``relay.ledger``), which the audit counts.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,74 +30,71 @@ from relay import keys
 from relay.ledger import COUNTER_TTL_S
 
 STORE = """
-local prefix = KEYS[1]
+-- KEYS: every key touched, once each. ARGV: ledger ttl, n, then per event: inbox list, inbox
+-- set and ledger bucket (indexes into KEYS), pixel, record field, received ms, payload, the
+-- minute's counters (index into KEYS) and the counter's field; then
+-- per click context: key index, ttl, payload.
 local ttl = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local i = 3
+local buckets, counters = {}, {}
 for _ = 1, n do
-  local queue, pixel, dedup_key, ms, payload = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
-  i = i + 5
-  redis.call('RPUSH', prefix .. ':inbox:' .. queue .. ':' .. pixel, payload)
-  redis.call('SADD', prefix .. ':inbox:' .. queue, pixel)
-  local hour_key = prefix .. ':accepted:' .. math.floor(tonumber(ms) / 3600000)
-  redis.call('ZADD', hour_key, 'NX', ms, dedup_key)  -- a repeat keeps the first time
-  redis.call('EXPIRE', hour_key, ttl)
-  -- the dashboard's "received" per minute, pixel and event name (dedup key: pixel:name:id)
-  local stats = prefix .. ':stats:' .. math.floor(tonumber(ms) / 60000)
-  local event_name = string.match(dedup_key, '^[^:]*:([^:]*):')
-  redis.call('HINCRBY', stats, 'received:' .. pixel .. ':' .. event_name, 1)
-  redis.call('EXPIRE', stats, COUNTER_TTL_S)
+  local bucket = tonumber(ARGV[i+2])
+  redis.call('RPUSH', KEYS[tonumber(ARGV[i])], ARGV[i+6])
+  redis.call('SADD', KEYS[tonumber(ARGV[i+1])], ARGV[i+3])
+  -- the record of an accepted event; a repeat the same day keeps the first
+  redis.call('HSETNX', KEYS[bucket], ARGV[i+4], 'a|' .. ARGV[i+5] .. '||')
+  buckets[bucket] = true
+  -- the dashboard's "received" per minute, pixel and event name
+  local stats = tonumber(ARGV[i+7])
+  redis.call('HINCRBY', KEYS[stats], ARGV[i+8], 1)
+  counters[stats] = true
+  i = i + 9
+end
+for bucket in pairs(buckets) do
+  redis.call('EXPIRE', KEYS[bucket], ttl)
+end
+for stats in pairs(counters) do
+  redis.call('EXPIRE', KEYS[stats], COUNTER_TTL_S)
 end
 while i <= #ARGV do
-  redis.call('SET', prefix .. ':click:' .. ARGV[i], ARGV[i+2], 'EX', ARGV[i+1])
+  redis.call('SET', KEYS[tonumber(ARGV[i])], ARGV[i+2], 'EX', ARGV[i+1])
   i = i + 3
 end
 return n
 """.replace("COUNTER_TTL_S", str(COUNTER_TTL_S))
 
 BATCH = """
-local prefix, namespace = KEYS[1], KEYS[2]
-local queue, actor = ARGV[1], ARGV[2]
-local max_batch, max_ready = tonumber(ARGV[3]), tonumber(ARGV[4])
-local now_ms, id_prefix = tonumber(ARGV[5]), ARGV[6]
-local queue_key = namespace .. ':' .. queue
-local pixels_key = prefix .. ':inbox:' .. queue
+-- KEYS: the queue's pixel set, the pixel's inbox, the Dramatiq queue and its .msgs hash, this
+-- call's marker. ARGV: queue, actor, pixel, max_batch, max_ready, now ms, id prefix.
+local pixels_key, list_key, queue_key = KEYS[1], KEYS[2], KEYS[3]
+local msgs_key, call_key = KEYS[4], KEYS[5]
+local queue, actor, pixel = ARGV[1], ARGV[2], ARGV[3]
+local max_batch, max_ready = tonumber(ARGV[4]), tonumber(ARGV[5])
+local now_ms, id_prefix = tonumber(ARGV[6]), ARGV[7]
 -- A call the client sends again because its reply was lost (Redis shut down after running it)
 -- must not run twice: its batch ids would be made again, over different events.
-local call_key = prefix .. ':batchcall:' .. id_prefix
 if redis.call('EXISTS', call_key) == 1 then
   return 0
 end
-local function cut()
-  local made = 0
-  for _, pixel in ipairs(redis.call('SMEMBERS', pixels_key)) do
-    local list_key = pixels_key .. ':' .. pixel
-    while true do
-      if redis.call('LLEN', queue_key) >= max_ready then
-        return made
-      end
-      local items = redis.call('LPOP', list_key, max_batch)
-      if not items then
-        redis.call('SREM', pixels_key, pixel)
-        break
-      end
-      made = made + 1
-      local id = id_prefix .. '-' .. made
-      local message = cjson.encode({
-        queue_name = queue, actor_name = actor, args = {pixel, items}, kwargs = {},
-        options = {redis_message_id = id}, message_id = id, message_timestamp = now_ms,
-      })
-      redis.call('HSET', queue_key .. '.msgs', id, message)
-      redis.call('RPUSH', queue_key, id)
-      if redis.call('LLEN', list_key) == 0 then
-        redis.call('SREM', pixels_key, pixel)
-        break
-      end
-    end
+local made = 0
+while redis.call('LLEN', queue_key) < max_ready do
+  local items = redis.call('LPOP', list_key, max_batch)
+  if not items then
+    break
   end
-  return made
+  made = made + 1
+  local id = id_prefix .. '-' .. made
+  local message = cjson.encode({
+    queue_name = queue, actor_name = actor, args = {pixel, items}, kwargs = {},
+    options = {redis_message_id = id}, message_id = id, message_timestamp = now_ms,
+  })
+  redis.call('HSET', msgs_key, id, message)
+  redis.call('RPUSH', queue_key, id)
 end
-local made = cut()
+if redis.call('LLEN', list_key) == 0 then
+  redis.call('SREM', pixels_key, pixel)
+end
 if made > 0 then
   redis.call('SET', call_key, made, 'EX', 300)
 end
@@ -125,15 +123,29 @@ class ClickWrite(msgspec.Struct, tag="c", array_like=True):
 Write = EventWrite | ClickWrite
 
 
-def store_arguments(writes: Sequence[Write], ledger_ttl_s: int) -> list[Any]:
+def store_call(writes: Sequence[Write], ledger_ttl_s: int) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of one STORE call."""
+    names: list[str] = []
+    index: dict[str, int] = {}
+
+    def at(name: str) -> int:
+        if name not in index:
+            names.append(name)
+            index[name] = len(names)
+        return index[name]
+
     events = [w for w in writes if isinstance(w, EventWrite)]
     args: list[Any] = [ledger_ttl_s, len(events)]
     for e in events:
-        args += (e.queue, e.pixel_id, e.dedup_key, e.received_ms, e.payload)
+        args += (at(keys.inbox(e.queue, e.pixel_id)), at(keys.inbox_pixels(e.queue)),
+                 at(keys.ledger_bucket_of(e.dedup_key, e.received_ms)), e.pixel_id,
+                 keys.ledger_field(e.dedup_key), e.received_ms, e.payload,
+                 at(keys.counters(e.received_ms // 60_000)),
+                 f"received:{e.pixel_id}:{keys.split_dedup_key(e.dedup_key)[1]}")
     for w in writes:
         if isinstance(w, ClickWrite):
-            args += (w.click_id, w.ttl_s, w.payload)
-    return args
+            args += (at(keys.click(w.click_id)), w.ttl_s, w.payload)
+    return names, args
 
 
 class AsyncStore:
@@ -144,12 +156,16 @@ class AsyncStore:
         self._ledger_ttl_s = ledger_ttl_s
 
     async def __call__(self, writes: Sequence[Write]) -> None:
-        await self._script(keys=[keys.PREFIX], args=store_arguments(writes, self._ledger_ttl_s))
+        names, args = store_call(writes, self._ledger_ttl_s)
+        if names:
+            await self._script(keys=names, args=args)
 
 
 def store_sync(client: Redis, writes: Sequence[Write], ledger_ttl_s: int) -> None:
     """Synchronous twin of ``AsyncStore`` for tools and tests (``pixelrelay requeue``)."""
-    client.register_script(STORE)(keys=[keys.PREFIX], args=store_arguments(writes, ledger_ttl_s))
+    names, args = store_call(writes, ledger_ttl_s)
+    if names:
+        client.register_script(STORE)(keys=names, args=args)
 
 
 class Batcher:
@@ -157,6 +173,7 @@ class Batcher:
 
     def __init__(self, client: Redis, queue: str, actor_name: str, max_batch: int,
                  max_ready: int) -> None:
+        self._client = client
         self._script = client.register_script(BATCH)
         self.queue = queue
         self.actor_name = actor_name
@@ -164,13 +181,21 @@ class Batcher:
         self.max_ready = max_ready
 
     def run_once(self) -> int:
-        """Make as many batch messages as the queue has room for; return how many."""
-        made = self._script(
-            keys=[keys.PREFIX, keys.DRAMATIQ_NAMESPACE],
-            args=[self.queue, self.actor_name, self.max_batch, self.max_ready,
-                  int(time.time() * 1000), uuid.uuid4().hex],
-        )
-        return int(made)
+        """Make as many batch messages as the queue has room for; return how many.
+
+        One script call per pixel with events waiting, each given its keys."""
+        made = 0
+        queue_key = keys.dramatiq_queue(self.queue)
+        pixels = sorted(p.decode() for p in self._client.smembers(keys.inbox_pixels(self.queue)))
+        for pixel in pixels:
+            call_id = secrets.token_hex(8)  # batch ids: <call id>-<n>
+            made += int(self._script(
+                keys=[keys.inbox_pixels(self.queue), keys.inbox(self.queue, pixel), queue_key,
+                      f"{queue_key}.msgs", keys.batch_call(call_id)],
+                args=[self.queue, self.actor_name, pixel, self.max_batch, self.max_ready,
+                      int(time.time() * 1000), call_id],
+            ))
+        return made
 
 
 write_encoder = msgspec.msgpack.Encoder()

@@ -1,9 +1,26 @@
-"""Every Redis key pixelrelay uses, in one place. Dramatiq's own keys live under ``dramatiq:``."""
+"""Every Redis key pixelrelay uses, in one place. Dramatiq's own keys live under ``dramatiq:``.
+
+Keys that belong to one pixel carry it as a hash tag (``{<pixel>}``), so that every key one Lua
+script touches for a pixel lands in the same Redis Cluster slot; scripts receive all their keys
+in ``KEYS[]``, built here (docs/deploy.md, "Redis Cluster").
+
+The ledger keeps per-event records as fields of small hashes grouped by time and slot
+(``ledger_bucket``, ``claim_bucket``): a hash of at most a few hundred short fields stays in
+Redis's compact listpack encoding, where a field costs its bytes plus a few, against about 85 B
+of overhead for a key of its own.
+"""
 
 from __future__ import annotations
 
+import zlib
+
 PREFIX = "pixelrelay"
 DRAMATIQ_NAMESPACE = "dramatiq"
+DAY_MS = 86_400_000
+# Hashes per pixel and day for event records and dedup claims. 1,024 keeps up to about 130,000
+# events per pixel and day (128 per hash, Redis's default hash-max-listpack-entries) in the
+# compact encoding; beyond that a hash converts to a hashtable: correct, about 30 B more a field.
+LEDGER_SLOTS = 1024
 
 
 def inbox_pixels(queue: str) -> str:
@@ -16,31 +33,87 @@ def inbox(queue: str, pixel_id: str) -> str:
     return f"{PREFIX}:inbox:{queue}:{pixel_id}"
 
 
+def batch_call(call_id: str) -> str:
+    """Marks one BATCH call as done, so a call the client sends again does nothing."""
+    return f"{PREFIX}:batchcall:{call_id}"
+
+
 def click(click_id: str) -> str:
     return f"{PREFIX}:click:{click_id}"
 
 
+def split_dedup_key(dedup_key: str) -> tuple[str, str, str]:
+    """``pixel:event_name:event_id`` -> its three parts (event names cannot hold ':')."""
+    pixel_id, event_name, event_id = dedup_key.split(":", 2)
+    return pixel_id, event_name, event_id
+
+
+def ledger_field(dedup_key: str) -> str:
+    """The field of an event in its pixel's hashes: ``event_name:event_id``."""
+    return dedup_key.split(":", 1)[1]
+
+
+def slot_of(event_id: str) -> int:
+    """The hash slot of an event: from its event_id alone, so ``trace`` finds every pixel's and
+    every event name's copy in one slot per day."""
+    return zlib.crc32(event_id.encode()) % LEDGER_SLOTS
+
+
+def day_of(ms: int) -> int:
+    return ms // DAY_MS
+
+
+def ledger_bucket(pixel_id: str, day: int, slot: int) -> str:
+    """Hash of event records (field ``event_name:event_id``) received on one day (UTC), in one
+    slot: state, receive time, source and references to steps of batch logs."""
+    return f"{PREFIX}:ev:{{{pixel_id}}}:{day}:{slot}"
+
+
+def ledger_bucket_of(dedup_key: str, received_ms: int) -> str:
+    pixel_id, _, event_id = split_dedup_key(dedup_key)
+    return ledger_bucket(pixel_id, day_of(received_ms), slot_of(event_id))
+
+
+def ledger_bucket_pattern(slot: int | None = None) -> str:
+    """SCAN pattern of every ledger bucket, or of one slot's."""
+    return f"{PREFIX}:ev:*" if slot is None else f"{PREFIX}:ev:{{*}}:*:{slot}"
+
+
+def claim_bucket(pixel_id: str, day: int, slot: int) -> str:
+    """Hash of dedup claims (field ``event_name:event_id``, value ``<claim ms>|<owner>``) made on
+    one day, in one slot."""
+    return f"{PREFIX}:claim:{{{pixel_id}}}:{day}:{slot}"
+
+
+def batch_log(pixel_id: str, batch_id: str) -> str:
+    """List of JSON steps of one batch (attempts, outcomes, fbtrace_id, timings); event records
+    point to them by index."""
+    return f"{PREFIX}:batch:{{{pixel_id}}}:{batch_id}"
+
+
+# -- the layout before the ledger buckets (read for upgrades; nothing writes them any more) ----
 def accepted(hour: int) -> str:
-    """Sorted set of dedup keys accepted by the collector in one hour (score: received ms)."""
+    """Old layout: sorted set of dedup keys accepted in one hour (score: received ms)."""
     return f"{PREFIX}:accepted:{hour}"
 
 
 def dedup(dedup_key: str) -> str:
-    """Claim of one (pixel, event_name, event_id): the batch id that sends it."""
+    """Old layout: claim of one (pixel, event_name, event_id), the batch id that sends it."""
     return f"{PREFIX}:dedup:{dedup_key}"
 
 
 def life(dedup_key: str) -> str:
-    """List of JSON entries: one event's history."""
+    """Old layout: list of JSON entries, one event's history."""
     return f"{PREFIX}:life:{dedup_key}"
 
 
 def state(dedup_key: str) -> str:
+    """Old layout: one event's state."""
     return f"{PREFIX}:state:{dedup_key}"
 
 
 def event_index(event_id: str) -> str:
-    """Set of dedup keys that share an event_id (one per pixel), for ``pixelrelay trace``."""
+    """Old layout: set of dedup keys that share an event_id."""
     return f"{PREFIX}:eventid:{event_id}"
 
 

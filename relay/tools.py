@@ -44,11 +44,14 @@ def trace(settings: Settings, event_id: str, out: TextIO, client: Redis | None =
         return 1
     for key in sorted(dedup_keys):
         pixel_id, event_name, _ = key.split(":", 2)
-        state = ledger.state(key) or "waiting"
+        record = ledger.event(key)
+        state = record.state if record.state not in (None, "accepted") else "waiting"
         print(f"{event_name} {event_id} for pixel {pixel_id}: {state}", file=out)
-        if key in accepted:
-            print(f"  {_when(accepted[key])}  accepted by the collector", file=out)
-        for entry in ledger.life(key):
+        accepted_ms = record.received_ms if record.received_ms is not None else accepted.get(key)
+        if accepted_ms is not None:
+            print(f"  {_when(accepted_ms)}  accepted by the collector", file=out)
+        for entry in record.life:
+            entry = dict(entry)
             at = entry.pop("at_ms")
             what = entry.pop("state")
             entry.pop("pixel_id", None)
@@ -63,6 +66,7 @@ def _glob_escape(text: str) -> str:
 
 
 def _accepted_matching(redis: Redis, event_id: str, hours: int) -> dict[str, float]:
+    """The layout before the ledger buckets: accepted events of the hours kept."""
     found: dict[str, float] = {}
     now_hour = int(time.time()) // SECONDS_PER_HOUR
     pattern = f"*:{_glob_escape(event_id)}"
@@ -85,26 +89,17 @@ def run_audit(settings: Settings, client: Redis, hours: int,
     report = AuditReport()
     waiting = _waiting_keys(client)
     now = time.time()
-    now_hour = int(now) // SECONDS_PER_HOUR
-    for hour in range(now_hour - hours, now_hour + 1):
-        members = client.zrange(keys.accepted(hour), 0, -1, withscores=True)
-        if not members:
-            continue
-        pipe = client.pipeline(transaction=False)
-        for member, _ in members:
-            pipe.get(keys.state(member.decode()))
-        states = pipe.execute()
-        for (member, score), state in zip(members, states, strict=True):
-            key = member.decode()
-            report.accepted += 1
-            name = state.decode() if state else None
-            if name in FINAL_STATES:
-                report.states[name] += 1
-            elif key in waiting or name in ("requeued", "deferred", "queued", "attempt") \
-                    or now - score / 1000 < settle_s:
-                report.states["waiting"] += 1
-            else:
-                report.unaccounted.append(key)
+    since_ms = (int(now) // SECONDS_PER_HOUR - hours) * SECONDS_PER_HOUR * 1000
+    ledger = Ledger(client, settings.relay.ledger_ttl_days * SECONDS_PER_DAY)
+    for key, received_ms, name in ledger.accepted(since_ms):
+        report.accepted += 1
+        if name in FINAL_STATES:
+            report.states[name] += 1
+        elif key in waiting or name in ("requeued", "deferred", "queued", "attempt") \
+                or now - received_ms / 1000 < settle_s:
+            report.states["waiting"] += 1
+        else:
+            report.unaccounted.append(key)
     return report
 
 
@@ -153,7 +148,8 @@ def audit(settings: Settings, out: TextIO, hours: int, client: Redis | None = No
 def requeue(settings: Settings, out: TextIO, dedup_keys: list[str], everything: bool = False,
             client: Redis | None = None) -> int:
     redis = client or _client(settings)
-    dead = DeadLetters(redis, settings.relay.ledger_ttl_days * SECONDS_PER_DAY)
+    dead = DeadLetters(redis, settings.relay.ledger_ttl_days * SECONDS_PER_DAY,
+                       settings.relay.dedup_window_hours * SECONDS_PER_HOUR)
     chosen = list(dedup_keys)
     if everything:
         chosen = [d.dedup_key for d in dead.list(0, 1_000_000)]

@@ -289,8 +289,9 @@ async def test_accepted_events_are_recorded_for_the_audit(client: httpx.AsyncCli
                                                           redis: FakeRedis) -> None:
     await post_events(client, purchase())
 
-    [hour_key] = await redis.keys("pixelrelay:accepted:*")
-    assert [f"{PIXEL}:Purchase:order-1001".encode()] == await redis.zrange(hour_key, 0, -1)
+    [bucket] = await redis.keys("pixelrelay:ev:*")
+    assert [b"Purchase:order-1001"] == list(await redis.hkeys(bucket))
+    assert f"{{{PIXEL}}}" in bucket.decode()
 
 
 async def test_a_click_id_travels_with_the_event(client: httpx.AsyncClient,

@@ -132,12 +132,10 @@ class RelayStack:
 
     def states(self, envelopes: Sequence[Envelope]) -> Counter[str]:
         client = self.client()
-        pipe = client.pipeline(transaction=False)
-        for env in envelopes:
-            pipe.get(f"pixelrelay:state:{env.dedup_key}")
-        values = pipe.execute()
+        ledger = Ledger(client, LEDGER_TTL_S)
+        states = [ledger.state(env.dedup_key) for env in envelopes]
         client.close()
-        return Counter(v.decode() if v else "none" for v in values)
+        return Counter("none" if s in (None, "accepted") else s for s in states)
 
     def tool(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run ``pixelrelay <args> --config ...`` and capture its output."""

@@ -14,6 +14,7 @@ from relay.inbox import (
     ClickWrite,
     EventWrite,
     Write,
+    store_call,
     store_sync,
     write_decoder,
     write_encoder,
@@ -22,8 +23,7 @@ from relay.inbox import (
 QUEUE = "relay_high"
 PIXEL = "1234567890"
 OTHER = "9999999999"
-RECEIVED_MS = 1_790_000_000_000  # hour 497222
-HOUR = RECEIVED_MS // 3_600_000
+RECEIVED_MS = 1_790_000_000_000
 
 
 def event_write(i: int, *, pixel: str = PIXEL, queue: str = QUEUE,
@@ -56,19 +56,31 @@ def test_store_marks_the_pixel_as_waiting_in_its_queue(redis: fakeredis.FakeRedi
         redis.smembers(keys.inbox_pixels(QUEUE)), redis.smembers(keys.inbox_pixels("relay_low")))
 
 
-def test_store_records_accepted_events_by_hour(redis: fakeredis.FakeRedis) -> None:
-    store_sync(redis, [event_write(1), event_write(2, received_ms=RECEIVED_MS + 3_600_000)], 3600)
-
-    assert ([(b"1234567890:Purchase:e1", float(RECEIVED_MS))],
-            [(b"1234567890:Purchase:e2", float(RECEIVED_MS + 3_600_000))]) == (
-        redis.zrange(keys.accepted(HOUR), 0, -1, withscores=True),
-        redis.zrange(keys.accepted(HOUR + 1), 0, -1, withscores=True))
+def record(redis: fakeredis.FakeRedis, i: int, received_ms: int = RECEIVED_MS) -> bytes | None:
+    dedup_key = f"{PIXEL}:Purchase:e{i}"
+    return redis.hget(keys.ledger_bucket_of(dedup_key, received_ms), f"Purchase:e{i}")
 
 
-def test_accepted_hour_expires_after_the_ledger_ttl(redis: fakeredis.FakeRedis) -> None:
+def test_store_records_accepted_events_with_their_receive_time(
+        redis: fakeredis.FakeRedis) -> None:
+    store_sync(redis, [event_write(1), event_write(2, received_ms=RECEIVED_MS + 86_400_000)],
+               3600)
+
+    assert (f"a|{RECEIVED_MS}||".encode(), f"a|{RECEIVED_MS + 86_400_000}||".encode()) == (
+        record(redis, 1), record(redis, 2, RECEIVED_MS + 86_400_000))
+
+
+def test_a_repeat_the_same_day_keeps_the_first_receive_time(redis: fakeredis.FakeRedis) -> None:
+    store_sync(redis, [event_write(1)], 3600)
+    store_sync(redis, [event_write(1, received_ms=RECEIVED_MS + 5)], 3600)
+
+    assert f"a|{RECEIVED_MS}||".encode() == record(redis, 1)
+
+
+def test_ledger_buckets_expire_after_the_ledger_ttl(redis: fakeredis.FakeRedis) -> None:
     store_sync(redis, [event_write(1)], 7200)
 
-    assert 7200 == redis.ttl(keys.accepted(HOUR))
+    assert 7200 == redis.ttl(keys.ledger_bucket_of(f"{PIXEL}:Purchase:e1", RECEIVED_MS))
 
 
 def test_store_saves_click_contexts_with_their_ttl(redis: fakeredis.FakeRedis) -> None:
@@ -93,10 +105,10 @@ async def test_async_store_writes_what_store_sync_writes() -> None:
 
     await store([event_write(1), ClickWrite("click-1", 600, b"{}"), event_write(2)])
 
-    assert ([b"payload-1", b"payload-2"], {PIXEL.encode()}, 2, b"{}") == (
+    assert ([b"payload-1", b"payload-2"], {PIXEL.encode()}, [True, True], b"{}") == (
         items(sync_client, keys.inbox(QUEUE, PIXEL)),
         sync_client.smembers(keys.inbox_pixels(QUEUE)),
-        sync_client.zcard(keys.accepted(HOUR)),
+        [record(sync_client, i) is not None for i in (1, 2)],
         sync_client.get(keys.click("click-1")))
     await async_client.aclose()
 
@@ -218,8 +230,10 @@ def test_a_batch_call_sent_again_after_a_lost_reply_does_nothing(
         redis: fakeredis.FakeRedis) -> None:
     # Given a call that ran, whose reply was lost, and events stored before the client retries
     script = redis.register_script(BATCH)
-    call = dict(keys=[keys.PREFIX, keys.DRAMATIQ_NAMESPACE],
-                args=[QUEUE, "deliver_high", 1000, 16, RECEIVED_MS, "call-1"])
+    queue_key = keys.dramatiq_queue(QUEUE)
+    call = dict(keys=[keys.inbox_pixels(QUEUE), keys.inbox(QUEUE, PIXEL), queue_key,
+                      f"{queue_key}.msgs", keys.batch_call("call-1")],
+                args=[QUEUE, "deliver_high", PIXEL, 1000, 16, RECEIVED_MS, "call-1"])
     store_sync(redis, [event_write(1), event_write(2)], 3600)
     script(**call)
     store_sync(redis, [event_write(3)], 3600)
@@ -229,4 +243,12 @@ def test_a_batch_call_sent_again_after_a_lost_reply_does_nothing(
     # Then the retry makes nothing: the first batch keeps its events, the new one waits
     assert (0, [["payload-1", "payload-2"]], [b"payload-3"]) == (
         again, [m.args[1] for m in messages(redis)],
-        items(redis, f"{keys.PREFIX}:inbox:{QUEUE}:{PIXEL}"))
+        items(redis, keys.inbox(QUEUE, PIXEL)))
+
+
+def test_store_gives_the_script_every_key_it_touches() -> None:
+    names, _ = store_call([event_write(1), ClickWrite("click-1", 600, b"{}")], 3600)
+
+    assert [keys.inbox(QUEUE, PIXEL), keys.inbox_pixels(QUEUE),
+            keys.ledger_bucket_of(f"{PIXEL}:Purchase:e1", RECEIVED_MS),
+            keys.counters(RECEIVED_MS // 60_000), keys.click("click-1")] == names

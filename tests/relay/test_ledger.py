@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import fakeredis
+import msgspec
 import pytest
 
 from relay import keys
 from relay.ledger import Entry, Ledger, bucket_for, minute_of
 
 TTL_S = 7 * 86_400
-AT_MS = 1_790_000_000_000
+AT_MS = int(time.time() * 1000)  # records are read for the ledger TTL back from now
 
 
 def entry(state: str, event_id: str = "e1", pixel: str = "111", **detail: object) -> Entry:
@@ -57,12 +59,56 @@ def test_event_id_index_finds_every_pixel(redis: fakeredis.FakeRedis) -> None:
     assert ["111:Purchase:e1", "222:Purchase:e1"] == ledger.keys_for_event("e1")
 
 
-def test_life_state_and_index_expire_after_the_ttl(redis: fakeredis.FakeRedis) -> None:
-    Ledger(redis, 3600).record([entry("delivered")], AT_MS)
+def test_records_and_batch_logs_expire_after_the_ttl(redis: fakeredis.FakeRedis) -> None:
+    Ledger(redis, 3600).record([entry("delivered", batch="b1")], AT_MS)
 
-    assert [3600, 3600, 3600] == [redis.ttl(keys.life("111:Purchase:e1")),
-                                  redis.ttl(keys.state("111:Purchase:e1")),
-                                  redis.ttl(keys.event_index("e1"))]
+    assert [3600, 3600] == [redis.ttl(keys.ledger_bucket_of("111:Purchase:e1", AT_MS)),
+                            redis.ttl(keys.batch_log("111", "b1"))]
+
+
+def test_a_batch_step_is_written_once_for_all_its_events(redis: fakeredis.FakeRedis) -> None:
+    Ledger(redis, TTL_S).record([entry("delivered", f"e{i}", batch="b1", fbtrace_id="T",
+                                       received_ms=AT_MS - 5, delay_ms=5)
+                                 for i in range(3)], AT_MS)
+
+    assert [{"at_ms": AT_MS, "state": "delivered", "fbtrace_id": "T"}] == [
+        msgspec.json.decode(s) for s in redis.lrange(keys.batch_log("111", "b1"), 0, -1)]
+
+
+def test_a_record_is_one_short_field(redis: fakeredis.FakeRedis) -> None:
+    ledger = Ledger(redis, TTL_S)
+    ledger.record([Entry("111:Purchase:e1", "e1", "111", "Purchase", "attempt", {"batch": "b1"},
+                         AT_MS - 5, "server")], AT_MS)
+    ledger.record([Entry("111:Purchase:e1", "e1", "111", "Purchase", "delivered",
+                         {"batch": "b1"}, AT_MS - 5, "server")], AT_MS + 1)
+
+    assert f"d|{AT_MS - 5}|s|b1#0#1".encode() == redis.hget(
+        keys.ledger_bucket_of("111:Purchase:e1", AT_MS - 5), "Purchase:e1")
+
+
+def test_delivered_step_shows_the_event_s_own_receive_time_and_delay(
+        redis: fakeredis.FakeRedis) -> None:
+    ledger = Ledger(redis, TTL_S)
+    ledger.record([Entry("111:Purchase:e1", "e1", "111", "Purchase", "delivered",
+                         {"batch": "b1", "attempt": 1}, AT_MS - 40, "redirect")], AT_MS)
+
+    assert [{"at_ms": AT_MS, "state": "delivered", "pixel_id": "111", "batch": "b1",
+             "attempt": 1, "received_ms": AT_MS - 40, "source": "redirect", "delay_ms": 40}
+            ] == ledger.life("111:Purchase:e1")
+
+
+def test_the_layout_before_the_buckets_is_still_read(redis: fakeredis.FakeRedis) -> None:
+    # Given an event the version before recorded, then this one
+    redis.rpush(keys.life("111:Purchase:e1"), msgspec.json.encode(
+        {"at_ms": AT_MS - 10, "state": "attempt", "pixel_id": "111", "code": 2}))
+    redis.set(keys.state("111:Purchase:e1"), "deferred")
+    redis.sadd(keys.event_index("e1"), "111:Purchase:e1")
+    ledger = Ledger(redis, TTL_S)
+    ledger.record([entry("delivered", batch="b2")], AT_MS)
+
+    assert ("delivered", ["attempt", "delivered"], ["111:Purchase:e1"]) == (
+        ledger.state("111:Purchase:e1"), [e["state"] for e in ledger.life("111:Purchase:e1")],
+        ledger.keys_for_event("e1"))
 
 
 def test_record_counts_per_minute_state_pixel_and_name(redis: fakeredis.FakeRedis) -> None:
