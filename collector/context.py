@@ -16,7 +16,7 @@ from collector.spool import Spool
 from collector.visitor import BotDetector, TrustedProxies
 from relay.config import ApiKeySettings, LinkSettings, Settings, hash_api_key
 from relay.errors import InputError
-from relay.events import ClickContext, Envelope, MetaEvent, encode
+from relay.events import ClickContext, Envelope, MetaEvent, encode, pack_envelope
 from relay.inbox import ClickWrite, EventWrite
 from relay.queues import queue_for
 
@@ -51,6 +51,10 @@ class CollectorContext:
         self.origins = frozenset(o.rstrip("/") for o in c.allowed_origins)
         self.click_ttl_s = c.click_ttl_days * SECONDS_PER_DAY
         self.cookie_max_age_s = c.cookie_max_age_days * SECONDS_PER_DAY
+        # A redirect's events leave the click's fbc, fbp, IP and user agent to its click context
+        # (the relay fills them in from it, relay.events.enrich_from_click) when the context
+        # outlives every event that can still be sent: then they are not stored twice.
+        self.events_refer_to_click = c.click_ttl_days >= self.settings.relay.max_event_age_days
         # prometheus' labels() checks the labels and takes a lock on every call; a child never
         # changes, so the hot path fetches each once, on first use (a series still appears in
         # /metrics only once it has been counted).
@@ -81,7 +85,7 @@ class CollectorContext:
             pixel_id=pixel_id,
             dedup_key=envelope.dedup_key,
             received_ms=received_ms,
-            payload=encode(envelope),
+            payload=pack_envelope(envelope),
         )
 
     def click_write(self, click: ClickContext) -> ClickWrite:

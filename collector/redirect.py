@@ -84,7 +84,8 @@ async def handle_redirect(ctx: CollectorContext, request: Request, slug: str) ->
         client_user_agent=user_agent,
         utm=utm or None,
     )
-    user_data = UserData(client_ip_address=ip, client_user_agent=user_agent, fbc=fbc, fbp=fbp)
+    user_data = (UserData() if ctx.events_refer_to_click else
+                 UserData(client_ip_address=ip, client_user_agent=user_agent, fbc=fbc, fbp=fbp))
     writes: list[Write] = [ctx.click_write(click)]
     for pixel_id in link.pixels:
         event = MetaEvent(

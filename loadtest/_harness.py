@@ -272,4 +272,31 @@ def py_spy(pid: int | None, output: Path | None) -> Iterator[None]:
         recorder.send_signal(signal.SIGINT)
         recorder.wait(30)
 
+# The commit before issue 13's Redis layout (ledger buckets, compact inbox and click contexts):
+# what bench-footprint and bench-relay measure beside the current tree by default.
+LAYOUT_REFERENCE_REV = "2e19dd3a35973fbc2f5ad221381cc40e19264c5b"
+
+
+def reference_run(rev: str, script: str, argv: Sequence[str], tmp: Path,
+                  timeout_s: float) -> str:
+    """Run ``script`` (a path in this repository) as it was at ``rev``: from a git worktree of
+    that revision, with this .venv but that revision's modules first on PYTHONPATH (also for the
+    processes it starts), so the code measured is that revision's. Returns what it printed;
+    raises ``BenchError`` when the revision cannot be checked out or the run fails."""
+    tree = tmp / f"reference-{rev[:12]}"
+    git = ["git", "-C", str(ROOT)]
+    made = subprocess.run([*git, "worktree", "add", "--detach", str(tree), rev],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        raise BenchError(f"cannot check out the reference {rev}: {made.stderr.strip()}")
+    try:
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        run = subprocess.run([sys.executable, str(tree / script), *argv], cwd=tree, env=env,
+                             capture_output=True, text=True, timeout=timeout_s)
+    finally:
+        subprocess.run([*git, "worktree", "remove", "--force", str(tree)], capture_output=True)
+    if run.returncode != 0:
+        raise BenchError(f"the reference run at {rev[:12]} failed ({run.returncode}):\n"
+                         f"{run.stdout[-2000:]}{run.stderr[-2000:]}")
+    return run.stdout
 

@@ -42,6 +42,7 @@ import argparse
 import asyncio
 import itertools
 import random
+import re
 import secrets
 import sys
 import time
@@ -64,8 +65,10 @@ from collector.redirect import handle_redirect  # noqa: E402
 from collector.spool import Spool  # noqa: E402
 from collector.visitor import make_fbc, make_fbp  # noqa: E402
 from loadtest._harness import (  # noqa: E402
+    LAYOUT_REFERENCE_REV,
     BenchError,
     machine_summary,
+    reference_run,
     run_benchmark,
     start_redis,
 )
@@ -106,11 +109,15 @@ DAY_S = 86_400
 FAMILIES = (
     ("inbox entries", f"{keys.PREFIX}:inbox:"),
     ("click contexts", f"{keys.PREFIX}:click:"),
+    ("event records", f"{keys.PREFIX}:ev:"),
+    ("batch logs", f"{keys.PREFIX}:batch:"),
+    ("dedup claims", f"{keys.PREFIX}:claim:"),
+    # the layout before issue 13 (still read after an upgrade, no longer written)
     ("accepted index", f"{keys.PREFIX}:accepted:"),
     ("life lists", f"{keys.PREFIX}:life:"),
     ("states", f"{keys.PREFIX}:state:"),
     ("event-id index", f"{keys.PREFIX}:eventid:"),
-    ("dedup claims", f"{keys.PREFIX}:dedup:"),
+    ("old dedup claims", f"{keys.PREFIX}:dedup:"),
     ("minute counters", f"{keys.PREFIX}:stats:"),
     ("minute latencies", f"{keys.PREFIX}:latency:"),
     ("dramatiq", f"{keys.DRAMATIQ_NAMESPACE}:"),
@@ -414,7 +421,7 @@ def store_events(part: Part, n: int, group: int, spool: Spool) -> Stored:
                   time.monotonic() - started)
 
 
-def report_waiting(part: Part, number: int, n: int, stored: Stored, baseline: int) -> None:
+def report_waiting(part: Part, number: int, n: int, stored: Stored, baseline: int) -> float:
     waiting_mem = used_memory(part.client) - baseline
     inbox_len = part.client.llen(keys.inbox(stored.queue, part.pixel_id))
     if inbox_len != stored.events:
@@ -430,6 +437,7 @@ def report_waiting(part: Part, number: int, n: int, stored: Stored, baseline: in
     print(f"   by key, MEMORY USAGE per event: {_parts(usage, count, ttl, n)}; not attributed to "
           f"a key (keyspace and expiry tables) {(waiting_mem - attributed) / n:,.0f} B")
     print(f"   backlog: {_per_hour(waiting_mem / n)}")
+    return waiting_mem / n
 
 
 def deliver(part: Part, tmp: Path, processes: list[Process], graph_url: str,
@@ -460,7 +468,7 @@ def deliver(part: Part, tmp: Path, processes: list[Process], graph_url: str,
 
 
 def report_delivered(part: Part, number: int, n: int, stored: Stored, baseline: int,
-                     pixel: dict[str, Any], seconds: float) -> None:
+                     pixel: dict[str, Any], seconds: float) -> float:
     relay = part.settings.relay
     delivered_mem = used_memory(part.client) - baseline
     usage, count, ttl = memory_by_family(part.client)
@@ -474,7 +482,7 @@ def report_delivered(part: Part, number: int, n: int, stored: Stored, baseline: 
           f"{delivered_mem / n:,.0f} B per delivered event, kept for the retention above")
     print(f"   by key, MEMORY USAGE per event: {_parts(usage, count, ttl, n)}; not attributed to "
           f"a key {(delivered_mem - attributed) / n:,.0f} B")
-    dedup_share = usage["dedup claims"] / n
+    dedup_share = (usage["dedup claims"] + usage["old dedup claims"]) / n
     week = (delivered_mem / n - dedup_share) * relay.ledger_ttl_days * DAY_S
     window = dedup_share * relay.dedup_window_hours * HOUR_S
     print(f"   history: {_per_hour(delivered_mem / n)}")
@@ -482,6 +490,7 @@ def report_delivered(part: Part, number: int, n: int, stored: Stored, baseline: 
           f"the rest {relay.ledger_ttl_days} d): "
           + ", ".join(f"{_size((week + window) * rate)} at {rate:,} events/s"
                       for rate in REFERENCE_RATES))
+    return delivered_mem / n
 
 
 def report_spool(part: Part, number: int, n: int, stored: Stored, spool: Spool) -> None:
@@ -494,16 +503,19 @@ def report_spool(part: Part, number: int, n: int, stored: Stored, spool: Spool) 
 
 
 def measure(part: Part, first_number: int, args: argparse.Namespace, tmp: Path,
-            processes: list[Process], graph_url: str) -> tuple[int, int]:
-    """Print the kind's three blocks; return (events lost, duplicates) and stop its Redis."""
+            processes: list[Process], graph_url: str,
+            figures: dict[tuple[str, str], float]) -> tuple[int, int]:
+    """Print the kind's three blocks, put its bytes per waiting and delivered event in
+    ``figures``; return (events lost, duplicates) and stop its Redis."""
     n = args.events
     spool = Spool(tmp / part.kind.name / "spool-copy")
     store_sync(part.client, [], part.ledger_ttl_s)  # load the script before the baseline
     baseline = used_memory(part.client)
     stored = store_events(part, n, args.group, spool)
-    report_waiting(part, first_number, n, stored, baseline)
+    figures[part.kind.title, "waiting"] = report_waiting(part, first_number, n, stored, baseline)
     pixel, seconds = deliver(part, tmp, processes, graph_url, stored)
-    report_delivered(part, first_number + 1, n, stored, baseline, pixel, seconds)
+    figures[part.kind.title, "delivered"] = report_delivered(part, first_number + 1, n, stored,
+                                                             baseline, pixel, seconds)
     report_spool(part, first_number + 2, n, stored, spool)
     part.redis.stop()  # its memory back before the next kind
     return stored.events - len(set(pixel["event_ids"])), pixel["duplicates"]
@@ -518,12 +530,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", type=int, default=32,
                         help="requests per STORE call and per spool append (a group commit)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--reference", default=LAYOUT_REFERENCE_REV,
+                        help="git revision whose own bench_footprint.py runs first, with the "
+                             "same arguments, as the reference (default: the layout before "
+                             "issue 13); 'none' to skip it")
     args = parser.parse_args(argv)
     return run_benchmark("bench-footprint-", args,
                          lambda tmp, processes: _bench(args, tmp, processes), stop_timeout_s=30)
 
 
+_BLOCK = re.compile(r"^\d+\. (waiting|delivered) \(([^)]+)\).*\n.*= ([\d,]+) B per "
+                    r"(?:waiting|delivered) event", re.MULTILINE)
+
+
+def reference_figures(output: str) -> dict[tuple[str, str], float]:
+    """Bytes per waiting and delivered event of each kind, read from a run's report."""
+    return {(kind, what): float(value.replace(",", ""))
+            for what, kind, value in _BLOCK.findall(output)}
+
+
+def run_reference(args: argparse.Namespace, tmp: Path) -> dict[tuple[str, str], float]:
+    """The reference revision's own benchmark, with the same arguments, printed indented."""
+    if args.reference == "none":
+        return {}
+    argv = ["--kind", args.kind, "--events", str(args.events), "--group", str(args.group)]
+    output = reference_run(args.reference, "loadtest/bench_footprint.py", argv, tmp,
+                           timeout_s=3600)
+    print(f"reference: the layout of {args.reference[:12]}, measured now by that revision's "
+          "own loadtest/bench_footprint.py with the same arguments:")
+    for line in output.rstrip().splitlines():
+        print(f"  | {line}")
+    print()
+    return reference_figures(output)
+
+
+def print_comparison(now: dict[tuple[str, str], float],
+                     before: dict[tuple[str, str], float], reference: str) -> None:
+    print()
+    print(f"bytes per event, this tree against the reference ({reference[:12]}), both "
+          "measured in this run; target: waiting <= 500 B, delivered <= 400 B")
+    for (kind, what), value in now.items():
+        old = before.get((kind, what))
+        versus = (f"reference {old:,.0f} B, {value / old:.0%} of it" if old else
+                  "no reference figure")
+        print(f"   {kind:<14} {what:<10} {value:>7,.0f} B   ({versus})")
+
+
 def _bench(args: argparse.Namespace, tmp: Path, processes: list[Process]) -> int:
+    before = run_reference(args, tmp)
     meta = start_fake_meta(tmp, FAKEMETA_LATENCY_MS="0", FAKEMETA_MAX_EVENTS_KEPT=str(args.events))
     processes.append(meta.process)
     meta_url = meta.url
@@ -540,11 +594,14 @@ def _bench(args: argparse.Namespace, tmp: Path, processes: list[Process]) -> int
           f"kind, stored in groups of {args.group} requests")
 
     lost = duplicates = 0
+    figures: dict[tuple[str, str], float] = {}
     for index, part in enumerate(parts):
-        part_lost, part_duplicates = measure(part, 1 + 3 * index, args, tmp, processes, meta_url)
+        part_lost, part_duplicates = measure(part, 1 + 3 * index, args, tmp, processes, meta_url,
+                                             figures)
         lost += part_lost
         duplicates += part_duplicates
 
+    print_comparison(figures, before, args.reference)
     print()
     print(f"events lost: {lost}, duplicates: {duplicates}")
     return 0 if lost == 0 and duplicates == 0 else 1

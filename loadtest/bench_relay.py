@@ -62,7 +62,7 @@ from loadtest._harness import (  # noqa: E402
 )
 from relay import _dramatiq  # noqa: E402
 from relay.config import RelaySettings, load_settings  # noqa: E402
-from relay.events import Envelope, MetaEvent, UserData, decode_envelope, encode  # noqa: E402
+from relay.events import Envelope, MetaEvent, UserData, decode_envelope, pack_envelope  # noqa: E402
 from relay.inbox import EventWrite, store_sync  # noqa: E402
 from relay.queues import queue_for  # noqa: E402
 from tests.support import (  # noqa: E402
@@ -112,7 +112,7 @@ def store(client: Any, events: Sequence[Envelope], chunk: int = 5_000) -> None:
     for start in range(0, len(events), chunk):
         store_sync(client, [
             EventWrite(queue_for(e.event.event_name, relay), e.pixel_id, e.dedup_key,
-                       e.received_ms, encode(e))
+                       e.received_ms, pack_envelope(e))
             for e in events[start:start + chunk]
         ], LEDGER_TTL_S)
 

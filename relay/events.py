@@ -9,6 +9,7 @@ inbox and carried inside batch messages.
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
 from typing import Any, Literal
@@ -170,7 +171,80 @@ def encode(obj: Struct) -> bytes:
 
 
 def decode_envelope(data: bytes | str) -> Envelope:
+    """An envelope as stored: packed (``pack_envelope``) or, written before it, a JSON object."""
+    if data[:1] in (b"[", "["):
+        return _unpack_envelope(data)
     return _envelope_decoder.decode(data)
+
+
+# -- the packed form the inbox holds -------------------------------------------------------------
+# ``[1, pixel_id, received_ms, source, click_id, <MetaEvent fields in declared order>]``, the
+# user_data in it the UserData fields in declared order, trailing empty fields left out, and
+# each hashed value (64 hex digits) written in base64url after a "~" (43 characters instead of
+# 64; a value that starts with "~" itself gets another). Half the bytes of the JSON object for a
+# server Purchase, and still text, so it travels inside Dramatiq's JSON messages unchanged. The
+# field order of MetaEvent and UserData is therefore part of the stored format: add fields at
+# the end only (tests/relay/test_events.py pins it).
+PACKED_VERSION = 1
+_USER_FIELDS = UserData.__struct_fields__
+_USER_DATA_AT = MetaEvent.__struct_fields__.index("user_data")
+_HASHED_AT = tuple(i for i, name in enumerate(_USER_FIELDS) if name in HASHED_KEYS)
+_LOWER_HEX = frozenset("0123456789abcdef")
+
+
+def _trimmed(values: list[Any]) -> list[Any]:
+    while values and values[-1] is None:
+        values.pop()
+    return values
+
+
+def _pack_hashed(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_pack_hashed(v) for v in value]
+    if isinstance(value, str):
+        if len(value) == 64 and _LOWER_HEX.issuperset(value):
+            return "~" + base64.urlsafe_b64encode(bytes.fromhex(value)).decode()[:43]
+        if value.startswith("~"):
+            return "~" + value
+    return value
+
+
+def _unpack_hashed(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_unpack_hashed(v) for v in value]
+    if isinstance(value, str) and value.startswith("~"):
+        if value.startswith("~~"):
+            return value[1:]
+        return base64.urlsafe_b64decode(value[1:] + "=").hex()
+    return value
+
+
+def pack_envelope(env: Envelope) -> bytes:
+    """The compact form of an envelope stored in the inbox (see above)."""
+    user = list(msgspec.structs.astuple(env.event.user_data))
+    for i in _HASHED_AT:
+        if user[i] is not None:
+            user[i] = _pack_hashed(user[i])
+    event = list(msgspec.structs.astuple(env.event))
+    event[_USER_DATA_AT] = _trimmed(user)
+    return _encoder.encode([PACKED_VERSION, env.pixel_id, env.received_ms, env.source,
+                            env.click_id, *_trimmed(event)])
+
+
+def _unpack_envelope(data: bytes | str) -> Envelope:
+    try:
+        version, pixel_id, received_ms, source, click_id, *event = msgspec.json.decode(data)
+        if version != PACKED_VERSION:
+            raise msgspec.ValidationError(f"packed envelope version {version} is unknown")
+        user = event[_USER_DATA_AT]
+        for i in _HASHED_AT:
+            if i < len(user) and user[i] is not None:
+                user[i] = _unpack_hashed(user[i])
+        event[_USER_DATA_AT] = UserData(*user)
+        return Envelope(pixel_id=pixel_id, event=MetaEvent(*event), received_ms=received_ms,
+                        source=source, click_id=click_id)
+    except (TypeError, ValueError, IndexError) as exc:  # not the shape pack_envelope writes
+        raise msgspec.ValidationError(f"malformed packed envelope: {exc}") from None
 
 
 def decode_click(data: bytes | str) -> ClickContext:

@@ -6,10 +6,13 @@ from http.cookies import SimpleCookie
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import msgspec
 from fakeredis.aioredis import FakeRedis
 
+from collector.context import CollectorContext
+from collector.metrics import CollectorMetrics
 from relay.config import Settings
-from relay.events import Envelope, decode_click
+from relay.events import Envelope, UserData, decode_click, enrich_from_click
 from tests.collector.support import (
     BROWSER_UA,
     DESTINATION_HOST,
@@ -37,6 +40,15 @@ async def click(client: httpx.AsyncClient, query: str = "", **headers: str) -> h
 
 async def stored_events(redis: FakeRedis) -> list[Envelope]:
     return [*await inbox(redis, "relay_low", PIXEL), *await inbox(redis, "relay_low", SECOND_PIXEL)]
+
+
+async def delivered_user_data(redis: FakeRedis) -> list[UserData]:
+    """The stored events' user_data as the relay sends it, filled in from their click context."""
+    result = []
+    for envelope in await stored_events(redis):
+        stored_click = decode_click(await redis.get(f"pixelrelay:click:{envelope.click_id}"))
+        result.append(enrich_from_click(envelope.event, stored_click).user_data)
+    return result
 
 
 async def test_a_click_is_redirected_to_the_configured_destination(
@@ -90,12 +102,16 @@ async def test_each_pixel_gets_a_page_view_with_the_visitors_data(
 
     cookies = cookies_set(response)
     events = await stored_events(redis)
+    stored_click = decode_click(await redis.get(f"pixelrelay:click:{cookies['_prclk']}"))
     assert [PIXEL, SECOND_PIXEL] == [e.pixel_id for e in events]
     for envelope in events:
         event = envelope.event
         assert ("PageView", "website", "redirect", cookies["_prclk"]) == (
             event.event_name, event.action_source, envelope.source, envelope.click_id
         )
+        # The visitor's data is stored once, in the click context, and filled in by the relay.
+        assert UserData() == event.user_data
+        event = enrich_from_click(event, stored_click)
         assert (cookies["_fbc"], cookies["_fbp"], VISITOR_IP, BROWSER_UA) == (
             event.user_data.fbc, event.user_data.fbp, event.user_data.client_ip_address,
             event.user_data.client_user_agent,
@@ -134,7 +150,7 @@ async def test_an_fbc_cookie_with_the_same_fbclid_is_kept(client: httpx.AsyncCli
     response = await click(client, f"?fbclid={FBCLID}", cookie=f"_fbc={existing}")
 
     assert "_fbc" not in cookies_set(response)
-    assert {existing} == {e.event.user_data.fbc for e in await stored_events(redis)}
+    assert {existing} == {u.fbc for u in await delivered_user_data(redis)}
 
 
 async def test_an_fbc_cookie_with_another_fbclid_is_replaced(client: httpx.AsyncClient) -> None:
@@ -150,7 +166,7 @@ async def test_an_fbp_cookie_is_kept_and_reported(client: httpx.AsyncClient,
     response = await click(client, cookie=f"_fbp={existing}")
 
     assert "_fbp" not in cookies_set(response)
-    assert {existing} == {e.event.user_data.fbp for e in await stored_events(redis)}
+    assert {existing} == {u.fbp for u in await delivered_user_data(redis)}
 
 
 async def test_a_click_through_the_trusted_proxy_reports_the_forwarded_address(
@@ -158,7 +174,7 @@ async def test_a_click_through_the_trusted_proxy_reports_the_forwarded_address(
     await click(proxied_client, **{"x-forwarded-for": "6.6.6.6, 198.51.100.1"})
 
     assert {"198.51.100.1"} == {
-        e.event.user_data.client_ip_address for e in await stored_events(redis)
+        u.client_ip_address for u in await delivered_user_data(redis)
     }
 
 
@@ -218,4 +234,16 @@ async def test_a_forged_fbclid_keeps_the_visitors_fbc(client: httpx.AsyncClient,
     response = await click(client, "?fbclid=%ff%fe%0d%0a", cookie=f"_fbc={existing}")
 
     assert (302, False) == (response.status_code, "_fbc" in cookies_set(response))
-    assert {existing} == {e.event.user_data.fbc for e in await stored_events(redis)}
+    assert {existing} == {u.fbc for u in await delivered_user_data(redis)}
+
+
+async def test_events_carry_the_visitors_data_when_the_click_context_expires_first(
+        settings: Settings) -> None:
+    # Given click contexts kept for a shorter time than events may wait to be sent
+    short = msgspec.structs.replace(settings, collector=msgspec.structs.replace(
+        settings.collector, click_ttl_days=settings.relay.max_event_age_days - 1))
+
+    # Then the collector writes the visitor's data into each event itself
+    ctx = CollectorContext(short, None, CollectorMetrics())  # type: ignore[arg-type]
+    assert (False, True) == (ctx.events_refer_to_click, CollectorContext(
+        settings, None, CollectorMetrics()).events_refer_to_click)  # type: ignore[arg-type]

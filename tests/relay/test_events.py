@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import msgspec
 import pytest
 
@@ -17,6 +19,7 @@ from relay.events import (
     decode_envelope,
     encode,
     enrich_from_click,
+    pack_envelope,
 )
 from relay.validation import EXPIRY_MARGIN_S
 from tests.relay.factories import APP_DATA, EMAIL, FBC, FBP, USER_AGENT, meta_event, sha
@@ -342,3 +345,51 @@ def test_envelope_survives_encoding() -> None:
                    click_id="c-1")
 
     assert env == decode_envelope(encode(env))
+
+
+# -- the packed form stored in the inbox ----------------------------------------------------------
+def _purchase_envelope() -> Envelope:
+    hashed = hashlib.sha256(b"jane@example.com").hexdigest()
+    user = UserData(em=[hashed, "~not-hex", "ABC"], ph=hashed, client_ip_address="203.0.113.7",
+                    client_user_agent="Mozilla/5.0", fbc="fb.1.1700000000000.abc")
+    event = MetaEvent(event_name="Purchase", event_time=1_700_000_000, event_id="order-1",
+                      action_source="website", user_data=user,
+                      event_source_url="https://shop.example/thanks",
+                      custom_data={"value": 12.5, "currency": "EUR"})
+    return Envelope(pixel_id="123", event=event, received_ms=1_700_000_000_123, source="server",
+                    click_id="c-1")
+
+
+def test_a_packed_envelope_decodes_to_the_same_envelope() -> None:
+    env = _purchase_envelope()
+
+    assert env == decode_envelope(pack_envelope(env))
+
+
+def test_packing_halves_a_server_event() -> None:
+    env = _purchase_envelope()
+
+    assert len(pack_envelope(env)) < 0.7 * len(encode(env))
+
+
+def test_an_envelope_stored_as_a_json_object_before_packing_still_decodes() -> None:
+    env = _purchase_envelope()
+
+    assert env == decode_envelope(encode(env))
+
+
+def test_a_malformed_packed_envelope_is_a_validation_error() -> None:
+    with pytest.raises(msgspec.ValidationError):
+        decode_envelope(b'[1, "123"]')
+
+
+def test_the_stored_field_order_only_grows_at_the_end() -> None:
+    # Packed envelopes in Redis are positional: reordering or inserting fields would misread
+    # the ones already stored. Add new fields at the end, then extend these lists.
+    assert ("event_name", "event_time", "event_id", "action_source", "user_data",
+            "event_source_url", "referrer_url", "custom_data", "opt_out",
+            "data_processing_options", "data_processing_options_country",
+            "data_processing_options_state") == MetaEvent.__struct_fields__[:12]
+    assert ("em", "ph", "fn", "ln", "db", "ge", "ct", "st", "zp", "country", "external_id",
+            "client_ip_address", "client_user_agent", "fbc", "fbp", "subscription_id",
+            "fb_login_id", "lead_id") == UserData.__struct_fields__[:18]
