@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from relay import keys
-from relay.events import decode_envelope
+from relay.events import decode_click, decode_envelope
 from tests.e2e.conftest import StartFn
 from tests.support import (
     DEMO_API_KEY,
@@ -45,8 +45,12 @@ def _purchase(base: str, event_id: str) -> None:
 
 
 def _fbclids_in_inbox(redis: RedisServer) -> list[str]:
-    items = redis.client().lrange(LOW_INBOX, 0, -1)
-    return [decode_envelope(i).event.user_data.fbc.rsplit(".", 1)[-1] for i in items]
+    """The fbclid of each PageView waiting, in order (from its click context, which holds the
+    visitor's data for the redirect's events)."""
+    client = redis.client()
+    items = [decode_envelope(i) for i in client.lrange(LOW_INBOX, 0, -1)]
+    clicks = client.mget([keys.click(e.click_id or "") for e in items]) if items else []
+    return [(decode_click(c).fbc or "").rsplit(".", 1)[-1] for c in clicks]
 
 
 class ConcurrentClicks:

@@ -24,7 +24,7 @@ import msgspec
 import pytest
 
 from relay import keys
-from relay.events import decode_click
+from relay.events import decode_click, decode_envelope
 from tests.support import (
     DEMO_API_KEY,
     DEMO_PIXEL,
@@ -169,7 +169,7 @@ class Stack:
         with self.redis.client() as redis:
             for key in redis.scan_iter(match=keys.inbox("*", DEMO_PIXEL), _type="list"):
                 for raw in redis.lrange(key, 0, -1):
-                    envelope = json.loads(raw)
+                    envelope = msgspec.to_builtins(decode_envelope(raw))
                     if envelope["event"]["event_id"] == event_id:
                         return dict(envelope)
         raise AssertionError(f"no event {event_id} in the inbox")
