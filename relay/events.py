@@ -187,7 +187,8 @@ def decode_envelope(data: bytes | str) -> Envelope:
 # the end only (tests/relay/test_events.py pins it).
 PACKED_VERSION = 1
 _USER_FIELDS = UserData.__struct_fields__
-_USER_DATA_AT = MetaEvent.__struct_fields__.index("user_data")
+_EVENT_FIELDS = MetaEvent.__struct_fields__
+_USER_DATA_AT = _EVENT_FIELDS.index("user_data")
 _HASHED_AT = tuple(i for i, name in enumerate(_USER_FIELDS) if name in HASHED_KEYS)
 _LOWER_HEX = frozenset("0123456789abcdef")
 
@@ -241,8 +242,10 @@ def _unpack_envelope(data: bytes | str) -> Envelope:
             if i < len(user) and user[i] is not None:
                 user[i] = _unpack_hashed(user[i])
         event[_USER_DATA_AT] = UserData(*user)
-        return Envelope(pixel_id=pixel_id, event=MetaEvent(*event), received_ms=received_ms,
-                        source=source, click_id=click_id)
+        if len(event) > len(_EVENT_FIELDS):
+            raise ValueError(f"{len(event)} event fields, more than {len(_EVENT_FIELDS)}")
+        return Envelope(pixel_id=pixel_id, event=MetaEvent(**dict(zip(_EVENT_FIELDS, event))),
+                        received_ms=received_ms, source=source, click_id=click_id)
     except (TypeError, ValueError, IndexError) as exc:  # not the shape pack_envelope writes
         raise msgspec.ValidationError(f"malformed packed envelope: {exc}") from None
 

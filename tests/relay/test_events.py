@@ -389,7 +389,18 @@ def test_the_stored_field_order_only_grows_at_the_end() -> None:
     assert ("event_name", "event_time", "event_id", "action_source", "user_data",
             "event_source_url", "referrer_url", "custom_data", "opt_out",
             "data_processing_options", "data_processing_options_country",
-            "data_processing_options_state") == MetaEvent.__struct_fields__[:12]
+            "data_processing_options_state", "app_data", "original_event_data",
+            "attribution_data", "customer_segmentation", "messaging_channel",
+            "passthrough") == MetaEvent.__struct_fields__[:18]
     assert ("em", "ph", "fn", "ln", "db", "ge", "ct", "st", "zp", "country", "external_id",
             "client_ip_address", "client_user_agent", "fbc", "fbp", "subscription_id",
-            "fb_login_id", "lead_id") == UserData.__struct_fields__[:18]
+            "fb_login_id", "lead_id", "anon_id", "madid", "page_id", "page_scoped_user_id",
+            "ctwa_clid", "ig_account_id", "ig_sid") == UserData.__struct_fields__[:25]
+
+
+def test_extension_fields_and_passthrough_survive_packing() -> None:
+    env = _purchase_envelope()
+    env = msgspec.structs.replace(env, event=msgspec.structs.replace(
+        env.event, app_data={"advertiser_tracking_enabled": 1}, passthrough={"x_new": [1]}))
+
+    assert env == decode_envelope(pack_envelope(env))
