@@ -244,8 +244,9 @@ def _unpack_envelope(data: bytes | str) -> Envelope:
         event[_USER_DATA_AT] = UserData(*user)
         if len(event) > len(_EVENT_FIELDS):
             raise ValueError(f"{len(event)} event fields, more than {len(_EVENT_FIELDS)}")
-        return Envelope(pixel_id=pixel_id, event=MetaEvent(**dict(zip(_EVENT_FIELDS, event))),
-                        received_ms=received_ms, source=source, click_id=click_id)
+        fields = dict(zip(_EVENT_FIELDS, event, strict=False))  # trailing empty ones left out
+        return Envelope(pixel_id=pixel_id, event=MetaEvent(**fields), received_ms=received_ms,
+                        source=source, click_id=click_id)
     except (TypeError, ValueError, IndexError) as exc:  # not the shape pack_envelope writes
         raise msgspec.ValidationError(f"malformed packed envelope: {exc}") from None
 
