@@ -213,10 +213,10 @@ async def test_requeue_one_moves_it_back_to_the_inbox_and_is_audited(
     answer = await operator.post("/dead-letters/act", data={
         "action": "requeue", "scope": "one", "key": key, "_csrf_token": csrf_of(page)})
 
-    assert (200, 0, 1, None, b"requeued") == (
+    assert (200, 0, 1, None, "requeued") == (
         answer.status_code, redis.zcard(keys.dead_letters()),
         redis.llen(keys.inbox("relay_high", PIXEL)), redis.get(keys.dedup(key)),
-        redis.get(keys.state(key)))
+        Ledger(redis, TTL_S).state(key))
     assert "1 of 1 requeued" == cell_text(soup(answer.text).find(id="done"))
     audit = soup((await operator.get("/audit")).text)
     first = [cell_text(c) for c in audit.select("#audit tbody tr")[0].find_all("td")]
