@@ -153,11 +153,14 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     ctx: CollectorContext = app.state[CONTEXT]
     settings = ctx.settings
     await ctx.enqueuer.start()
+    counting = asyncio.create_task(ctx.withheld.run())
     log.info("collector_started", pid=os.getpid(), links=len(settings.links),
              pixels=len(settings.pixels), spooling=ctx.enqueuer.spooling)
     try:
         yield
     finally:
+        counting.cancel()
+        await asyncio.gather(counting, return_exceptions=True)  # its last flush
         await ctx.enqueuer.stop()  # every acknowledged write is stored before we exit
         await ctx.redis.aclose()
         log.info("collector_stopped", pid=os.getpid())

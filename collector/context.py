@@ -14,7 +14,9 @@ from collector.enqueue import DurableEnqueuer
 from collector.metrics import CollectorMetrics
 from collector.spool import Spool
 from collector.visitor import BotDetector, TrustedProxies
-from relay.config import ApiKeySettings, LinkSettings, Settings, hash_api_key
+from collector.withheld import WithheldCounter, redis_adder
+from relay.config import ApiKeySettings, LinkSettings, PixelSettings, Settings, hash_api_key
+from relay.consent import with_pixel_defaults, withheld_reason
 from relay.errors import InputError
 from relay.events import ClickContext, Envelope, MetaEvent, encode, pack_envelope
 from relay.inbox import ClickWrite, EventWrite
@@ -40,7 +42,9 @@ class CollectorContext:
     bots: BotDetector = field(init=False)
     links: dict[str, LinkSettings] = field(init=False)
     pixel_ids: frozenset[str] = field(init=False)
+    pixels: dict[str, PixelSettings] = field(init=False)
     origins: frozenset[str] = field(init=False)
+    withheld: WithheldCounter = field(init=False)
 
     def __post_init__(self) -> None:
         c = self.settings.collector
@@ -48,6 +52,9 @@ class CollectorContext:
         self.bots = BotDetector(c.extra_bot_user_agents)
         self.links = {link.slug: link for link in self.settings.links}
         self.pixel_ids = frozenset(p.id for p in self.settings.pixels)
+        self.pixels = {p.id: p for p in self.settings.pixels}
+        self.withheld = WithheldCounter(
+            self.metrics.withheld, redis_adder(self.redis) if self.redis is not None else None)
         self.origins = frozenset(o.rstrip("/") for o in c.allowed_origins)
         self.click_ttl_s = c.click_ttl_days * SECONDS_PER_DAY
         self.cookie_max_age_s = c.cookie_max_age_days * SECONDS_PER_DAY
@@ -75,8 +82,22 @@ class CollectorContext:
                 return key
         raise InputError("the API key is not valid", 401)
 
+    def may_send(self, pixel_id: str, event_name: str, consent: bool | None,
+                 link: LinkSettings | None = None) -> bool:
+        """Whether the event may go to ``pixel_id`` (``relay.consent``); counts it if not."""
+        pixel = self.pixels.get(pixel_id)
+        required = (pixel is not None and pixel.require_consent) or (
+            link is not None and link.require_consent)
+        reason = withheld_reason(consent, required=required)
+        if reason is None:
+            return True
+        self.withheld.count(pixel_id, event_name, reason)
+        return False
+
     def event_write(self, pixel_id: str, event: MetaEvent, *, source: str,
                     click_id: str | None, received_ms: int) -> EventWrite:
+        """The write storing ``event`` for ``pixel_id``, with the pixel's LDU default."""
+        event = with_pixel_defaults(event, self.pixels.get(pixel_id))
         envelope = Envelope(pixel_id=pixel_id, event=event, received_ms=received_ms,
                             source=source,  # type: ignore[arg-type]
                             click_id=click_id)

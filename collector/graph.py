@@ -98,7 +98,7 @@ async def handle_graph_events(ctx: CollectorContext, request: Request, version: 
             f"Unsupported post request. Object with ID '{pixel_id}' is not a pixel this "
             "collector relays", 100, 400, subcode=33)
     located = [(f"data[{i}]", event) for i, event in enumerate(events_of(params.get("data")))]
-    accepted = await store_server_events(ctx, key, located, pixel_id=pixel_id)
+    accepted = (await store_server_events(ctx, key, located, pixel_id=pixel_id)).event_ids
     ctx.metrics.requests.labels("graph", "200").inc()
     trace_id = secrets.token_urlsafe(8)
     return Response(

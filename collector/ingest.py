@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import msgspec
 from litestar import Request, Response
+from litestar.datastructures import Cookie
 
 from collector.context import CollectorContext, json_encode, now_ms
+from collector.redirect import is_https, visitor_cookie
 from collector.visitor import (
     CLICK_COOKIE,
     FBC_COOKIE,
@@ -23,6 +26,7 @@ from collector.visitor import (
     is_valid_fbp,
 )
 from relay.config import ApiKeySettings
+from relay.consent import CONSENT_COOKIE, consent_from_cookie, cookie_value
 from relay.errors import InputError
 from relay.events import (
     MAX_EVENTS_PER_REQUEST,
@@ -46,6 +50,7 @@ class BeaconEvent(msgspec.Struct, forbid_unknown_fields=True):
     referrer_url: str | None = None
     custom_data: dict[str, object] | None = None
     external_id: str | None = None
+    consent: bool | None = None  # the page's consent signal; remembered in _prconsent
 
 
 _beacon_decoder = msgspec.json.Decoder(BeaconEvent)
@@ -95,17 +100,28 @@ async def handle_server_events(ctx: CollectorContext, request: Request) -> Respo
         located = [(f"events[{i}]", item) for i, item in enumerate(decoded)]
     else:
         located = [("event", decoded)]
-    accepted = await store_server_events(ctx, key, located)
+    accepted, withheld = await store_server_events(ctx, key, located)
     ctx.metrics.requests.labels("events", "202").inc()
-    return Response(json_encode({"accepted": len(accepted), "event_ids": accepted}),
+    answer: dict[str, object] = {"accepted": len(accepted), "event_ids": accepted}
+    if withheld:  # events x pixels kept from Meta for want of consent: counted, not stored
+        answer["withheld"] = withheld
+    return Response(json_encode(answer),
                     status_code=202, media_type="application/json")
+
+
+class Stored(NamedTuple):
+    """What ``store_server_events`` did: the accepted event_ids, and how many (event, pixel)
+    pairs it kept from Meta for want of consent (``relay.consent``; counted, not stored)."""
+
+    event_ids: list[str]
+    withheld: int
 
 
 async def store_server_events(ctx: CollectorContext, key: ApiKeySettings,
                               located: Sequence[tuple[str, object]],
-                              pixel_id: str | None = None) -> list[str]:
+                              pixel_id: str | None = None) -> Stored:
     """Check, hash and durably store server events (``(where, decoded JSON)`` pairs) for the
-    pixels ``key`` may send to; returns their event_ids once stored.
+    pixels ``key`` may send to, once stored.
 
     ``pixel_id`` (the Graph endpoint's path) applies to every event; otherwise each event's
     own ``pixel_id``, or every pixel the key is allowed. One bad event refuses the request.
@@ -122,6 +138,7 @@ async def store_server_events(ctx: CollectorContext, key: ApiKeySettings,
     relay = ctx.settings.relay
     writes: list[Write] = []
     accepted: list[str] = []
+    withheld = 0
     for where, obj in located:
         item = inbound_event(obj, where)
         if pixel_id is not None and item.pixel_id not in (None, pixel_id):
@@ -132,12 +149,16 @@ async def store_server_events(ctx: CollectorContext, key: ApiKeySettings,
                             max_future_skew_s=ctx.settings.collector.max_future_skew_s,
                             where=where, phone_region=ctx.settings.phone_region(key, pixels))
         for pixel in pixels:
+            if not ctx.may_send(pixel, event.event_name, item.consent):
+                withheld += 1
+                continue
             writes.append(ctx.event_write(pixel, event, source="server",
                                           click_id=item.click_id, received_ms=received))
         accepted.append(event.event_id)
-    await ctx.enqueuer.store(writes)
+    if writes:
+        await ctx.enqueuer.store(writes)
     ctx.metrics.events.labels("server").inc(len(writes))
-    return accepted
+    return Stored(accepted, withheld)
 
 
 def _origin_of(request: Request) -> str | None:
@@ -153,6 +174,11 @@ def _origin_of(request: Request) -> str | None:
         if parts.scheme and parts.netloc:
             return f"{parts.scheme}://{parts.netloc}"
     return None
+
+
+def consent_cookie(ctx: CollectorContext, consent: bool, request: Request) -> Cookie:
+    """``_prconsent``: what the page said, for the redirects and beacons that follow."""
+    return visitor_cookie(ctx, CONSENT_COOKIE, cookie_value(consent), is_https(request, ctx))
 
 
 def cors_headers(ctx: CollectorContext, request: Request) -> dict[str, str]:
@@ -180,6 +206,13 @@ async def handle_beacon(ctx: CollectorContext, request: Request) -> Response:
         ctx.metrics.bots.inc()  # headless browsers and crawlers running the page's script
         return Response(b"", status_code=204, headers=headers)
     cookies = request.cookies
+    consent = beacon.consent
+    remembered = [] if consent is None else [consent_cookie(ctx, consent, request)]
+    if consent is None:
+        consent = consent_from_cookie(cookies.get(CONSENT_COOKIE))
+    if not ctx.may_send(beacon.pixel_id, beacon.event_name, consent):
+        ctx.metrics.requests.labels("beacon", "204").inc()
+        return Response(b"", status_code=204, headers=headers, cookies=remembered)
     fbc = cookies.get(FBC_COOKIE)
     fbp = cookies.get(FBP_COOKIE)
     inbound = InboundEvent(
@@ -208,4 +241,4 @@ async def handle_beacon(ctx: CollectorContext, request: Request) -> Response:
                                               click_id=click_id, received_ms=received)])
     ctx.metrics.events.labels("beacon").inc()
     ctx.metrics.requests.labels("beacon", "204").inc()
-    return Response(b"", status_code=204, headers=headers)
+    return Response(b"", status_code=204, headers=headers, cookies=remembered)

@@ -61,6 +61,11 @@ class CollectorMetrics(EnqueueObserver):
             "pixelrelay_collector_spool_pending_bytes", "Bytes waiting in the spool for replay.",
             registry=self.registry, multiprocess_mode="livesum",
         )
+        self.withheld = Counter(
+            "pixelrelay_collector_withheld_events",
+            "Events kept from Meta for want of consent (never stored), by pixel and reason "
+            "(no_consent, consent_denied).", ["pixel_id", "reason"], registry=self.registry,
+        )
 
     # EnqueueObserver
     def stored(self, destination: Destination, count: int, seconds: float) -> None:

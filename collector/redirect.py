@@ -19,6 +19,7 @@ from collector.visitor import (
     choose_fbp,
     client_ip,
 )
+from relay.consent import CONSENT_COOKIE, consent_from_cookie
 from relay.events import ClickContext, MetaEvent, UserData, new_event_id
 from relay.inbox import Write
 
@@ -30,7 +31,7 @@ NOT_FOUND_PAGE = (
 )
 
 
-def _is_https(request: Request, ctx: CollectorContext) -> bool:
+def is_https(request: Request, ctx: CollectorContext) -> bool:
     scope = request.scope
     # What request.url.scheme says, without building the URL (4 us, a cache miss per click as
     # the query differs); a query that is not ASCII still builds it, since that can raise.
@@ -44,11 +45,11 @@ def _is_https(request: Request, ctx: CollectorContext) -> bool:
     return ctx.proxies.trusts(peer) and request.headers.get("x-forwarded-proto") == "https"
 
 
-def _cookie(ctx: CollectorContext, name: str, value: str, secure: bool) -> Cookie:
+def visitor_cookie(ctx: CollectorContext, name: str, value: str, secure: bool) -> Cookie:
     return PlainCookie(
         key=name, value=value, max_age=ctx.cookie_max_age_s, path="/",
         domain=ctx.settings.collector.cookie_domain or None, samesite="lax", secure=secure,
-        httponly=False,  # Meta's pixel reads _fbc/_fbp in the browser
+        httponly=False,  # Meta's pixel reads _fbc/_fbp in the browser, pages _prconsent
     )
 
 
@@ -73,8 +74,14 @@ async def handle_redirect(ctx: CollectorContext, request: Request, slug: str) ->
         ctx.requests_counter("go", "302").inc()
         return Response(b"", status_code=302, headers=response_headers, media_type="text/plain")
 
-    now = now_ms()
     cookies = request.cookies
+    consent = consent_from_cookie(cookies.get(CONSENT_COOKIE))
+    pixels = [p for p in link.pixels if ctx.may_send(p, link.event_name, consent, link)]
+    if not pixels:  # counted as withheld: nothing is stored and no cookie set, only redirected
+        ctx.requests_counter("go", "302").inc()
+        return Response(b"", status_code=302, headers=response_headers, media_type="text/plain")
+
+    now = now_ms()
     fbc, new_fbc = choose_fbc(query.get("fbclid") or None, cookies.get(FBC_COOKIE), now)
     fbp, new_fbp = choose_fbp(cookies.get(FBP_COOKIE), now)
     ip = client_ip(request.client.host if request.client else None, headers, ctx.proxies)
@@ -87,7 +94,7 @@ async def handle_redirect(ctx: CollectorContext, request: Request, slug: str) ->
     user_data = (UserData() if ctx.events_refer_to_click else
                  UserData(client_ip_address=ip, client_user_agent=user_agent, fbc=fbc, fbp=fbp))
     writes: list[Write] = [ctx.click_write(click)]
-    for pixel_id in link.pixels:
+    for pixel_id in pixels:
         event = MetaEvent(
             event_name=link.event_name, event_time=now // 1000, event_id=new_event_id(),
             action_source="website", user_data=user_data, event_source_url=location,
@@ -96,14 +103,14 @@ async def handle_redirect(ctx: CollectorContext, request: Request, slug: str) ->
         writes.append(ctx.event_write(pixel_id, event, source="redirect", click_id=click_id,
                                       received_ms=now))
     await ctx.enqueuer.store(writes)
-    ctx.events_counter("redirect").inc(len(link.pixels))
+    ctx.events_counter("redirect").inc(len(pixels))
     ctx.requests_counter("go", "302").inc()
 
-    secure = _is_https(request, ctx)
-    set_cookies = [_cookie(ctx, CLICK_COOKIE, click_id, secure)]
+    secure = is_https(request, ctx)
+    set_cookies = [visitor_cookie(ctx, CLICK_COOKIE, click_id, secure)]
     if new_fbc and fbc:
-        set_cookies.append(_cookie(ctx, FBC_COOKIE, fbc, secure))
+        set_cookies.append(visitor_cookie(ctx, FBC_COOKIE, fbc, secure))
     if new_fbp:
-        set_cookies.append(_cookie(ctx, FBP_COOKIE, fbp, secure))
+        set_cookies.append(visitor_cookie(ctx, FBP_COOKIE, fbp, secure))
     return Response(b"", status_code=302, headers=response_headers, cookies=set_cookies,
                     media_type="text/plain")

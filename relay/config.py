@@ -178,6 +178,20 @@ class PixelSettings(Struct, frozen=True, forbid_unknown_fields=True):
         str, _help("Country (ISO 3166-1 alpha-2, e.g. BR) of phone numbers sent to this pixel "
                    "without a country code; empty = none, such numbers are refused.")
     ] = ""
+    require_consent: Annotated[
+        bool, _help("Send only events that carry the visitor's consent (the event's consent, "
+                    "the beacon's or the _prconsent cookie); others are counted, never sent.")
+    ] = False
+    data_processing_options: Annotated[
+        list[str], _help("Default data_processing_options for events that set none: ['LDU'] "
+                         "for Meta's Limited Data Use, [] for none.")
+    ] = field(default_factory=list)
+    data_processing_options_country: Annotated[
+        int, _help("Country of the LDU default: 0 = Meta geolocates, 1 = United States.", ge=0)
+    ] = 0
+    data_processing_options_state: Annotated[
+        int, _help("State of the LDU default: 0 = Meta geolocates, 1000 = California.", ge=0)
+    ] = 0
     # Resolved from the environment at load time; never in the TOML file.
     access_token: Annotated[str, _help("Not a file setting: read from access_token_env.")] = ""
     app_secret: Annotated[str, _help("Not a file setting: read from app_secret_env.")] = ""
@@ -194,6 +208,10 @@ class LinkSettings(Struct, frozen=True, forbid_unknown_fields=True):
     )
     event_name: Annotated[str, _help("Event sent for a click.")] = "PageView"
     forward_query: Annotated[bool, _help("Append the link's query string to the target.")] = True
+    require_consent: Annotated[
+        bool, _help("Report the click only with the visitor's consent (the _prconsent cookie); "
+                    "without it the redirect stores nothing and sets no cookie.")
+    ] = False
 
 
 class ApiKeySettings(Struct, frozen=True, forbid_unknown_fields=True):
@@ -362,6 +380,11 @@ def _check_consistency(settings: Settings) -> None:
         if region and region.upper() not in _phone_region_codes():
             raise ConfigError(f"{where}.default_phone_region {region!r} is not a country code "
                               "phone numbers are known for, such as US or BR")
+    from relay.validation import DATA_PROCESSING_OPTIONS  # the event rules' own set
+
+    for i, pixel in enumerate(settings.pixels):
+        if not set(pixel.data_processing_options) <= DATA_PROCESSING_OPTIONS:
+            raise ConfigError(f"pixels[{i}].data_processing_options may hold only 'LDU'")
     for i, key in enumerate(settings.api_keys):
         for pid in key.pixels:
             if pid not in pixel_ids:

@@ -103,6 +103,7 @@ class InboundEvent(MetaExtensions, forbid_unknown_fields=True, omit_defaults=Tru
     data_processing_options_state: int | None = None
     click_id: str | None = None
     pixel_id: str | None = None
+    consent: bool | None = None  # the visitor's consent signal (relay.consent); never sent
 
 
 class MetaEvent(MetaExtensions, omit_defaults=True):

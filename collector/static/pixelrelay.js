@@ -1,10 +1,13 @@
 /* pixelrelay.js: send browser events to the collector with sendBeacon, and to Meta's pixel
    with the same eventID so Meta deduplicates the two copies.
    <script src="https://go.shop.example/pixelrelay.js" data-pixel="123" async></script>
-   pixelrelay.track('AddToCart', {value: 9.5, currency: 'EUR'}) */
+   pixelrelay.track('AddToCart', {value: 9.5, currency: 'EUR'})
+   pixelrelay.consent(true) once the visitor agreed (false once they declined): later events
+   carry it, and the collector remembers it for redirects (the _prconsent cookie). */
 (function (w, d) {
   var s = d.currentScript, base = s ? s.src.replace(/\/pixelrelay\.js.*$/, '') : '';
   var pixel = s && s.getAttribute('data-pixel');
+  var consent = null;
   function id() {
     if (w.crypto && w.crypto.randomUUID) return w.crypto.randomUUID();
     return Date.now().toString(16) + Math.random().toString(16).slice(2, 14);
@@ -15,7 +18,8 @@
     var body = JSON.stringify({
       pixel_id: opts.pixel || pixel, event_name: name, event_id: eventId,
       event_source_url: w.location.href, referrer_url: d.referrer || null,
-      custom_data: data || null, external_id: opts.externalId || null
+      custom_data: data || null, external_id: opts.externalId || null,
+      consent: opts.consent === undefined ? consent : !!opts.consent
     });
     var sent = false;
     try { sent = navigator.sendBeacon(base + '/v1/beacon', body); } catch (e) {}
@@ -27,7 +31,7 @@
     return eventId;
   }
   var q = (w.pixelrelay && w.pixelrelay.q) || [];
-  w.pixelrelay = {track: track};
+  w.pixelrelay = {track: track, consent: function (granted) { consent = !!granted; }};
   for (var i = 0; i < q.length; i++) track.apply(null, q[i]);
   if (s && s.hasAttribute('data-pageview')) track('PageView');
 })(window, document);
