@@ -162,6 +162,60 @@ class FakeMetaSettings(Struct, frozen=True, forbid_unknown_fields=True):
                                le=65535)] = 8090
 
 
+class AlertingSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    dashboard_url: Annotated[
+        str, _help("Link put in every alert message; empty = the dashboard's host and port.")
+    ] = ""
+    cooldown_s: Annotated[
+        int, _help("A condition's next message waits this long after its last (flapping).", ge=0)
+    ] = 300
+    success_min_percent: Annotated[
+        float, _help("Alert when a pixel delivers less than this share of its events.", ge=0,
+                     le=100)
+    ] = 99.0
+    success_window_min: Annotated[
+        int, _help("Minutes over which delivery success and new dead letters are counted.",
+                   ge=1, le=1440)
+    ] = 15
+    throttled_for_s: Annotated[
+        int, _help("Alert when a pixel has been throttled by Meta this long.", ge=0)
+    ] = 600
+    oldest_waiting_max_s: Annotated[
+        int, _help("Alert when a queue's oldest waiting event is older than this.", ge=1)
+    ] = 300
+    collector_metrics_url: Annotated[
+        str, _help("Collector /metrics read for its spooling state; empty = collector.host/port.")
+    ] = ""
+    retry_max_s: Annotated[
+        int, _help("Longest wait between two tries of an alert message to an endpoint.", ge=1)
+    ] = 60
+
+
+class AlertSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    kind: Annotated[str, _help("telegram or webhook.", pattern=r"^(telegram|webhook)$")]
+    chat_id: Annotated[str, _help("Telegram chat id the bot writes to (telegram).")] = ""
+    bot_token_env: Annotated[
+        str, _help("Environment variable holding the Telegram bot token (telegram).")
+    ] = ""
+    telegram_api_url: Annotated[str, _help("Telegram Bot API base URL.")] = (
+        "https://api.telegram.org"
+    )
+    url: Annotated[str, _help("URL the JSON alert is POSTed to (webhook).")] = ""
+    secret_env: Annotated[
+        str, _help("Environment variable holding the HMAC-SHA256 key of the signature (webhook).")
+    ] = ""
+    conditions: Annotated[
+        list[str], _help("Conditions sent to this endpoint; empty = all (docs/metrics.md).")
+    ] = field(default_factory=list)
+    timeout_ms: Annotated[int, _help("Timeout of one request to the endpoint.", ge=100)] = 5_000
+    # Resolved from the environment at load time; never in the TOML file.
+    bot_token: Annotated[str, _help("Not a file setting: read from bot_token_env.")] = ""
+    secret: Annotated[str, _help("Not a file setting: read from secret_env.")] = ""
+
+    def __repr__(self) -> str:  # secrets stay out of tracebacks and logs
+        return f"AlertSettings(kind={self.kind!r})"
+
+
 class PixelSettings(Struct, frozen=True, forbid_unknown_fields=True):
     id: Annotated[str, _help("Meta pixel (dataset) id.", pattern=r"^\d{5,20}$")]
     access_token_env: Annotated[
@@ -249,6 +303,8 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     relay: RelaySettings = field(default_factory=RelaySettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     fake_meta: FakeMetaSettings = field(default_factory=FakeMetaSettings)
+    alerting: AlertingSettings = field(default_factory=AlertingSettings)
+    alerts: list[AlertSettings] = field(default_factory=list)
     pixels: list[PixelSettings] = field(default_factory=list)
     links: list[LinkSettings] = field(default_factory=list)
     api_keys: list[ApiKeySettings] = field(default_factory=list)
@@ -309,11 +365,12 @@ def load_settings(path: str | os.PathLike[str] | None = None,
 def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None,
                           source: str = "") -> Settings:
     env = os.environ if environ is None else environ
-    for secret_key in ("access_token", "app_secret"):
-        for i, pixel in enumerate(raw.get("pixels", [])):
-            if isinstance(pixel, dict) and secret_key in pixel:
+    for table, secret_key in (("pixels", "access_token"), ("pixels", "app_secret"),
+                              ("alerts", "bot_token"), ("alerts", "secret")):
+        for i, item in enumerate(raw.get(table, [])):
+            if isinstance(item, dict) and secret_key in item:
                 raise ConfigError(
-                    f"pixels[{i}].{secret_key} must not be in the file: "
+                    f"{table}[{i}].{secret_key} must not be in the file: "
                     f"name an environment variable with {secret_key}_env"
                 )
     try:
@@ -351,11 +408,22 @@ def _resolve_environment(settings: Settings, env: Mapping[str, str], source: str
     redis = settings.redis
     if env.get(REDIS_URL_ENV):
         redis = msgspec.structs.replace(redis, url=env[REDIS_URL_ENV])
+    alerts = []
+    for i, alert in enumerate(settings.alerts):
+        names = {"telegram": ("bot_token_env", alert.bot_token_env),
+                 "webhook": ("secret_env", alert.secret_env)}
+        key, variable = names[alert.kind]
+        if not variable or not env.get(variable):
+            raise ConfigError(f"alerts[{i}].{key} must name a set environment variable "
+                              f"(a {alert.kind} alert needs its secret)")
+        alerts.append(msgspec.structs.replace(
+            alert, bot_token=env[variable] if alert.kind == "telegram" else "",
+            secret=env[variable] if alert.kind == "webhook" else ""))
     meta = settings.meta
     if env.get(GRAPH_URL_ENV):
         meta = msgspec.structs.replace(meta, graph_url=env[GRAPH_URL_ENV])
     return msgspec.structs.replace(
-        settings, pixels=pixels, redis=redis, meta=meta, source=source
+        settings, pixels=pixels, redis=redis, meta=meta, alerts=alerts, source=source
     )
 
 
@@ -414,6 +482,7 @@ def _check_consistency(settings: Settings) -> None:
     if settings.dashboard.session_max_age_s < settings.dashboard.session_idle_timeout_s:
         raise ConfigError("dashboard.session_max_age_s must not be smaller than "
                           "dashboard.session_idle_timeout_s")
+    _check_alerts(settings)
     graph = urlsplit(settings.meta.graph_url)
     if graph.scheme not in ("http", "https") or not graph.netloc:
         raise ConfigError("meta.graph_url must be an absolute http(s) URL")
@@ -433,6 +502,31 @@ def _phone_region_codes() -> frozenset[str]:
     return frozenset(phonenumbers.SUPPORTED_REGIONS)
 
 
+ALERT_CONDITIONS = ("delivery_success_low", "dead_letters_growing", "token_invalid",
+                    "throttled", "oldest_waiting", "collector_spooling", "no_live_worker",
+                    "redis_unreachable", "pixel_paused")
+
+
+def _check_alerts(settings: Settings) -> None:
+    for i, alert in enumerate(settings.alerts):
+        base = alert.telegram_api_url if alert.kind == "telegram" else alert.url
+        parts = urlsplit(base)
+        key = "telegram_api_url" if alert.kind == "telegram" else "url"
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"alerts[{i}].{key} must be an absolute http(s) URL")
+        if alert.kind == "telegram" and not alert.chat_id:
+            raise ConfigError(f"alerts[{i}].chat_id is required for a telegram alert")
+        for name in alert.conditions:
+            if name not in ALERT_CONDITIONS:
+                raise ConfigError(f"alerts[{i}].conditions names {name!r}: choose from "
+                                  f"{', '.join(ALERT_CONDITIONS)}")
+    for key in ("dashboard_url", "collector_metrics_url"):
+        value = getattr(settings.alerting, key)
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.netloc):
+            raise ConfigError(f"alerting.{key} must be an absolute http(s) URL")
+
+
 def reference() -> list[tuple[str, str, str]]:
     """(``section.key``, default, help) for every file setting: the README's reference table."""
     import typing
@@ -440,7 +534,8 @@ def reference() -> list[tuple[str, str, str]]:
     sections: list[tuple[str, type[Struct]]] = [
         ("collector", CollectorSettings), ("redis", RedisSettings), ("meta", MetaSettings),
         ("relay", RelaySettings), ("dashboard", DashboardSettings),
-        ("fake_meta", FakeMetaSettings), ("pixels", PixelSettings), ("links", LinkSettings),
+        ("fake_meta", FakeMetaSettings), ("alerting", AlertingSettings),
+        ("alerts", AlertSettings), ("pixels", PixelSettings), ("links", LinkSettings),
         ("api_keys", ApiKeySettings), ("operators", OperatorSettings),
     ]
     rows = []

@@ -286,6 +286,20 @@ class Ledger:
         received_ms = min((received for _, received, _, _ in records), default=None)
         return EventRecord(dedup_key, state, received_ms, life)
 
+    def counts(self, minutes: int, now_ms: int | None = None) -> Counter[str]:
+        """The per-minute counters (``<state>:<pixel>:<event_name>``) of the last ``minutes``
+        minutes, this one included, added up."""
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        last = minute_of(now)
+        pipe = self._client.pipeline(transaction=False)
+        for minute in range(last - minutes + 1, last + 1):
+            pipe.hgetall(keys.counters(minute))
+        total: Counter[str] = Counter()
+        for fields in pipe.execute():
+            for name, value in fields.items():
+                total[name.decode()] += int(value)
+        return total
+
     def life(self, dedup_key: str) -> list[dict[str, Any]]:
         return self.event(dedup_key).life
 

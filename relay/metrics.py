@@ -105,6 +105,11 @@ METRICS: tuple[MetricSpec, ...] = (
                True),
     MetricSpec("pixelrelay_relay_dead_letters", "gauge", (),
                "Dead letters held for an operator (pixelrelay requeue).", True),
+    MetricSpec("pixelrelay_relay_pixel_paused", "gauge", ("pixel", "reason"),
+               "1 while the pixel's circuit breaker holds its delivery, with the reason; 0 "
+               "(reason empty) while it delivers.", True),
+    MetricSpec("pixelrelay_relay_pixel_paused_since_timestamp_seconds", "gauge", ("pixel",),
+               "Unix time the pixel was paused, while it is.", True),
 )
 SPECS = {spec.name: spec for spec in METRICS}
 

@@ -33,13 +33,17 @@ from redis import exceptions as redis_errors
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from relay.alerts import Alerts, collector_metrics_url, collector_spooling, findings
+from relay.alerts import redis_unreachable as redis_unreachable_finding
 from relay.broker import RecoveryGate, RelayBroker, enqueue_patiently, make_broker
 from relay.config import Settings
 from relay.delivery import Attempt, Deliverer
 from relay.health import PixelHealth
 from relay.inbox import Batcher
+from relay.ledger import Ledger
 from relay.meta_client import MetaClient
 from relay.metrics import RelayMetrics
+from relay.notify import Outbox
 from relay.observe import Election, gauge_values, relay_state
 from relay.queues import PRIORITIES, QUEUE_NAMES, Priority
 from relay.status import WorkerPresence
@@ -78,6 +82,11 @@ class RelayWorker:
         self.deliverer = Deliverer(self.settings, self.client, self.meta, observer=self.metrics)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.election = Election(self.client, self.worker_id, 3 * relay.observe_interval_ms)
+        self.outbox = Outbox(self.settings.alerts, self.settings.alerting.retry_max_s)
+        self.alerts = Alerts(self.settings, self.client, self.outbox)
+        self._observing = False
+        self._redis_lost_ms: int | None = None
+        self._http = httpx.Client(timeout=2.0)
         self.health = PixelHealth(self.client, self.meta)
         self.queues = [QUEUE_NAMES[p] for p in self.priorities]
         for priority in self.priorities:
@@ -165,11 +174,33 @@ class RelayWorker:
             self._stopping.wait(interval_s)
 
     def observe_once(self) -> bool:
-        """One round of the observer; True when this worker is the elected one."""
-        elected = self.election.hold()
+        """One round of the observer; True when this worker is the elected one.
+
+        The elected worker also evaluates the built-in alerts. While Redis is unreachable no
+        election can happen, so the worker elected last goes on alone: it announces that Redis
+        is unreachable (and, once Redis is back, that it is reachable again).
+        """
+        try:
+            elected = self.election.hold()
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError):
+            now_ms = int(time.time() * 1000)
+            if self._observing and self.settings.alerts:
+                self._redis_lost_ms = self._redis_lost_ms or now_ms
+                self.alerts.evaluate([redis_unreachable_finding(self._redis_lost_ms, now_ms)],
+                                     complete=False)
+            raise
+        self._redis_lost_ms = None
         if elected:
             state = relay_state(self.client, self.settings)
             self.metrics.redis_gauges.replace(gauge_values(state))
+            if self.settings.alerts:
+                window = self.settings.alerting.success_window_min
+                counts = Ledger(self.client, 0).counts(window, state.at_ms)
+                spooling = collector_spooling(self._http, collector_metrics_url(self.settings))
+                self.alerts.evaluate(findings(self.settings, state, counts, spooling))
+        elif self._observing:
+            self.alerts.forget_loaded()
+        self._observing = elected
         self.metrics.observing(elected)
         return elected
 
@@ -193,6 +224,7 @@ class RelayWorker:
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
         self._serve_metrics()
+        self.outbox.start()
         self.worker.start()
         self._pump.start()
         self._checker.start()
@@ -212,6 +244,8 @@ class RelayWorker:
             self.presence.leave()
         except Exception as exc:  # noqa: BLE001 - Redis may be gone; the entry just ages out
             log.warning("presence_not_removed", error=type(exc).__name__)
+        self.outbox.stop()
+        self._http.close()
         if self.metrics.redis_is_up():  # else each command would wait out the outage first
             try:
                 self.election.resign()

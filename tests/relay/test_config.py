@@ -361,8 +361,8 @@ FILE_SETTINGS = [name for name, text in ALL_SETTINGS
 def test_settings_introspection_finds_every_section() -> None:
     sections = {name.split(".")[0] for name in FILE_SETTINGS}
 
-    assert {"collector", "redis", "meta", "relay", "dashboard", "fake_meta", "pixels", "links",
-            "api_keys", "operators"} == sections
+    assert {"collector", "redis", "meta", "relay", "dashboard", "fake_meta", "alerting",
+            "alerts", "pixels", "links", "api_keys", "operators"} == sections
 
 
 @pytest.mark.parametrize(("name", "description"), ALL_SETTINGS, ids=[n for n, _ in ALL_SETTINGS])
@@ -371,7 +371,8 @@ def test_every_setting_has_a_description(name: str, description: str | None) -> 
 
 
 def test_secrets_and_source_are_not_file_settings() -> None:
-    assert set() == {"pixels.access_token", "pixels.app_secret", "source"} & set(FILE_SETTINGS)
+    assert set() == {"pixels.access_token", "pixels.app_secret", "alerts.bot_token",
+                     "alerts.secret", "source"} & set(FILE_SETTINGS)
 
 
 def test_every_setting_is_documented() -> None:

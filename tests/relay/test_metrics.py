@@ -187,6 +187,18 @@ def test_pixel_gauges_show_the_limiter_factor_and_a_token_error(
     assert values["pixelrelay_relay_limiter_factor"][0][1] == pytest.approx(0.5, abs=0.01)
 
 
+def test_a_paused_pixel_is_exported_with_its_reason_and_since(
+        redis: fakeredis.FakeRedis) -> None:
+    redis.hset(keys.pixel_pause(PIXEL), mapping={"reason": "token_invalid",
+                                                 "since_ms": 1_800_000_000_000})
+
+    values = gauge_values(relay_state(redis, make_settings()))
+
+    assert ([((PIXEL, "token_invalid"), 1.0)], [((PIXEL,), 1_800_000_000.0)]) == (
+        values["pixelrelay_relay_pixel_paused"],
+        values["pixelrelay_relay_pixel_paused_since_timestamp_seconds"])
+
+
 def test_only_one_worker_is_elected_and_a_resigned_lease_passes_on(
         redis: fakeredis.FakeRedis) -> None:
     first, second = Election(redis, "w1", 15_000), Election(redis, "w2", 15_000)
