@@ -16,7 +16,7 @@ Conditions (``relay.config.ALERT_CONDITIONS``):
   throttled             the pixel's limiter factor stayed below 1 for ``throttled_for_s``
   oldest_waiting        a queue's oldest waiting event is older than ``oldest_waiting_max_s``
   collector_spooling    the collector's /metrics says it is spooling
-  no_live_worker        a queue has no worker with a fresh heartbeat
+  no_live_worker        a queue has had no worker with a fresh heartbeat for a heartbeat timeout
   redis_unreachable     the observer cannot reach Redis (sent by the last elected observer)
   pixel_paused          the pixel's circuit breaker paused its delivery (issue 14)
 """
@@ -154,7 +154,12 @@ class Alerts:
             f"http://{settings.dashboard.host}:{settings.dashboard.port}/")
 
     def _for_ms(self, condition: str) -> int:
-        return self.settings.alerting.throttled_for_s * 1000 if condition == "throttled" else 0
+        """How long a condition must hold before it is announced."""
+        if condition == "throttled":
+            return self.settings.alerting.throttled_for_s * 1000
+        if condition == "no_live_worker":  # a restarting worker, or one not beating yet
+            return self.settings.relay.heartbeat_timeout_ms
+        return 0
 
     def evaluate(self, found: Iterable[Finding], complete: bool = True) -> list[Notice]:
         """One round: ``found`` holds now. With ``complete``, every announced condition not in
@@ -265,6 +270,6 @@ def collector_spooling(client: httpx.Client, url: str) -> float | None:
             for sample in family.samples:
                 if sample.name == "pixelrelay_collector_spooling":
                     return float(sample.value)
-    except (httpx.HTTPError, ValueError) as exc:
-        log.info("collector_metrics_unreadable", error=type(exc).__name__)
+    except (httpx.HTTPError, ValueError):
+        return None
     return None

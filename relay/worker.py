@@ -86,6 +86,7 @@ class RelayWorker:
         self.alerts = Alerts(self.settings, self.client, self.outbox)
         self._observing = False
         self._redis_lost_ms: int | None = None
+        self._collector_unreadable = False
         self._http = httpx.Client(timeout=2.0)
         self.health = PixelHealth(self.client, self.meta)
         self.queues = [QUEUE_NAMES[p] for p in self.priorities]
@@ -196,7 +197,11 @@ class RelayWorker:
             if self.settings.alerts:
                 window = self.settings.alerting.success_window_min
                 counts = Ledger(self.client, 0).counts(window, state.at_ms)
-                spooling = collector_spooling(self._http, collector_metrics_url(self.settings))
+                url = collector_metrics_url(self.settings)
+                spooling = collector_spooling(self._http, url)
+                if (spooling is None) != self._collector_unreadable:
+                    self._collector_unreadable = spooling is None
+                    log.info("collector_metrics_readable", readable=spooling is not None)
                 self.alerts.evaluate(findings(self.settings, state, counts, spooling))
         elif self._observing:
             self.alerts.forget_loaded()

@@ -196,6 +196,20 @@ def test_throttling_is_announced_only_once_it_lasted_throttled_for_s(
     assert ([], [], ["throttled"]) == (early, still_early, [n.condition for n in due])
 
 
+def test_a_queue_without_a_worker_is_announced_only_after_a_heartbeat_timeout(
+        redis: fakeredis.FakeRedis, telegram: Receiver) -> None:
+    clock = Clock()
+    settings = settings_for(telegram_alert(telegram))
+    alerts, _ = engine(settings, redis, clock)
+    nobody = Finding("no_live_worker", (("queue", "relay_low"),), {"live_workers": 0}, "none")
+
+    at_start = alerts.evaluate([nobody])  # e.g. the worker restarting, or not beating yet
+    clock.now += settings.relay.heartbeat_timeout_ms / 1000
+    later = alerts.evaluate([nobody])
+
+    assert ([], ["no_live_worker"]) == (at_start, [n.condition for n in later])
+
+
 def test_a_newly_elected_observer_neither_repeats_a_start_nor_forgets_the_end(
         redis: fakeredis.FakeRedis, telegram: Receiver) -> None:
     clock = Clock()
@@ -302,10 +316,10 @@ def test_a_hanging_endpoint_never_blocks_whoever_raises_an_alert(
 
         # When more conditions start, they are queued at once (evaluate does not wait)
         more = alerts.evaluate([token_invalid(), Finding(
-            "no_live_worker", (("queue", "relay_high"),), {"live_workers": 0}, "none")])
+            "oldest_waiting", (("queue", "relay_high"),), {"oldest_waiting_s": 400}, "old")])
 
         # Then they wait in the outbox, and go out once the endpoint answers
-        assert (["no_live_worker"], 1) == ([n.condition for n in more], outbox.pending() - 1)
+        assert (["oldest_waiting"], 1) == ([n.condition for n in more], outbox.pending() - 1)
     finally:
         telegram.hold.set()
         outbox.stop()
