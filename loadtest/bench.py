@@ -113,7 +113,7 @@ def part_http(args: argparse.Namespace, tmp: Path, processes: list[Process],
     """Part A; returns the Redis client, the config and the Redis baseline (used_memory)."""
     fig.loads["A"] = load_average()
     redis = start_redis(tmp / "redis-a", processes)
-    client = redis.client()
+    client = redis.client(socket_timeout=300)
     baseline = int(client.info("memory")["used_memory"])
     port, nginx_port, bare_port = free_port(), free_port(), free_port()
     config = write_config(tmp, redis_url=redis.url, collector_port=port)
@@ -208,7 +208,7 @@ def part_relay(args: argparse.Namespace, tmp: Path, processes: list[Process],
     relay = load_settings(config, environ={}).relay
     workers = bench_relay.Workers(tmp, config, redis.url, processes)
     meter = CpuMeter(processes)
-    client = redis.client()
+    client = redis.client(socket_timeout=300)
     assert redis.process is not None
     try:
         slow = bench_relay.run_throughput(client, meta, redis.process, workers, meter,
