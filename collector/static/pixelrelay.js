@@ -1,13 +1,13 @@
-/* pixelrelay.js: send browser events to the collector with sendBeacon, and to Meta's pixel
-   with the same eventID so Meta deduplicates the two copies.
-   <script src="https://go.shop.example/pixelrelay.js" data-pixel="123" async></script>
-   pixelrelay.track('AddToCart', {value: 9.5, currency: 'EUR'})
-   pixelrelay.consent(true) once the visitor agreed (false once they declined): later events
-   carry it, and the collector remembers it for redirects (the _prconsent cookie). */
+/* pixelrelay.js: each event goes to the collector (sendBeacon) and to Meta's pixel with the
+   same eventID, so Meta deduplicates them. docs/integrations.md shows how to load it.
+   pixelrelay.consent(true|false) once the visitor chose: later events carry it. */
 (function (w, d) {
   var s = d.currentScript, base = s ? s.src.replace(/\/pixelrelay\.js.*$/, '') : '';
   var pixel = s && s.getAttribute('data-pixel');
   var consent = null;
+  var STD = ',AddPaymentInfo,AddToCart,AddToWishlist,CompleteRegistration,Contact,' +
+    'CustomizeProduct,Donate,FindLocation,InitiateCheckout,Lead,PageView,Purchase,Schedule,' +
+    'Search,StartTrial,SubmitApplication,Subscribe,ViewContent,';
   function id() {
     if (w.crypto && w.crypto.randomUUID) return w.crypto.randomUUID();
     return Date.now().toString(16) + Math.random().toString(16).slice(2, 14);
@@ -27,7 +27,10 @@
       fetch(base + '/v1/beacon', {method: 'POST', body: body, keepalive: true,
                                   credentials: 'include', mode: 'cors'});
     }
-    if (typeof w.fbq === 'function') w.fbq('track', name, data || {}, {eventID: eventId});
+    if (typeof w.fbq === 'function') {
+      w.fbq(STD.indexOf(',' + name + ',') < 0 ? 'trackCustom' : 'track', name, data || {},
+            {eventID: eventId});
+    }
     return eventId;
   }
   var q = (w.pixelrelay && w.pixelrelay.q) || [];
