@@ -377,12 +377,7 @@ def build_event(inbound: InboundEvent, *, now_s: float, max_age_days: int,
         data_processing_options=inbound.data_processing_options,
         data_processing_options_country=inbound.data_processing_options_country,
         data_processing_options_state=inbound.data_processing_options_state,
-        app_data=inbound.app_data,
-        original_event_data=inbound.original_event_data,
-        attribution_data=inbound.attribution_data,
-        customer_segmentation=inbound.customer_segmentation,
-        messaging_channel=inbound.messaging_channel,
-        passthrough=inbound.passthrough,
+        **{name: getattr(inbound, name) for name in MetaExtensions.__struct_fields__},
     )
     problem = door_problem(event, now_s=now_s, max_age_days=max_age_days,
                            max_future_s=max_future_skew_s, has_click=bool(inbound.click_id))

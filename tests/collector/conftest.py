@@ -12,6 +12,7 @@ from fakeredis import FakeServer
 from fakeredis.aioredis import FakeRedis
 
 from collector.app import CollectorApp, build_app
+from collector.spool import Spool
 from relay.config import Settings
 from tests.collector.support import PROXY, VISITOR_IP, asgi_client, make_settings, serving
 
@@ -57,3 +58,14 @@ async def proxied_client(running_app: CollectorApp) -> AsyncIterator[httpx.Async
     """Requests arriving from the trusted reverse proxy."""
     async with asgi_client(running_app, PROXY) as c:
         yield c
+
+
+@pytest.fixture
+def nothing_can_store(fake_server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis is down and the disk spool full: every write ends in a StorageError."""
+    fake_server.connected = False
+
+    def disk_full(self: Spool, records: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Spool, "append", disk_full)

@@ -123,15 +123,7 @@ def test_only_get_or_head_of_one_go_segment_skips_litestar(method: str, path: st
 
 
 async def test_a_redirect_nothing_can_store_is_a_503_with_retry_after(
-        client: httpx.AsyncClient, fake_server: FakeServer,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_server.connected = False
-
-    def disk_full(self: Spool, records: object) -> int:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(Spool, "append", disk_full)
-
+        client: httpx.AsyncClient, nothing_can_store: None) -> None:
     response = await client.get("/go/demo", headers={"user-agent": BROWSER_UA})
 
     assert (503, "1", {"error": "neither Redis nor the disk spool accepted the event; "

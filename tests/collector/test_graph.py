@@ -12,10 +12,8 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from fakeredis import FakeServer
 from fakeredis.aioredis import FakeRedis
 
-from collector.spool import Spool
 from tests.collector.support import (
     API_KEY,
     BROWSER_UA,
@@ -161,15 +159,7 @@ async def test_a_data_parameter_that_is_not_events_is_code_100(
 
 
 async def test_nothing_able_to_store_is_a_transient_code_2_with_retry_after(
-        client: httpx.AsyncClient, fake_server: FakeServer,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_server.connected = False
-
-    def disk_full(self: Spool, records: object) -> int:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(Spool, "append", disk_full)
-
+        client: httpx.AsyncClient, nothing_can_store: None) -> None:
     response = await client.post(PATH, params=TOKEN, json={"data": [purchase()]})
 
     error = meta_error(response)
