@@ -53,8 +53,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(write(ROWS))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Debian's headless Chromium (tests/browser.py), one per test session."""
+    """Debian's headless Chromium (tests/browser.py), one per test module: Playwright's sync
+    API runs an event loop while it is open, which async tests after it must not find."""
     with chromium() as launched:
         yield launched
