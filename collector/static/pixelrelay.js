@@ -1,5 +1,5 @@
-/* pixelrelay.js: each event goes to the collector (sendBeacon) and to Meta's pixel with the
-   same eventID, so Meta deduplicates them. docs/integrations.md shows how to load it.
+/* pixelrelay.js (docs/integrations.md): each event goes to the collector (sendBeacon) and to
+   Meta's pixel with the same eventID, so Meta deduplicates them.
    pixelrelay.consent(true|false) once the visitor chose: later events carry it. */
 (function (w, d) {
   var s = d.currentScript, base = s ? s.src.replace(/\/pixelrelay\.js.*$/, '') : '';
