@@ -35,6 +35,8 @@ class FaultOverride(msgspec.Struct, forbid_unknown_fields=True):
     throttle_events_per_s: float | msgspec.UnsetType = msgspec.UNSET
     outage_s: float | msgspec.UnsetType = msgspec.UNSET
     """Start an outage now lasting this many seconds; 0 ends every outage window."""
+    revoked_tokens: list[str] | msgspec.UnsetType = msgspec.UNSET
+    """Tokens refused with code 190 from now on, as if revoked at Meta; [] restores them."""
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Faults:
         self._error_dice = random.Random(seed)
         self._latency_dice = random.Random(None if seed is None else seed + 1)
         self._buckets: dict[str, _Bucket] = {}
+        self.revoked_tokens: frozenset[str] = frozenset()
 
     def uptime_s(self) -> float:
         """Seconds since the fake started; outage windows are measured on this scale."""
@@ -149,6 +152,8 @@ class Faults:
         self.error_rates = dict(error_rates)
         self.http_500_rate = http_500_rate
         self.throttle_events_per_s = throttle
+        if override.revoked_tokens is not unset:
+            self.revoked_tokens = frozenset(override.revoked_tokens)
         if override.outage_s is not unset:
             if override.outage_s == 0:
                 self.outage_windows.clear()
@@ -166,5 +171,6 @@ class Faults:
             "throttle_events_per_s": self.throttle_events_per_s,
             "outage_windows": [list(window) for window in self.outage_windows],
             "outage_active": self.in_outage(),
+            "revoked_tokens": len(self.revoked_tokens),  # how many; tokens are not echoed
             "uptime_s": self.uptime_s(),
         }

@@ -145,7 +145,7 @@ class FakeGraph:
             raise _errors.token_missing()
         tokens = self.options.tokens
         valid = token in tokens if tokens else token != REJECTED_TOKEN
-        if not valid:
+        if not valid or token in self.faults.revoked_tokens:
             raise _errors.token_invalid()
         secret = self.options.app_secrets.get(token)
         if secret is not None:

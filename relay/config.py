@@ -132,6 +132,23 @@ class RelaySettings(Struct, frozen=True, forbid_unknown_fields=True):
         int, _help("How often the elected worker reads queue depths and evaluates alerts.",
                    ge=100)
     ] = 5_000
+    pause_after_failures: Annotated[
+        int, _help("Transient failures (of two batches or more, at least half of the pixel's "
+                   "recent requests, within pause_window_s) that pause a pixel.", ge=2)
+    ] = 3
+    pause_window_s: Annotated[
+        int, _help("How far back a pixel's failures count towards pausing it.", ge=1)
+    ] = 30
+    probe_min_ms: Annotated[
+        int, _help("First wait before a paused pixel's probe (doubles per failed probe).", ge=10)
+    ] = 1_000
+    probe_max_ms: Annotated[
+        int, _help("Longest wait between probes while Meta is failing (bounds the delay "
+                   "after Meta's return).", ge=10)
+    ] = 5_000
+    token_probe_max_ms: Annotated[
+        int, _help("Longest wait between probes of a pixel paused for its token (190).", ge=10)
+    ] = 60_000
 
 
 class DashboardSettings(Struct, frozen=True, forbid_unknown_fields=True):
@@ -486,6 +503,8 @@ def _check_consistency(settings: Settings) -> None:
     graph = urlsplit(settings.meta.graph_url)
     if graph.scheme not in ("http", "https") or not graph.netloc:
         raise ConfigError("meta.graph_url must be an absolute http(s) URL")
+    if settings.relay.probe_max_ms < settings.relay.probe_min_ms:
+        raise ConfigError("relay.probe_max_ms must not be smaller than relay.probe_min_ms")
     if settings.relay.max_backoff_ms < settings.relay.min_backoff_ms:
         raise ConfigError("relay.max_backoff_ms must not be smaller than relay.min_backoff_ms")
 

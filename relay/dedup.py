@@ -86,6 +86,26 @@ return 1
 """
 
 
+_RELEASE = """
+-- KEYS: claim buckets, then old claim keys. ARGV: owner, days D, then per event: field, index
+-- of its newest bucket (the next D - 1 follow), old key index.
+local owner, days = ARGV[1], tonumber(ARGV[2])
+for i = 3, #ARGV, 3 do
+  local name, first, old = ARGV[i], tonumber(ARGV[i+1]), tonumber(ARGV[i+2])
+  for k = first, first + days - 1 do
+    local v = redis.call('HGET', KEYS[k], name)
+    if v and string.match(v, '^%d+|(.*)$') == owner then
+      redis.call('HDEL', KEYS[k], name)
+    end
+  end
+  if redis.call('GET', KEYS[old]) == owner then
+    redis.call('DEL', KEYS[old])
+  end
+end
+return 1
+"""
+
+
 class Claim(IntEnum):
     CLAIMED = 0  # ours to send
     DUPLICATE = 1  # another batch has (or had) it
@@ -122,6 +142,7 @@ class Dedup:
         self._clock = clock
         self._claim = client.register_script(_CLAIM)
         self._mark_script = client.register_script(_MARK)
+        self._release = client.register_script(_RELEASE)
 
     def claim(self, owner: str, dedup_keys: Sequence[str]) -> list[Claim]:
         if not dedup_keys:
@@ -143,6 +164,24 @@ class Dedup:
             args += (name, first, old_index)
         result = self._claim(keys=script_keys.names, args=args)
         return [Claim(int(r)) for r in result]
+
+    def release(self, owner: str, dedup_keys: Sequence[str]) -> None:
+        """Drop the claims ``owner`` holds on these events (done or dead ones stay): its events
+        go back to the inbox (a paused pixel, ``relay.breaker``) and will be claimed again by
+        the batch that takes them next."""
+        if not dedup_keys:
+            return
+        today = keys.day_of(int(self._clock() * 1000))
+        script_keys = _Keys()
+        args: list[Any] = [owner, self._days]
+        for dk in dedup_keys:
+            pixel_id, _, event_id = keys.split_dedup_key(dk)
+            slot = keys.slot_of(event_id)
+            first = script_keys.index(keys.claim_bucket(pixel_id, today, slot))
+            for back in range(1, self._days):
+                script_keys.index(keys.claim_bucket(pixel_id, today - back, slot))
+            args += (keys.ledger_field(dk), first, script_keys.index(keys.dedup(dk)))
+        self._release(keys=script_keys.names, args=args)
 
     def mark_sent(self, owner: str, dedup_keys: Sequence[str]) -> None:
         self._mark(f"done:{owner}", dedup_keys)

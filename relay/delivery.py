@@ -6,7 +6,11 @@ Outcomes of ``deliver``:
 - returns ``None``: every event was delivered, dropped as a duplicate or dead-lettered;
 - returns ``Defer(ms)``: put the same batch back after ``ms`` (rate limit, Meta throttling);
   this spends no retry;
-- raises ``TransientError``: let Dramatiq's retry middleware try again with backoff.
+- returns ``Paused(reason)``: the pixel is paused (``relay.breaker``: Meta or its token is
+  failing); the events not yet settled are back at the head of their inbox, their claims
+  released, so ack the message; this spends no retry;
+- raises ``TransientError``: let Dramatiq's retry middleware try again with backoff (a failure
+  the breaker puts down to the batch, not to Meta).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from relay import keys
+from relay.breaker import TOKEN_CODE, Breaker, Gate
 from relay.config import PixelSettings, Settings
 from relay.deadletters import DeadLetters
 from relay.dedup import Claim, Dedup
@@ -34,11 +39,19 @@ from relay.errors import (
     ThrottledError,
     TransientError,
 )
-from relay.events import Envelope, decode_click, decode_envelope, enrich_from_click
+from relay.events import (
+    Envelope,
+    decode_click,
+    decode_envelope,
+    enrich_from_click,
+    pack_envelope,
+)
+from relay.inbox import put_back
 from relay.ledger import Entry, Ledger
 from relay.limiter import PixelLimiter, PixelRates
 from relay.meta_client import MetaClient, SendResult, same_rejection
 from relay.metrics import DeliveryObserver
+from relay.queues import queue_for
 from relay.stats import match_key_counts
 from relay.status import PixelActivity
 from relay.validation import problem
@@ -79,6 +92,12 @@ class Attempt:
 class Defer:
     delay_ms: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    reason: str  # 'meta' or 'token' (relay.breaker)
+    returned: int  # events put back in the inbox
 
 
 @dataclass(slots=True)
@@ -127,6 +146,7 @@ class Deliverer:
         self.dead = DeadLetters(client, ttl_s, relay.dedup_window_hours * 3600)
         self.limiter = PixelLimiter(client)
         self.activity = PixelActivity(client)
+        self.breaker = Breaker(client, relay, clock)
         self.after_send_retry = after_send_retry or patient_retry()
         self.observer = observer or DeliveryObserver()
 
@@ -137,19 +157,23 @@ class Deliverer:
 
     # -- the whole batch ------------------------------------------------------------------------
     def deliver(self, pixel_id: str, items: Sequence[str | bytes], attempt: Attempt
-                ) -> Defer | None:
+                ) -> Defer | Paused | None:
         envelopes = self._decode(items)
         pixel = self.settings.pixel(pixel_id)
         if pixel is None:
             self._dead(envelopes, {"kind": "config", "message": f"pixel {pixel_id} is not "
                                    "configured"}, attempt)
             return None
+        gate, reason = self.breaker.admit(pixel_id, attempt.batch_id)
+        if gate is Gate.HOLD:
+            return self._park(pixel, envelopes, attempt, reason, record=True)
         envelopes = self._drop_duplicates(envelopes, attempt)
+        if envelopes:
+            envelopes = self._enrich(envelopes)
+            envelopes = self._drop_invalid(envelopes, attempt)
         if not envelopes:
-            return None
-        envelopes = self._enrich(envelopes)
-        envelopes = self._drop_invalid(envelopes, attempt)
-        if not envelopes:
+            if gate is Gate.PROBE:
+                self.breaker.skipped(pixel_id, attempt.batch_id)
             return None
         wait_ms = self.limiter.acquire(pixel_id, self.rates(pixel), len(envelopes))
         if wait_ms > 0:
@@ -245,13 +269,14 @@ class Deliverer:
 
     # -- sending ----------------------------------------------------------------------------------
     def _send(self, pixel: PixelSettings, envelopes: list[Envelope], attempt: Attempt
-              ) -> Defer | None:
+              ) -> Defer | Paused | None:
         started = time.perf_counter()
         started_ms = int(self.clock() * 1000)
         settled: set[str] = set()  # delivered or dead-lettered during this attempt
         try:
             self._send_isolating(pixel, envelopes, attempt, settled)
         except ThrottledError as exc:
+            self.breaker.succeeded(pixel.id, attempt.batch_id)  # Meta is up, only busy
             factor = self.limiter.throttled(pixel.id, sent_ms=started_ms)
             self._log_batch(pixel.id, envelopes, attempt, started, "throttled", exc)
             pending = [e for e in envelopes if e.dedup_key not in settled]
@@ -263,6 +288,10 @@ class Deliverer:
         except TransientError as exc:
             self._log_batch(pixel.id, envelopes, attempt, started, "transient", exc)
             pending = [e for e in envelopes if e.dedup_key not in settled]
+            verdict = self.breaker.failed(pixel.id, attempt.batch_id, exc)
+            if verdict.holds:  # Meta is failing, not this batch: no attempt spent
+                return self._park(pixel, pending, attempt, verdict.reason,
+                                  record=verdict.name != "probe_failed", error=exc)
             if attempt.last:
                 self._dead(pending, {**exc.as_dict(), "kind": "retries_exhausted"}, attempt)
                 return None
@@ -274,6 +303,13 @@ class Deliverer:
         except PermanentError as exc:
             self._log_batch(pixel.id, envelopes, attempt, started, "permanent", exc)
             pending = [e for e in envelopes if e.dedup_key not in settled]
+            if exc.code == TOKEN_CODE and not isinstance(exc, InvalidBatchError):
+                # The token, not the batch: the events wait until it is mended.
+                verdict = self.breaker.failed(pixel.id, attempt.batch_id, exc,
+                                              pixel.access_token)
+                return self._park(pixel, pending, attempt, verdict.reason,
+                                  record=verdict.name != "probe_failed", error=exc)
+            self.breaker.succeeded(pixel.id, attempt.batch_id)
             self._dead(pending, {**exc.as_dict(), "kind": "rejected"}, attempt)
             return None
         except _SplitDeferred as deferred:
@@ -285,7 +321,33 @@ class Deliverer:
             self.observer.deferred(pending, "rate_limit")
             return Defer(deferred.wait_ms, "rate limit")
         self._log_batch(pixel.id, envelopes, attempt, started, "delivered", None)
+        self.breaker.succeeded(pixel.id, attempt.batch_id)
         return None
+
+    def _park(self, pixel: PixelSettings, envelopes: Sequence[Envelope], attempt: Attempt,
+              reason: str, *, record: bool, error: DeliveryError | None = None) -> Paused:
+        """The pixel is paused: put ``envelopes`` back at the head of their inbox, claims
+        released, to leave in full batches once it resumes.
+
+        ``record`` adds a ``deferred`` entry (outcome ``paused``) to each event's life; a failed
+        probe does not, or the oldest events' lives would gain one entry per probe.
+        """
+        # Claims first: events back in the inbox under a claim of this batch would be taken for
+        # duplicates by the next one.
+        self.dedup.release(attempt.batch_id, [e.dedup_key for e in envelopes])
+        by_queue: dict[str, list[bytes]] = {}
+        for env in envelopes:
+            queue = queue_for(env.event.event_name, self.settings.relay)
+            by_queue.setdefault(queue, []).append(pack_envelope(env))
+        for queue, items in by_queue.items():
+            put_back(self.client, queue, pixel.id, items)
+        if record and envelopes:
+            detail: dict[str, Any] = {"batch": attempt.batch_id, "attempt": attempt.number,
+                                      "outcome": "paused", "reason": reason}
+            if error is not None:
+                detail.update(code=error.code, error=error.message)
+            self.ledger.record([_entry(e, "deferred", **detail) for e in envelopes])
+        return Paused(reason, len(envelopes))
 
     def _send_isolating(self, pixel: PixelSettings, envelopes: list[Envelope],
                         attempt: Attempt, settled: set[str]) -> None:

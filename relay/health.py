@@ -1,5 +1,7 @@
 """Per-pixel health: is the token valid and the Graph API reachable? Checked once a minute by
-one worker (elected with a Redis key), kept in Redis for the dashboard and ``/readyz``."""
+one worker (elected with a Redis key), kept in Redis for the dashboard and ``/readyz``. Each
+answer is also the breaker's (``relay.breaker``): a 190 pauses the pixel, a success ends a
+pause for its token."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import msgspec
 from redis import Redis
 
 from relay import keys
+from relay.breaker import Breaker
 from relay.config import PixelSettings
 from relay.meta_client import MetaClient
 
@@ -20,9 +23,10 @@ RECHECK_UNREACHABLE_S = 5
 
 
 class PixelHealth:
-    def __init__(self, client: Redis, meta: MetaClient) -> None:
+    def __init__(self, client: Redis, meta: MetaClient, breaker: Breaker | None = None) -> None:
         self._client = client
         self._meta = meta
+        self._breaker = breaker
 
     def check_if_due(self, pixels: Sequence[PixelSettings], interval_s: float) -> bool:
         """Check every pixel unless another worker did within ``interval_s``."""
@@ -44,6 +48,8 @@ class PixelHealth:
         }
         self._client.set(keys.pixel_health(pixel.id), msgspec.json.encode(status),
                          ex=3600)
+        if self._breaker is not None:
+            self._breaker.checked(pixel.id, error, pixel.access_token)
         return status
 
     def status(self, pixel_id: str) -> dict[str, object] | None:

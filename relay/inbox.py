@@ -8,7 +8,8 @@ collector's cost per event is a few list items, not a round trip.
 ``BATCH`` (relay): move up to ``max_batch`` events of one pixel out of the inbox into one Dramatiq
 message on that queue, exactly as Dramatiq's own enqueue does (HSET ``<q>.msgs`` + RPUSH ``<q>``).
 It stops while the queue already holds ``max_ready`` messages, so that under backlog events wait
-in the inbox and batches leave full. Taking and enqueuing in one script means a crash can never
+in the inbox and batches leave full. A paused pixel (``relay.breaker``) is not cut, but for
+one probe batch when its probe is due. Taking and enqueuing in one script means a crash can never
 drop events between the two.
 
 Both scripts receive every key they touch in ``KEYS[]`` (names from ``relay.keys``). STORE also
@@ -27,6 +28,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from relay import keys
+from relay.breaker import BATCH_GATE
 from relay.ledger import COUNTER_TTL_S
 
 STORE = """
@@ -64,11 +66,12 @@ end
 return n
 """.replace("COUNTER_TTL_S", str(COUNTER_TTL_S))
 
-BATCH = """
+BATCH = BATCH_GATE + """
 -- KEYS: the queue's pixel set, the pixel's inbox, the Dramatiq queue and its .msgs hash, this
--- call's marker. ARGV: queue, actor, pixel, max_batch, max_ready, now ms, id prefix.
+-- call's marker, the pixel's breaker. ARGV: queue, actor, pixel, max_batch, max_ready, now ms,
+-- id prefix.
 local pixels_key, list_key, queue_key = KEYS[1], KEYS[2], KEYS[3]
-local msgs_key, call_key = KEYS[4], KEYS[5]
+local msgs_key, call_key, breaker_key = KEYS[4], KEYS[5], KEYS[6]
 local queue, actor, pixel = ARGV[1], ARGV[2], ARGV[3]
 local max_batch, max_ready = tonumber(ARGV[4]), tonumber(ARGV[5])
 local now_ms, id_prefix = tonumber(ARGV[6]), ARGV[7]
@@ -78,13 +81,18 @@ if redis.call('EXISTS', call_key) == 1 then
   return 0
 end
 local made = 0
-while redis.call('LLEN', queue_key) < max_ready do
+local gate = breaker_gate(breaker_key, now_ms)
+while gate ~= 'none' and redis.call('LLEN', queue_key) < max_ready do
   local items = redis.call('LPOP', list_key, max_batch)
   if not items then
     break
   end
   made = made + 1
   local id = id_prefix .. '-' .. made
+  if gate == 'one' then
+    breaker_probe_cut(breaker_key, id, now_ms)  -- a paused pixel's one probe batch
+    gate = 'none'
+  end
   local message = cjson.encode({
     queue_name = queue, actor_name = actor, args = {pixel, items}, kwargs = {},
     options = {redis_message_id = id}, message_id = id, message_timestamp = now_ms,
@@ -168,6 +176,28 @@ def store_sync(client: Redis, writes: Sequence[Write], ledger_ttl_s: int) -> Non
         client.register_script(STORE)(keys=names, args=args)
 
 
+# Put a paused pixel's events back at the head of an inbox list, in their order.
+# KEYS: inbox list, inbox pixel set; ARGV: pixel, items.
+_PUT_BACK = """
+for i = #ARGV, 2, -1 do
+  redis.call('LPUSH', KEYS[1], ARGV[i])
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+return #ARGV - 1
+"""
+
+
+def put_back(client: Redis, queue: str, pixel_id: str, items: Sequence[bytes]) -> int:
+    """Return stored events (``pack_envelope``) of a batch to the head of ``queue``'s inbox for
+    the pixel, oldest first, in one atomic step. Release the batch's dedup claims on them first
+    (``Dedup.release``): a repeat after a crash then only adds copies that dedup drops."""
+    if not items:
+        return 0
+    script = client.register_script(_PUT_BACK)
+    return int(script(keys=[keys.inbox(queue, pixel_id), keys.inbox_pixels(queue)],
+                      args=[pixel_id, *items]))
+
+
 class Batcher:
     """The relay's side: cut the inbox of one queue into Dramatiq messages."""
 
@@ -180,7 +210,7 @@ class Batcher:
         self.max_batch = max_batch
         self.max_ready = max_ready
 
-    def run_once(self) -> int:
+    def run_once(self, now_ms: int | None = None) -> int:
         """Make as many batch messages as the queue has room for; return how many.
 
         One script call per pixel with events waiting, each given its keys."""
@@ -191,9 +221,9 @@ class Batcher:
             call_id = secrets.token_hex(8)  # batch ids: <call id>-<n>
             made += int(self._script(
                 keys=[keys.inbox_pixels(self.queue), keys.inbox(self.queue, pixel), queue_key,
-                      f"{queue_key}.msgs", keys.batch_call(call_id)],
+                      f"{queue_key}.msgs", keys.batch_call(call_id), keys.breaker(pixel)],
                 args=[self.queue, self.actor_name, pixel, self.max_batch, self.max_ready,
-                      int(time.time() * 1000), call_id],
+                      int(time.time() * 1000) if now_ms is None else now_ms, call_id],
             ))
         return made
 

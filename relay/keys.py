@@ -145,6 +145,17 @@ def throttle(pixel_id: str) -> str:
     return f"{PREFIX}:throttle:{pixel_id}"
 
 
+def breaker(pixel_id: str) -> str:
+    """Hash: a paused pixel's pause (state, reason, since_ms, probe schedule, last error);
+    absent while the pixel flows (``relay.breaker``)."""
+    return f"{PREFIX}:breaker:{pixel_id}"
+
+
+def breaker_recent(pixel_id: str) -> str:
+    """List: a flowing pixel's request outcomes since its first recent transient failure."""
+    return f"{PREFIX}:breaker:{pixel_id}:recent"
+
+
 def pixel_health(pixel_id: str) -> str:
     return f"{PREFIX}:health:{pixel_id}"
 

@@ -37,7 +37,7 @@ from relay.alerts import Alerts, collector_metrics_url, collector_spooling, find
 from relay.alerts import redis_unreachable as redis_unreachable_finding
 from relay.broker import RecoveryGate, RelayBroker, enqueue_patiently, make_broker
 from relay.config import Settings
-from relay.delivery import Attempt, Deliverer
+from relay.delivery import Attempt, Defer, Deliverer, Paused
 from relay.health import PixelHealth
 from relay.inbox import Batcher
 from relay.ledger import Ledger
@@ -88,7 +88,7 @@ class RelayWorker:
         self._redis_lost_ms: int | None = None
         self._collector_unreadable = False
         self._http = httpx.Client(timeout=2.0)
-        self.health = PixelHealth(self.client, self.meta)
+        self.health = PixelHealth(self.client, self.meta, self.deliverer.breaker)
         self.queues = [QUEUE_NAMES[p] for p in self.priorities]
         for priority in self.priorities:
             dramatiq.Actor(self._deliver, broker=self.broker, actor_name=actor_name(priority),
@@ -119,8 +119,12 @@ class RelayWorker:
         retries = int(message.options.get("retries", 0))
         attempt = Attempt(batch_id=message.message_id, number=retries + 1,
                           last=retries + 1 >= self.settings.relay.max_attempts)
-        defer = self.deliverer.deliver(pixel_id, items, attempt)
-        if defer is not None:
+        outcome = self.deliverer.deliver(pixel_id, items, attempt)
+        if isinstance(outcome, Paused):  # the events are back in the inbox: ack
+            log.info("batch_held", pixel_id=pixel_id, size=len(items), reason=outcome.reason,
+                     returned=outcome.returned)
+        elif isinstance(outcome, Defer):
+            defer = outcome
             # Same message id (dedup claims stay valid), same retry count: no retry spent.
             enqueue_patiently(self.broker, message.copy(), defer.delay_ms)
             log.info("batch_deferred", pixel_id=pixel_id, size=len(items),
@@ -227,9 +231,17 @@ class RelayWorker:
         log.info("metrics_serving", url=f"http://{host}:{port}/metrics")
 
     # -- lifecycle --------------------------------------------------------------------------------
+    def tokens_seen(self) -> None:
+        """Tell the breaker which token this worker sends with: a pixel paused for another one
+        is probed at once. Called at start; a settings reload should call it again."""
+        for pixel in self.settings.pixels:
+            if pixel.access_token:
+                self.deliverer.breaker.token_seen(pixel.id, pixel.access_token)
+
     def start(self) -> None:
         self._serve_metrics()
         self.outbox.start()
+        self.tokens_seen()
         self.worker.start()
         self._pump.start()
         self._checker.start()

@@ -7,7 +7,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fakemeta.conftest import EVENTS_PATH, PIXEL, error_of, make_event, received, send
+from tests.fakemeta.conftest import (
+    EVENTS_PATH,
+    PIXEL,
+    TOKEN,
+    error_of,
+    make_event,
+    received,
+    send,
+)
 
 # --- /_fake endpoints ---
 
@@ -77,6 +85,19 @@ async def test_faults_endpoint_starts_and_ends_an_outage(client: httpx.AsyncClie
     after = await send(client, make_event())
 
     assert (503, 200) == (during.status_code, after.status_code)
+
+
+async def test_faults_endpoint_revokes_and_restores_a_token(client: httpx.AsyncClient) -> None:
+    token = TOKEN["access_token"]
+    revoked = await client.post("/_fake/faults", json={"revoked_tokens": [token]})
+    during = await send(client, make_event())
+    check = await client.get(f"/v26.0/{PIXEL}", params=TOKEN)
+    await client.post("/_fake/faults", json={"revoked_tokens": []})
+    after = await send(client, make_event())
+
+    assert 1 == revoked.json()["revoked_tokens"] and token not in revoked.text
+    assert (401, 190, 401, 200) == (during.status_code, error_of(during)["code"],
+                                    check.status_code, after.status_code)
 
 
 @pytest.mark.parametrize(

@@ -93,12 +93,13 @@ class RelayStack:
     config: Path
     register: Callable[[Process], None]
     workers: list[Process] = field(default_factory=list)
+    tokens: dict[str, str] = field(default_factory=dict)  # more token variables for workers
 
     @property
     def env(self) -> dict[str, str]:
         # Set explicitly so a REDIS_URL or PIXELRELAY_GRAPH_URL in the caller's environment
         # can never point a test worker at a real server.
-        return {"PIXELRELAY_TEST_TOKEN": DEMO_TOKEN, "REDIS_URL": self.redis.url,
+        return {"PIXELRELAY_TEST_TOKEN": DEMO_TOKEN, **self.tokens, "REDIS_URL": self.redis.url,
                 "PIXELRELAY_GRAPH_URL": self.meta.url}
 
     def client(self) -> Redis:

@@ -96,7 +96,7 @@ def test_transient_errors_are_retried_until_meta_recovers(
     assert trace.splitlines()[0].endswith(": delivered"), trace
 
 
-def test_an_invalid_token_dead_letters_at_once_with_metas_reason(
+def test_an_invalid_token_pauses_the_pixel_instead_of_dead_lettering(
     fake_meta: Callable[..., FakeMeta], relay_stack: Callable[..., RelayStack]
 ) -> None:
     meta = fake_meta(FAKEMETA_TOKENS="some-other-token")
@@ -106,18 +106,18 @@ def test_an_invalid_token_dead_letters_at_once_with_metas_reason(
 
     stack.worker()
 
-    wait_for(lambda: 5 == len(_reasons(stack)), 15, what="five dead letters")
-    for reason in _reasons(stack).values():
-        assert ("rejected", 190) == (reason["kind"], reason["code"])
-        assert "Invalid OAuth access token - Cannot parse access token" == reason["message"]
-    received = meta.received()
-    assert (1, {"190": 1}) == (received["requests"], received["rejected"])
-    assert ["dead"] == _states_in_life(stack, events[0].dedup_key)
-    assert 1 == stack.ledger().life(events[0].dedup_key)[0]["attempt"]
+    # Code 190 is about the token, not the batch: the pixel pauses (tests/integration/
+    # test_outage.py), the events wait in the inbox, no retry is spent and none is dead.
     client = stack.client()
-    wait_for(lambda: 0 == stack.unacked("relay_high"), 10, what="the batch to be acked")
+    wait_for(lambda: 5 == client.llen("pixelrelay:inbox:relay_high:" + DEMO_PIXEL)
+             and 0 == stack.unacked("relay_high"), 15, what="the events back in the inbox")
+    status = client.hgetall(keys.breaker(DEMO_PIXEL))
+    assert (b"token", b"190") == (status[b"reason"], status[b"code"])
+    assert {} == _reasons(stack)
     assert 0 == client.hlen("dramatiq:relay_high.DQ.msgs"), "no retry may be scheduled"
-    assert 0 == client.hlen("dramatiq:relay_high.msgs")
+    life = stack.ledger().life(events[0].dedup_key)
+    assert [("deferred", "paused", 190)] == [(e["state"], e["outcome"], e["code"]) for e in life]
+    assert "Invalid OAuth access token - Cannot parse access token" == life[0]["error"]
 
 
 def test_the_same_event_twice_reaches_meta_once(

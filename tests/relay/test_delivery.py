@@ -628,8 +628,9 @@ def test_accepted_batch_with_a_count_mismatch_is_delivered_not_retried(
         d.ledger.life(envs[0].dedup_key)[-1]["fbtrace_id"])
 
 
-@pytest.mark.parametrize("code", [190, 10, 200])
-def test_token_or_permission_error_dead_letters_the_whole_batch_at_once(
+# 190 (token) pauses the pixel instead: tests/relay/test_breaker.py.
+@pytest.mark.parametrize("code", [10, 200])
+def test_permission_error_dead_letters_the_whole_batch_at_once(
         redis: fakeredis.FakeRedis, graph: FakeGraph, code: int) -> None:
     graph.respond = always(httpx.Response(400, json=graph_error(
         code, message="Error validating access token", fbtrace_id="T-perm")))
@@ -647,13 +648,13 @@ def test_token_or_permission_error_dead_letters_the_whole_batch_at_once(
 
 def test_rejected_batch_leaves_events_dead_in_the_ledger(redis: fakeredis.FakeRedis,
                                                          graph: FakeGraph) -> None:
-    graph.respond = always(httpx.Response(400, json=graph_error(190)))
+    graph.respond = always(httpx.Response(403, json=graph_error(10)))
     d = make_deliverer(redis, graph)
     env = envelope("e1")
 
     d.deliver(PIXEL, encoded(env), FIRST)
 
-    assert ("dead", "rejected", 190) == (state(d, env), d.ledger.life(env.dedup_key)[-1]["kind"],
+    assert ("dead", "rejected", 10) == (state(d, env), d.ledger.life(env.dedup_key)[-1]["kind"],
                                          d.ledger.life(env.dedup_key)[-1]["code"])
 
 
@@ -851,7 +852,7 @@ def test_rates_default_to_the_relay_settings(redis: fakeredis.FakeRedis,
 # -- the dead letters can be requeued -------------------------------------------------------------
 def test_dead_letter_keeps_the_envelope_for_a_requeue(redis: fakeredis.FakeRedis,
                                                       graph: FakeGraph) -> None:
-    graph.respond = always(httpx.Response(400, json=graph_error(190)))
+    graph.respond = always(httpx.Response(403, json=graph_error(10)))
     d = make_deliverer(redis, graph)
     env = envelope("e1")
 
