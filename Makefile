@@ -54,6 +54,10 @@ bench-redirect: install
 bench-relay: install
 	$(BIN)/python loadtest/bench_relay.py
 
+# About 15 minutes of mostly waiting (a 2-minute outage twice, scaled 30-minute and token runs).
+bench-outage: install
+	$(BIN)/python loadtest/bench_outage.py
+
 bench-footprint: install
 	$(BIN)/python loadtest/bench_footprint.py
 
