@@ -35,6 +35,7 @@ from collector.openapi import BeaconOperation, EventsOperation, RedirectOperatio
 from collector.redirect import handle_redirect
 from collector.spool import Spool
 from relay import hashing, keys
+from relay.breaker import pause_status_async
 from relay.config import Settings, load_settings
 from relay.errors import InputError, StorageError
 from relay.inbox import AsyncStore
@@ -200,7 +201,8 @@ async def readyz(request: Request) -> Response:
     spool_ok = ctx.spool is not None and os.access(ctx.spool.directory, os.W_OK)
     ready = enqueuer.redis_up or spool_ok
     body = {"ready": ready, "redis": enqueuer.redis_up, "spool_writable": spool_ok,
-            "spooling": enqueuer.spooling, "pixels": await _pixel_health(ctx)}
+            "spooling": enqueuer.spooling, "pixels": await _pixel_health(ctx),
+            "paused": await _paused_pixels(ctx)}
     return Response(json_encode(body), status_code=200 if ready else 503,
                     media_type="application/json")
 
@@ -218,6 +220,20 @@ async def _pixel_health(ctx: CollectorContext) -> dict[str, object]:
                 for p, r in zip(pixels, raw, strict=True)}
     except Exception:  # noqa: BLE001 - health is best effort here
         return {}
+
+
+async def _paused_pixels(ctx: CollectorContext) -> dict[str, object]:
+    """Pixels whose delivery the relay paused (relay.breaker): why, since when, how many events
+    wait. Informational like ``_pixel_health``: the events are safe in Redis meanwhile."""
+    pixels = ctx.settings.pixels
+    if not ctx.enqueuer.redis_up or not pixels:
+        return {}
+    try:
+        found = await asyncio.wait_for(pause_status_async(ctx.redis, [p.id for p in pixels]),
+                                       ctx.settings.collector.redis_timeout_ms / 1000)
+    except Exception:  # noqa: BLE001 - readiness is best effort here
+        return {}
+    return {pid: status.as_dict() for pid, status in found.items() if status.paused}
 
 
 @get("/metrics", include_in_schema=False)

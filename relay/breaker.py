@@ -38,6 +38,7 @@ from typing import Any
 
 import structlog
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from relay import keys
 from relay.config import RelaySettings
@@ -331,26 +332,45 @@ def pause_status(client: Redis, pixel_ids: Iterable[str]) -> dict[str, PixelPaus
     """Each pixel's pause state, reason, since when and waiting count, in one round trip.
 
     The one reading function for the dashboard (issue 8), ``/readyz``, metrics and alerts
-    (issue 12): ``pause_status(client, [p.id for p in settings.pixels])``. ``PixelPause.as_dict``
-    gives the JSON shape.
+    (issue 12): ``pause_status(client, [p.id for p in settings.pixels])``; asyncio callers use
+    ``pause_status_async``. ``PixelPause.as_dict`` gives the JSON shape.
     """
     ids = list(pixel_ids)
     pipe = client.pipeline(transaction=False)
-    for pixel_id in ids:
+    queue_pause_reads(pipe, ids)
+    return decode_pause_reads(ids, pipe.execute())
+
+
+async def pause_status_async(client: AsyncRedis, pixel_ids: Iterable[str]
+                             ) -> dict[str, PixelPause]:
+    """``pause_status`` for an asyncio client (the collector's ``/readyz``)."""
+    ids = list(pixel_ids)
+    pipe = client.pipeline(transaction=False)
+    queue_pause_reads(pipe, ids)
+    return decode_pause_reads(ids, await pipe.execute())
+
+
+def queue_pause_reads(pipe: Any, pixel_ids: Sequence[str]) -> None:
+    """Queue on a pipeline (sync or asyncio) the reads ``decode_pause_reads`` decodes."""
+    for pixel_id in pixel_ids:
         pipe.hgetall(keys.breaker(pixel_id))
         for queue in QUEUE_NAMES.values():
             pipe.llen(keys.inbox(queue, pixel_id))
-    replies = iter(pipe.execute())
+
+
+def decode_pause_reads(pixel_ids: Sequence[str], replies: Sequence[Any]
+                       ) -> dict[str, PixelPause]:
+    found = iter(replies)
     result = {}
-    for pixel_id in ids:
-        raw = {_text(k): _text(v) for k, v in next(replies).items()}
-        waiting = sum(int(next(replies)) for _ in QUEUE_NAMES)
+    for pixel_id in pixel_ids:
+        raw = {_text(k): _text(v) for k, v in next(found).items()}
+        waiting = sum(int(next(found)) for _ in QUEUE_NAMES)
         result[pixel_id] = decode_pause(pixel_id, raw, waiting)
     return result
 
 
 def decode_pause(pixel_id: str, raw: dict[str, str], waiting: int) -> PixelPause:
-    """A ``keys.breaker`` hash (decoded to str) as a ``PixelPause``; for async readers."""
+    """A ``keys.breaker`` hash (decoded to str) as a ``PixelPause``."""
     paused = raw.get("state") == "open"
     code = raw.get("code", "")
     return PixelPause(

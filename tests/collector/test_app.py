@@ -70,6 +70,20 @@ async def test_readyz_is_ready_with_redis_up(client: httpx.AsyncClient) -> None:
     )
 
 
+async def test_readyz_names_the_pixels_the_relay_paused(client: httpx.AsyncClient,
+                                                         redis: Any) -> None:
+    await redis.hset(f"pixelrelay:breaker:{PIXEL}", mapping={
+        "state": "open", "reason": "token", "since_ms": 1_700_000_000_000, "code": 190,
+        "message": "Error validating access token", "probes": 2, "probe_at_ms": 1})
+    await redis.rpush(f"pixelrelay:inbox:relay_high:{PIXEL}", b"x", b"y")
+
+    body = (await client.get("/readyz")).json()
+
+    assert (True, {PIXEL}) == (body["ready"], set(body["paused"]))
+    assert {"reason": "token", "since_ms": 1_700_000_000_000, "waiting": 2, "code": 190} == {
+        k: body["paused"][PIXEL][k] for k in ("reason", "since_ms", "waiting", "code")}
+
+
 async def test_metrics_count_requests_by_route_and_status(client: httpx.AsyncClient) -> None:
     await client.get("/go/demo", headers={"user-agent": BROWSER_UA})
     await client.get("/go/nope", headers={"user-agent": BROWSER_UA})
