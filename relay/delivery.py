@@ -321,7 +321,8 @@ class Deliverer:
             self.observer.deferred(pending, "rate_limit")
             return Defer(deferred.wait_ms, "rate limit")
         self._log_batch(pixel.id, envelopes, attempt, started, "delivered", None)
-        self.breaker.succeeded(pixel.id, attempt.batch_id)
+        # Meta has the batch: waiting out Redis here beats a retry that would only confirm it.
+        self._patiently(attempt, lambda: self.breaker.succeeded(pixel.id, attempt.batch_id))
         return None
 
     def _park(self, pixel: PixelSettings, envelopes: Sequence[Envelope], attempt: Attempt,
@@ -479,7 +480,7 @@ class Deliverer:
             (e.pixel_id, e.event.event_name, _carries(e)) for e in envelopes), now_ms)
         self.activity.delivered(envelopes[0].pixel_id, now_ms)
 
-    def _patiently(self, attempt: Attempt, step: Callable[[], None]) -> None:
+    def _patiently(self, attempt: Attempt, step: Callable[[], object]) -> None:
         """Run one bookkeeping step, retrying it while Redis is unreachable (``patient_retry``)."""
 
         def waiting(error: Exception, failures: int) -> None:
