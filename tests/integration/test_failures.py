@@ -109,6 +109,7 @@ def test_an_invalid_token_pauses_the_pixel_instead_of_dead_lettering(
     # Code 190 is about the token, not the batch: the pixel pauses (tests/integration/
     # test_outage.py), the events wait in the inbox, no retry is spent and none is dead.
     client = stack.client()
+    wait_for(lambda: client.exists(keys.breaker(DEMO_PIXEL)), 15, what="the pause")
     wait_for(lambda: 5 == client.llen("pixelrelay:inbox:relay_high:" + DEMO_PIXEL)
              and 0 == stack.unacked("relay_high"), 15, what="the events back in the inbox")
     status = client.hgetall(keys.breaker(DEMO_PIXEL))

@@ -21,11 +21,12 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from relay import _dramatiq
+from relay.breaker import pause_status
 from relay.events import Envelope
 from relay.queues import QUEUE_NAMES
 from tests.integration.conftest import CleanProcess, FakeMeta, RelayStack, make_envelope
 from tests.reliability.table import Row, record
-from tests.support import DEMO_TOKEN, VENV_BIN, wait_for
+from tests.support import DEMO_PIXEL, DEMO_TOKEN, VENV_BIN, wait_for
 
 pytestmark = pytest.mark.slow
 OUTAGE_S = float(os.environ.get("PIXELRELAY_FAULT_OUTAGE_S", "5"))
@@ -193,18 +194,19 @@ def test_meta_down_with_5xx_then_timeouts_then_back(
     assert (2_000, 0, 0) == (row.delivered, row.dead, row.lost)
 
 
-def test_a_revoked_token_dead_letters_then_a_fixed_one_delivers_the_requeued_events(
+def test_a_revoked_token_pauses_then_a_fixed_one_delivers_the_waiting_events(
         fake_meta: Callable[..., FakeMeta], relay_stack: Callable[..., RelayStack],
         processes: Callable[[CleanProcess], None]) -> None:
-    # Given Meta refusing the pixel's token (190)
+    # Given Meta refusing the pixel's token (190): the pixel pauses, its events wait (issue 14)
     revoked = fake_meta(FAKEMETA_TOKENS="some-other-token")
     stack = relay_stack(revoked)
     events = [make_envelope("Purchase") for _ in range(300)]
     stack.inject(events)
     stack.worker("high")
-    wait_for(lambda: 300 == stack.states(events)["dead"], 30, what="300 dead letters")
+    wait_for(lambda: pause_status(stack.client(), [DEMO_PIXEL])[DEMO_PIXEL].paused, 30,
+             what="the pixel to pause")
 
-    # When the token is fixed (the same Graph API now takes it) and the dead letters requeued
+    # When the token is fixed (the same Graph API now takes it)
     revoked.process.stop()
     fixed = CleanProcess([str(VENV_BIN / "python"), "-m", "fakemeta"],
                          stack.directory / "fakemeta-fixed.log",
@@ -213,10 +215,9 @@ def test_a_revoked_token_dead_letters_then_a_fixed_one_delivers_the_requeued_eve
     stack.meta = FakeMeta(fixed, revoked.port)
     wait_for(lambda: stack.meta.received() is not None, 20, what="the fixed fake Meta")
     fixed_at = time.monotonic()
-    requeued = stack.tool("requeue", "--all")
 
-    # Then every event is delivered once
-    assert 0 == requeued.returncode, requeued.stdout + requeued.stderr
-    wait_for(lambda: 300 == stack.states(events)["delivered"], 30, what="300 delivered")
-    row = reconcile(stack, events, "token revoked (190), fixed, dead letters requeued", fixed_at)
+    # Then every event is delivered once, by itself (the next probe), none dead or requeued
+    wait_for(lambda: 300 == stack.states(events)["delivered"], 90, what="300 delivered")
+    row = reconcile(stack, events, "token revoked (190): paused, fixed, resumed by itself",
+                    fixed_at)
     assert (300, 0, 0, 0) == (row.delivered, row.dead, row.lost, row.twice)
