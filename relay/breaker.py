@@ -24,14 +24,15 @@ apply from the head of the inbox.
 
 State lives in Redis (``keys.breaker``, ``keys.breaker_recent``) so every worker process agrees;
 each step is one Lua script. ``pause_status`` reads it for the dashboard, ``/readyz``, metrics
-and alerts; ``PauseCollector`` exports it to Prometheus.
+and alerts (``relay.observe`` exports it as ``pixelrelay_relay_pixel_paused{pixel,reason}``,
+``..._paused_seconds`` and ``..._waiting_events``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -381,42 +382,3 @@ def decode_pause(pixel_id: str, raw: dict[str, str], waiting: int) -> PixelPause
         probes=int(raw.get("probes", 0) or 0) if paused else 0,
         next_probe_ms=int(raw.get("probe_at_ms", 0) or 0) if paused else 0,
     )
-
-
-class PauseCollector:
-    """Prometheus collector of ``pause_status``, read from Redis at each scrape.
-
-    For the metrics issue (12): register it once (Redis-derived, not per worker), e.g.
-    ``REGISTRY.register(PauseCollector(client, pixel_ids))``. Exports
-    ``pixelrelay_pixel_paused{pixel,reason}`` (1 while paused), ``pixelrelay_pixel_paused_seconds``
-    (how long, 0 when flowing) and ``pixelrelay_pixel_waiting_events`` (events in its inboxes).
-    """
-
-    def __init__(self, client: Redis, pixel_ids: Sequence[str],
-                 clock: Callable[[], float] = time.time) -> None:
-        self._client = client
-        self._pixel_ids = list(pixel_ids)
-        self._clock = clock
-
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
-
-        paused = GaugeMetricFamily("pixelrelay_pixel_paused",
-                                   "1 while the pixel's delivery is paused (reason: meta, token)",
-                                   labels=["pixel", "reason"])
-        seconds = GaugeMetricFamily("pixelrelay_pixel_paused_seconds",
-                                    "How long the pixel has been paused; 0 while it flows",
-                                    labels=["pixel"])
-        waiting = GaugeMetricFamily("pixelrelay_pixel_waiting_events",
-                                    "Events of the pixel waiting in its inboxes", labels=["pixel"])
-        now_ms = self._clock() * 1000
-        for pixel_id, status in pause_status(self._client, self._pixel_ids).items():
-            for reason in ("meta", "token"):
-                paused.add_metric([pixel_id, reason],
-                                  1.0 if status.paused and status.reason == reason else 0.0)
-            seconds.add_metric([pixel_id], max(0.0, (now_ms - status.since_ms) / 1000)
-                               if status.paused else 0.0)
-            waiting.add_metric([pixel_id], float(status.waiting))
-        yield paused
-        yield seconds
-        yield waiting

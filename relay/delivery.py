@@ -343,6 +343,7 @@ class Deliverer:
         for queue, items in by_queue.items():
             put_back(self.client, queue, pixel.id, items)
         if record and envelopes:
+            self.observer.deferred(envelopes, "paused")
             detail: dict[str, Any] = {"batch": attempt.batch_id, "attempt": attempt.number,
                                       "outcome": "paused", "reason": reason}
             if error is not None:

@@ -244,8 +244,3 @@ def alert_state() -> str:
     """Hash of built-in alert condition -> JSON (active, since, last notified)."""
     return f"{PREFIX}:alerts:state"
 
-
-def pixel_pause(pixel_id: str) -> str:
-    """Hash: the pixel's circuit breaker while it is paused (``reason``, ``since_ms``); absent
-    while the pixel delivers. Read by ``relay.observe.pixel_pauses`` for metrics and alerts."""
-    return f"{PREFIX}:pause:{pixel_id}"

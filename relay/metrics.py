@@ -110,6 +110,8 @@ METRICS: tuple[MetricSpec, ...] = (
                "(reason empty) while it delivers.", True),
     MetricSpec("pixelrelay_relay_pixel_paused_since_timestamp_seconds", "gauge", ("pixel",),
                "Unix time the pixel was paused, while it is.", True),
+    MetricSpec("pixelrelay_relay_pixel_waiting_events", "gauge", ("pixel",),
+               "Events of the pixel waiting in its inboxes (all queues).", True),
 )
 SPECS = {spec.name: spec for spec in METRICS}
 

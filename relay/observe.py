@@ -1,5 +1,6 @@
 """The relay's state as Redis holds it now, for the elected observer's gauges and built-in
-alerts: queue depths, the oldest waiting event, live workers, limiter factors, pixel health.
+alerts: queue depths, the oldest waiting event, live workers, limiter factors, pixel health,
+pauses (``relay.breaker.pause_status``).
 
 Read through ``relay.status``, the functions the dashboard reads with; a worker whose presence
 (``WorkerPresence``, written by its pump) is older than ``heartbeat_timeout_ms`` is not live.
@@ -10,12 +11,12 @@ One worker at a time is the observer, elected like the health checker with a Red
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis import Redis
 
 from relay import keys, status
+from relay.breaker import PixelPause, pause_status
 from relay.config import Settings
 from relay.queues import QUEUE_NAMES
 
@@ -47,32 +48,13 @@ class QueueState:
 
 
 @dataclass(frozen=True, slots=True)
-class PixelPause:
-    """A pixel's circuit breaker is open: delivery waits (issue 14 writes ``keys.pixel_pause``)."""
-
-    reason: str  # a small fixed set chosen by the breaker, e.g. transient, token_invalid
-    since_ms: int
-
-
-@dataclass(frozen=True, slots=True)
 class PixelState:
     pixel_id: str
     limiter_factor: float
     health_ok: bool | None  # None: never checked (or the check expired)
     health_error_code: int | None
-    paused: PixelPause | None = None
-
-
-def pixel_pauses(client: Redis, pixel_ids: Sequence[str]) -> dict[str, PixelPause]:
-    """The paused pixels among ``pixel_ids``, in one round trip."""
-    pipe = client.pipeline(transaction=False)
-    for pixel_id in pixel_ids:
-        pipe.hmget(keys.pixel_pause(pixel_id), "reason", "since_ms")
-    found = {}
-    for pixel_id, (reason, since) in zip(pixel_ids, pipe.execute(), strict=True):
-        if reason is not None:
-            found[pixel_id] = PixelPause(reason.decode(), int(since or 0))
-    return found
+    paused: PixelPause | None = None  # relay.breaker.pause_status, when paused
+    waiting: int = 0  # events in the pixel's inboxes
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,14 +100,15 @@ def relay_state(client: Redis, settings: Settings, now_ms: int | None = None) ->
                    sum(QUEUE_NAMES[d.priority] in w.queues for w in live))  # type: ignore[index]
         for d in status.queue_depths(client, now))
     pixels = []
-    pauses = pixel_pauses(client, [p.id for p in settings.pixels])
+    pauses = pause_status(client, [p.id for p in settings.pixels])
     for p in status.pixel_states(client, [p.id for p in settings.pixels], now):
         error = p.health.get("error") if p.health else None
         code = error.get("code") if isinstance(error, dict) else None
         pixels.append(PixelState(p.pixel_id, p.throttle_factor,
                                  None if p.health is None else bool(p.health.get("ok")),
                                  code if isinstance(code, int) else None,
-                                 pauses.get(p.pixel_id)))
+                                 pauses[p.pixel_id] if pauses[p.pixel_id].paused else None,
+                                 pauses[p.pixel_id].waiting))
     dead = int(client.zcard(keys.dead_letters()))
     return RelayState(now, queues, tuple(pixels), dead)
 
@@ -155,5 +138,7 @@ def gauge_values(state: RelayState) -> dict[str, list[tuple[tuple[str, ...], flo
             for p in state.pixels],
         "pixelrelay_relay_pixel_paused_since_timestamp_seconds": [
             ((p.pixel_id,), p.paused.since_ms / 1000) for p in state.pixels if p.paused],
+        "pixelrelay_relay_pixel_waiting_events": [((p.pixel_id,), float(p.waiting))
+                                                  for p in state.pixels],
     }
     return values

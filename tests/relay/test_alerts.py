@@ -363,13 +363,13 @@ def test_findings_name_each_condition_the_relay_state_shows(redis: fakeredis.Fak
 def test_a_paused_pixel_is_a_finding_with_its_reason(redis: fakeredis.FakeRedis) -> None:
     settings = settings_for()
     now_ms = 1_800_000_000_000
-    redis.hset(keys.pixel_pause(PIXEL), mapping={"reason": "transient",
-                                                 "since_ms": now_ms - 600_000})
+    redis.hset(keys.breaker(PIXEL), mapping={"state": "open", "reason": "meta",
+                                             "since_ms": now_ms - 600_000})
 
     found = findings(settings, relay_state(redis, settings, now_ms), Counter(), None)
 
     paused = next(f for f in found if f.condition == "pixel_paused")
-    assert ({"reason": "transient", "paused_s": 600}, "10 min") == (
+    assert ({"reason": "meta", "paused_s": 600}, "10 min") == (
         paused.values, paused.detail.split(" for ")[1].split(";")[0])
 
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from relay import keys
-from relay.breaker import Breaker, PauseCollector, pause_status, token_fingerprint
+from relay.breaker import Breaker, pause_status, token_fingerprint
 from relay.config import Settings, settings_from_mapping
 from relay.deadletters import DeadLetters
 from relay.delivery import Attempt, Deliverer, Paused
@@ -20,6 +20,7 @@ from relay.errors import PermanentError, TransientError
 from relay.events import Envelope, decode_envelope, encode
 from relay.inbox import Batcher, EventWrite, store_sync
 from relay.meta_client import MetaClient
+from relay.observe import gauge_values, relay_state
 from relay.queues import queue_for
 from tests.relay.factories import (
     PIXEL,
@@ -396,17 +397,16 @@ def test_pause_status_of_a_flowing_pixel_counts_its_waiting_events(
             "code": None, "message": "", "probes": 0, "next_probe_ms": 0} == status.as_dict()
 
 
-def test_the_collector_exports_pause_reason_duration_and_waiting(
+def test_the_observer_gauges_show_pause_reason_since_and_waiting(
         redis: fakeredis.FakeRedis, graph: FakeGraph, clock: Clock) -> None:
     d = deliverer(redis, graph, clock)
     trip(d, graph)
+    paused_at = clock.now
     clock.advance(12)
 
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in PauseCollector(redis, [PIXEL, OTHER], clock).collect()
-               for s in family.samples}
+    values = {name: dict(rows) for name, rows in
+              gauge_values(relay_state(redis, settings(), clock.ms)).items()}
 
-    assert 1.0 == samples[("pixelrelay_pixel_paused", (("pixel", PIXEL), ("reason", "meta")))]
-    assert 0.0 == samples[("pixelrelay_pixel_paused", (("pixel", OTHER), ("reason", "meta")))]
-    assert 12.0 == samples[("pixelrelay_pixel_paused_seconds", (("pixel", PIXEL),))]
-    assert 2.0 == samples[("pixelrelay_pixel_waiting_events", (("pixel", PIXEL),))]
+    assert {(PIXEL, "meta"): 1.0, (OTHER, ""): 0.0} == values["pixelrelay_relay_pixel_paused"]
+    assert {(PIXEL,): paused_at} == values["pixelrelay_relay_pixel_paused_since_timestamp_seconds"]
+    assert {(PIXEL,): 2.0, (OTHER,): 0.0} == values["pixelrelay_relay_pixel_waiting_events"]

@@ -66,14 +66,15 @@ def test_a_custom_event_name_is_counted_as_other(redis: fakeredis.FakeRedis) -> 
 
 def test_rejected_event_is_counted_dead_with_kind_and_meta_code(
         redis: fakeredis.FakeRedis) -> None:
+    # (190, the token, pauses the pixel instead: relay/breaker.py)
     graph = FakeGraph(lambda request, data: httpx.Response(
-        400, json=graph_error(190, message="Invalid OAuth access token")))
+        403, json=graph_error(10, message="Permission denied")))
     d, metrics = deliverer(redis, graph)
 
     d.deliver(PIXEL, encoded(envelope("e1")), FIRST)
 
     assert 1.0 == value(metrics, "pixelrelay_relay_events_dead_total", pixel=PIXEL,
-                        event_name="Purchase", queue="relay_high", kind="rejected", code="190")
+                        event_name="Purchase", queue="relay_high", kind="rejected", code="10")
 
 
 def test_duplicates_are_counted(redis: fakeredis.FakeRedis) -> None:
@@ -189,12 +190,12 @@ def test_pixel_gauges_show_the_limiter_factor_and_a_token_error(
 
 def test_a_paused_pixel_is_exported_with_its_reason_and_since(
         redis: fakeredis.FakeRedis) -> None:
-    redis.hset(keys.pixel_pause(PIXEL), mapping={"reason": "token_invalid",
-                                                 "since_ms": 1_800_000_000_000})
+    redis.hset(keys.breaker(PIXEL), mapping={"state": "open", "reason": "token",
+                                             "since_ms": 1_800_000_000_000})
 
     values = gauge_values(relay_state(redis, make_settings()))
 
-    assert ([((PIXEL, "token_invalid"), 1.0)], [((PIXEL,), 1_800_000_000.0)]) == (
+    assert ([((PIXEL, "token"), 1.0)], [((PIXEL,), 1_800_000_000.0)]) == (
         values["pixelrelay_relay_pixel_paused"],
         values["pixelrelay_relay_pixel_paused_since_timestamp_seconds"])
 
