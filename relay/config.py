@@ -145,7 +145,7 @@ class RelaySettings(Struct, frozen=True, forbid_unknown_fields=True):
     probe_max_ms: Annotated[
         int, _help("Longest wait between probes while Meta is failing (bounds the delay "
                    "after Meta's return).", ge=10)
-    ] = 5_000
+    ] = 3_000
     token_probe_max_ms: Annotated[
         int, _help("Longest wait between probes of a pixel paused for its token (190).", ge=10)
     ] = 60_000

@@ -254,8 +254,8 @@ def test_failed_probes_back_off_up_to_the_cap(
         assert isinstance(probe(d, redis, clock), Paused)
         waits.append(pause_status(redis, [PIXEL])[PIXEL].next_probe_ms - clock.ms)
 
-    # The first wait was probe_min_ms (1 s); each failure doubles it, up to probe_max_ms (5 s).
-    assert [2000, 4000, 5000, 5000, 5000, 5000] == waits
+    # The first wait was probe_min_ms (1 s); each failure doubles it, up to probe_max_ms (3 s).
+    assert [2000, 3000, 3000, 3000, 3000, 3000] == waits
 
 
 def test_failed_probes_leave_no_ledger_entry_per_probe(
