@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from relay import keys
 from relay.deadletters import DeadLetters
 from relay.events import UserData
 from relay.limiter import PixelLimiter

@@ -15,6 +15,7 @@ from relay import keys
 from relay.breaker import Breaker, pause_status, token_fingerprint
 from relay.config import Settings, settings_from_mapping
 from relay.deadletters import DeadLetters
+from relay.dedup import Claim, Dedup
 from relay.delivery import Attempt, Deliverer, Paused
 from relay.errors import PermanentError, TransientError
 from relay.events import Envelope, decode_envelope, encode
@@ -147,7 +148,8 @@ def test_transient_failures_of_several_batches_pause_the_pixel(
                                               status.code, status.waiting)
     # The tripping batch spent no attempt: its events wait at the head of the inbox, unclaimed.
     assert [e.event.event_id for e in third] == inbox(redis)
-    assert [None, None] == [redis.get(keys.dedup(e.dedup_key)) for e in third]
+    assert [Claim.CLAIMED, Claim.CLAIMED] == Dedup(redis, 3600).claim(
+        "the-next-batch", [e.dedup_key for e in third])
     assert ("deferred", "paused") == (d.ledger.state(third[0].dedup_key),
                                       d.ledger.life(third[0].dedup_key)[-1]["outcome"])
 

@@ -232,7 +232,7 @@ def test_a_batch_call_sent_again_after_a_lost_reply_does_nothing(
     script = redis.register_script(BATCH)
     queue_key = keys.dramatiq_queue(QUEUE)
     call = dict(keys=[keys.inbox_pixels(QUEUE), keys.inbox(QUEUE, PIXEL), queue_key,
-                      f"{queue_key}.msgs", keys.batch_call("call-1")],
+                      f"{queue_key}.msgs", keys.batch_call("call-1"), keys.breaker(PIXEL)],
                 args=[QUEUE, "deliver_high", PIXEL, 1000, 16, RECEIVED_MS, "call-1"])
     store_sync(redis, [event_write(1), event_write(2)], 3600)
     script(**call)
