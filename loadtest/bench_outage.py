@@ -55,20 +55,25 @@ from loadtest._harness import (  # noqa: E402
     start_redis,
 )
 from loadtest.bench_relay import (  # noqa: E402
-    FakeMeta,
     Workers,
     envelopes,
-    start_fake_meta,
     store_one_stamped,
     write_bench_config,
 )
 from relay import keys  # noqa: E402
 from relay.breaker import pause_status  # noqa: E402
 from relay.config import RelaySettings  # noqa: E402
-from tests.support import Process, wait_for  # noqa: E402
+from tests.support import (  # noqa: E402
+    DEMO_TOKEN,
+    FakeMeta,
+    Process,
+    StartupError,
+    start_fake_meta,
+    wait_for,
+)
 
 PIXEL = "1234567890"
-WORKER_TOKEN = "bench-token"  # what loadtest.bench_relay.Workers gives its workers
+WORKER_TOKEN = DEMO_TOKEN  # what loadtest.bench_relay.Workers gives its workers
 LATENCY_MS = 200
 WARMUP_S = 5.0
 FLOOR_AFTER_RETURN_S = 10.0
@@ -127,7 +132,7 @@ def _faults(meta: FakeMeta, **changes: Any) -> None:
 
 def _arrivals(meta: FakeMeta) -> dict[str, int]:
     first: dict[str, int] = {}
-    for event_id, at_ms in meta.arrivals("PageView"):
+    for event_id, at_ms in meta.arrival_list("PageView", PIXEL):
         first.setdefault(event_id, at_ms)
     return first
 
@@ -239,7 +244,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench(chosen: list[str], tmp: Path, processes: list[Process]) -> int:
     redis = start_redis(tmp / "redis", processes)
-    meta = start_fake_meta(tmp, max_kept=200_000)
+    try:
+        meta = start_fake_meta(tmp, FAKEMETA_LATENCY_MS=str(LATENCY_MS),
+                               FAKEMETA_MAX_EVENTS_KEPT="200000")
+    except (AssertionError, StartupError) as exc:
+        raise BenchError(f"fake Meta did not start: {exc}") from None
     processes.append(meta.process)
     workers = Workers(tmp, tmp / "unused.toml", redis.url, processes)
     client = redis.client()
