@@ -10,6 +10,7 @@ it also sends its own raw personal data through a live collector, so it never sc
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -58,7 +59,7 @@ def test_the_scan_finds_a_planted_secret(tmp_path: Path) -> None:
 def test_no_log_page_or_stored_byte_holds_a_secret_or_raw_personal_data(
         live_collector: LiveCollector, tmp_path_factory: pytest.TempPathFactory) -> None:
     # Given raw personal data sent the ways clients send it, good and bad
-    event = {"event_name": "Lead", "action_source": "website",
+    event: dict[str, Any] = {"event_name": "Lead", "action_source": "website",
              "event_source_url": "https://shop.example/p",
              "user_data": {"em": RAW_EMAIL, "ph": RAW_PHONE, "client_user_agent": "Mozilla/5.0"}}
     bad = {**event, "user_data": {**event["user_data"], "db": "not a date"}}
