@@ -54,9 +54,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from loadtest._harness import (  # noqa: E402
+    LAYOUT_REFERENCE_REV,
     BenchError,
     CpuMeter,
     machine_summary,
+    reference_run,
     run_benchmark,
     start_redis,
 )
@@ -409,9 +411,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scaling-processes", type=_int_list, default=[1, 2, 3],
                         metavar="N,N,...", help="worker processes on the same queue "
                         "(default 1,2,3)")
+    parser.add_argument("--reference", default="none",
+                        help="git revision whose own bench_relay.py runs first, with the same "
+                             "arguments, printed as the reference (e.g. "
+                             f"{LAYOUT_REFERENCE_REV[:12]}, the Redis layout before issue 13); "
+                             "default none")
     args = parser.parse_args(argv)
-    return run_benchmark("bench-relay-", args, lambda tmp, processes: _start(args, tmp, processes),
-                         stop_timeout_s=10)
+    given = list(argv if argv is not None else sys.argv[1:])
+    reference_argv = [a for i, a in enumerate(given) if not a.startswith("--reference")
+                      and not (i > 0 and given[i - 1] == "--reference")]
+
+    def body(tmp: Path, processes: list[Process]) -> int:
+        if args.reference != "none":
+            output = reference_run(args.reference, "loadtest/bench_relay.py", reference_argv,
+                                   tmp, timeout_s=3600)
+            print(f"reference: {args.reference[:12]}, measured now by that revision's own "
+                  "loadtest/bench_relay.py with the same arguments:")
+            for line in output.rstrip().splitlines():
+                print(f"  | {line}")
+            print("\nthis tree:")
+        return _start(args, tmp, processes)
+
+    return run_benchmark("bench-relay-", args, body, stop_timeout_s=10)
 
 
 def _int_list(text: str) -> list[int]:

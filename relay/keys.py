@@ -137,12 +137,12 @@ def latency(minute: int) -> str:
 
 
 def rate_limit(pixel_id: str, kind: str) -> str:
-    return f"{PREFIX}:limit:{pixel_id}:{kind}"
+    return f"{PREFIX}:limit:{{{pixel_id}}}:{kind}"
 
 
 def throttle(pixel_id: str) -> str:
     """Hash: current slow-down factor of a pixel after Meta's throttling errors."""
-    return f"{PREFIX}:throttle:{pixel_id}"
+    return f"{PREFIX}:throttle:{{{pixel_id}}}"
 
 
 def breaker(pixel_id: str) -> str:
