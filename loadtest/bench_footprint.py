@@ -112,6 +112,7 @@ FAMILIES = (
     ("event records", f"{keys.PREFIX}:ev:"),
     ("batch logs", f"{keys.PREFIX}:batch:"),
     ("dedup claims", f"{keys.PREFIX}:claim:"),
+    ("click-event index", f"{keys.PREFIX}:clickev:"),
     # the layout before issue 13 (still read after an upgrade, no longer written)
     ("accepted index", f"{keys.PREFIX}:accepted:"),
     ("life lists", f"{keys.PREFIX}:life:"),
