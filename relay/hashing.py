@@ -16,11 +16,12 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
-
-import email_validator
-import phonenumbers
+from typing import TYPE_CHECKING
 
 from relay import gender_words
+
+if TYPE_CHECKING:  # imported on first use: the relay's workers and tools never hash
+    import phonenumbers
 
 HASHED_KEYS = frozenset(
     {"em", "ph", "fn", "ln", "db", "ge", "ct", "st", "zp", "country", "external_id"}
@@ -165,6 +166,8 @@ def preload() -> None:
 def normalize_email(value: str) -> str:
     """Trimmed and lowercase (Meta), once ``email-validator`` finds it a syntactically valid
     address (no DNS lookup: the collector must answer without the network)."""
+    import email_validator  # on first use: processes that never hash skip its import
+
     text = _clean(value)
     if not text:
         return ""
@@ -187,6 +190,8 @@ def normalize_phone(value: str, region: str | None = None) -> str:
     text = value.strip()
     if not any(c.isalnum() for c in text):
         return ""
+    import phonenumbers  # first use only, as above
+
     number = _parse_phone(text, region.upper() if region else None)
     if number is None:
         raise UnnormalizableValue("ph", PHONE_EXPECTED)
@@ -200,6 +205,8 @@ def _parse_phone(text: str, region: str | None) -> phonenumbers.PhoneNumber | No
     sender wrote the country code (``+`` or ``00``): the library's ranges can lag a country's
     new ones, but a guess at the country would hash a number that never matches.
     """
+    import phonenumbers
+
     international = text.startswith(("+", "00"))
     readings: list[tuple[str, str | None]] = []
     if region and not text.startswith("+"):
