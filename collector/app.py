@@ -33,10 +33,11 @@ from collector.ingest import handle_beacon, handle_server_events
 from collector.metrics import CollectorMetrics
 from collector.openapi import BeaconOperation, EventsOperation, RedirectOperation, openapi_config
 from collector.redirect import handle_redirect
+from collector.reload import load_worker_settings
 from collector.spool import Spool
 from relay import hashing, keys
 from relay.breaker import pause_status_async
-from relay.config import Settings, load_settings
+from relay.config import Settings
 from relay.errors import InputError, StorageError
 from relay.inbox import AsyncStore
 from relay.logs import configure_logging
@@ -303,7 +304,7 @@ def _route_of(request: Request) -> str:
 def create_app() -> CollectorApp:
     """granian's factory: settings from $PIXELRELAY_CONFIG, JSON logs on stdout."""
     configure_logging("collector", os.environ.get("PIXELRELAY_LOG_LEVEL", "INFO"))
-    app = build_app(load_settings())
+    app = build_app(load_worker_settings())  # a broken file on reload: the last good one
     hashing.preload()  # the country and state tables, before the first request and the freeze
     # What exists now (modules, the app, its routes) lives as long as the worker: move it out of
     # the cyclic collector's sight, or every full collection rescans it and stalls all requests

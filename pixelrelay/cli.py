@@ -133,7 +133,10 @@ def _collector_metrics_dir(workers: int) -> None:
 
 
 def cmd_collector(args: argparse.Namespace) -> int:
+    from collector.reload import LAST_GOOD_ENV, keep_last_good
+
     settings = _settings(args)
+    os.environ[LAST_GOOD_ENV] = str(keep_last_good(settings.source))  # for kill -HUP reloads
     c = settings.collector
     _collector_metrics_dir(c.workers)
     argv = [

@@ -4,6 +4,7 @@ kept for the secrets scan (``test_secrets_scan.py``)."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -30,11 +31,11 @@ class LiveCollector:
         return {"Authorization": f"Bearer {DEMO_API_KEY}"}
 
 
-@pytest.fixture(scope="module")
-def live_collector(tmp_path_factory: pytest.TempPathFactory, module_redis: RedisServer
-                   ) -> Iterator[LiveCollector]:
-    directory = tmp_path_factory.mktemp("collector")
-    config = write_config(directory, redis_url=module_redis.url)
+@contextlib.contextmanager
+def collector_on(directory: Path, redis: RedisServer, collector_lines: str = ""
+                 ) -> Iterator[LiveCollector]:
+    """``pixelrelay collector`` for ``redis``, its config, spool and log in ``directory``."""
+    config = write_config(directory, redis_url=redis.url, collector_lines=collector_lines)
     port = int(tomllib.loads(config.read_text())["collector"]["port"])
     process = Process([sys.executable, "-m", "pixelrelay", "collector", "--config", str(config)],
                       directory / "collector.log",
@@ -42,7 +43,13 @@ def live_collector(tmp_path_factory: pytest.TempPathFactory, module_redis: Redis
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/healthz")
-        yield LiveCollector(base, port, config, module_redis, process)
+        yield LiveCollector(base, port, config, redis, process)
     finally:
         process.stop()
 
+
+@pytest.fixture(scope="module")
+def live_collector(tmp_path_factory: pytest.TempPathFactory, module_redis: RedisServer
+                   ) -> Iterator[LiveCollector]:
+    with collector_on(tmp_path_factory.mktemp("collector"), module_redis) as collector:
+        yield collector
