@@ -214,14 +214,16 @@ class Batcher:
         """Make as many batch messages as the queue has room for; return how many.
 
         One script call per pixel with events waiting, each given its keys."""
+        from relay import _dramatiq  # Dramatiq's layout; not imported by the collector
+
         made = 0
-        queue_key = keys.dramatiq_queue(self.queue)
         pixels = sorted(p.decode() for p in self._client.smembers(keys.inbox_pixels(self.queue)))
         for pixel in pixels:
             call_id = secrets.token_hex(8)  # batch ids: <call id>-<n>
             made += int(self._script(
-                keys=[keys.inbox_pixels(self.queue), keys.inbox(self.queue, pixel), queue_key,
-                      f"{queue_key}.msgs", keys.batch_call(call_id), keys.breaker(pixel)],
+                keys=[keys.inbox_pixels(self.queue), keys.inbox(self.queue, pixel),
+                      _dramatiq.queue(self.queue), _dramatiq.messages(self.queue),
+                      keys.batch_call(call_id), keys.breaker(pixel)],
                 args=[self.queue, self.actor_name, pixel, self.max_batch, self.max_ready,
                       int(time.time() * 1000) if now_ms is None else now_ms, call_id],
             ))
