@@ -25,16 +25,16 @@ from tests.support import DEMO_PIXEL, RedisServer, wait_for
 
 pytestmark = pytest.mark.slow
 NEW_KEY = "second-api-key"
-NEW_LINK = """
+NEW_LINK = f"""
 [[links]]
 slug = "spring"
-destination = "https://shop.example/spring?cid={click_id}"
-pixels = ["%s"]
+destination = "https://shop.example/spring?cid={{click_id}}"
+pixels = ["{DEMO_PIXEL}"]
 
 [[api_keys]]
 name = "second"
-sha256 = "%s"
-""" % (DEMO_PIXEL, hashlib.sha256(NEW_KEY.encode()).hexdigest())
+sha256 = "{hashlib.sha256(NEW_KEY.encode()).hexdigest()}"
+"""
 
 
 class Load(threading.Thread):
