@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= pixelrelay.example.toml
 
-.PHONY: install bootstrap-up bootstrap-test up test lint audit loadtest bench bench-redirect bench-relay bench-footprint clean
+.PHONY: install bootstrap-up bootstrap-test up test lint audit loadtest bench bench-redirect bench-relay bench-footprint bench-dashboard clean
 
 install: $(VENV)/.installed
 
@@ -60,6 +60,10 @@ bench-outage: install
 
 bench-footprint: install
 	$(BIN)/python loadtest/bench_footprint.py
+
+# Every dashboard page on a full Redis (7 days of counters, 1M ledger entries, 100k dead letters).
+bench-dashboard: install
+	$(BIN)/python loadtest/bench_dashboard.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -13,6 +13,7 @@ from dashboard.jobs import JobRunner
 from relay.config import Settings
 from relay.deadletters import DeadLetters
 from relay.ledger import Ledger
+from relay.stats import WindowCache
 
 SECONDS_PER_DAY = 86_400
 COLLECTOR_CACHE_S = 2.0
@@ -25,6 +26,7 @@ class Context:
     dead: DeadLetters = field(init=False)
     ledger: Ledger = field(init=False)
     jobs: JobRunner = field(init=False)
+    windows: WindowCache = field(default_factory=WindowCache)
     _collector: tuple[float, dict[str, float] | None] = (0.0, None)
 
     def __post_init__(self) -> None:

@@ -20,7 +20,7 @@ from dashboard.operators import authenticate
 from dashboard.security import Throttle, start_session
 from relay import keys
 from relay.events import decode_click
-from relay.stats import MATCH_KEY_LABELS, MATCH_KEYS, RANGES, read_window
+from relay.stats import MATCH_KEY_LABELS, MATCH_KEYS, RANGES, known_event_names, read_window
 from relay.status import pixel_states, queue_depths, workers
 from relay.tools import trace
 
@@ -94,7 +94,7 @@ def logout(request: Request[Any, Any, Any]) -> Redirect:
 def overview_context(request: Request[Any, Any, Any], range_name: str) -> dict[str, Any]:
     ctx = ctx_of(request)
     now = int(time.time() * 1000)
-    window = read_window(ctx.client, range_name, now)
+    window = read_window(ctx.client, range_name, now, ctx.windows)
     start = window.buckets[0].start_ms if window.buckets else now
     totals = {state: window.total(state) for state in
               ("received", "delivered", "attempt", "dead", "duplicate", "deferred")}
@@ -163,8 +163,11 @@ def find(request: Request[Any, Any, Any],
     timeline = click = None
     click_events: list[str] = []
     if query:
+        relay = ctx.settings.relay
+        names = known_event_names(ctx.client, [*relay.high_events, *relay.low_events,
+                                               *(k.event_name for k in ctx.settings.links)])
         out = io.StringIO()
-        found = trace(ctx.settings, query, out, client=ctx.client) == 0
+        found = trace(ctx.settings, query, out, client=ctx.client, event_names=names) == 0
         timeline = out.getvalue() if found else None
         raw_click = ctx.client.get(keys.click(query))
         if raw_click:
@@ -176,7 +179,7 @@ def find(request: Request[Any, Any, Any],
         event_ids = sorted({m.decode().split(":", 2)[2] for m in members})
         for event_id in event_ids:
             out = io.StringIO()
-            trace(ctx.settings, event_id, out, client=ctx.client)
+            trace(ctx.settings, event_id, out, client=ctx.client, event_names=names)
             click_events.append(out.getvalue())
     return Template("find.html", context={"q": query, "timeline": timeline, "click": click,
                                           "click_events": click_events,
@@ -189,7 +192,7 @@ def links(request: Request[Any, Any, Any],
           range_name: Annotated[str | None, QueryParameter(name="range")] = None) -> Template:
     ctx = ctx_of(request)
     r = _range(range_name)
-    window = read_window(ctx.client, r)
+    window = read_window(ctx.client, r, cache=ctx.windows)
     rows = []
     for link in ctx.settings.links:
         delivered = sum(window.total("delivered", p, link.event_name) for p in link.pixels)
@@ -197,9 +200,7 @@ def links(request: Request[Any, Any, Any],
         rows.append({
             "slug": link.slug, "pixels": link.pixels, "event_name": link.event_name,
             "clicks": window.total("lk.click", link.slug),
-            "conversions": {n: window.total("lk.conv", link.slug, n) for n in sorted(
-                {f.split(":", 2)[2] for b in window.buckets for f in b.counts
-                 if f.startswith(f"lk.conv:{link.slug}:")})},
+            "conversions": dict(sorted(window.per_event("lk.conv", link.slug).items())),
             "success": delivered / (delivered + dead) if delivered + dead else None,
             "spark": sparkline(window.series("lk.click", link.slug), f"clicks {link.slug}"),
         })
@@ -215,13 +216,14 @@ def pixels(request: Request[Any, Any, Any],
     ctx = ctx_of(request)
     r = _range(range_name)
     now = int(time.time() * 1000)
-    window = read_window(ctx.client, r, now)
+    window = read_window(ctx.client, r, now, ctx.windows)
     states = {s.pixel_id: s for s in pixel_states(ctx.client, [p.id for p in
                                                                  ctx.settings.pixels], now)}
     rows = []
     for pixel in ctx.settings.pixels:
-        names = sorted({f.split(":", 2)[2] for b in window.buckets for f in b.counts
-                        if f.count(":") >= 2 and f.split(":", 2)[1] == pixel.id})
+        names = [n for n in window.event_names_of(pixel.id)
+                 if window.total("received", pixel.id, n) or window.total("delivered", pixel.id, n)
+                 or window.total("dead", pixel.id, n)]
         events = []
         for n in names:
             delivered = window.total("delivered", pixel.id, n)

@@ -11,6 +11,8 @@ searched for: every key read is computed from the clock.
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -48,45 +50,106 @@ class Bucket:
 
 @dataclass
 class Window:
-    """Counters and latency histograms of one time window, bucketed for charts."""
+    """Counters and latency histograms of one time window, bucketed for charts.
+
+    Each counter field is parsed once, into totals and per-bucket series by (what, pixel,
+    event name), so a page asking for dozens of figures does not walk the raw fields again."""
 
     name: str
     bucket_ms: int
     buckets: list[Bucket]
     latency: dict[str, float] = field(default_factory=dict)  # histogram fields, added up
+    _totals: Counter[tuple[str, str, str]] = field(init=False, repr=False)
+    _series: dict[tuple[str, str | None, str | None], list[int]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        totals: Counter[tuple[str, str, str]] = Counter()
+        series: dict[tuple[str, str | None, str | None], list[int]] = {}
+        count = len(self.buckets)
+        parsed: dict[str, tuple[tuple[str, str, str], list[list[int]]] | None] = {}
+        for i, bucket in enumerate(self.buckets):
+            for name, n in bucket.counts.items():
+                if name in parsed:
+                    entry = parsed[name]
+                else:
+                    entry = parsed[name] = self._parse(name, series, count)
+                if entry is None:
+                    continue
+                key, targets = entry
+                totals[key] += n
+                for values in targets:
+                    values[i] += n
+        self._totals = totals
+        self._series = series
+
+    def extended(self, additions: Mapping[int, tuple[Mapping[str, int], Mapping[str, float]]]
+                 ) -> Window:
+        """A copy with more counts and latency added into some buckets (by index)."""
+        result = copy.copy(self)
+        result._totals = Counter(self._totals)
+        result._series = {k: list(v) for k, v in self._series.items()}
+        result.latency = dict(self.latency)
+        result.buckets = list(self.buckets)
+        count = len(self.buckets)
+        for i, (counts, latency) in additions.items():
+            old = result.buckets[i]
+            result.buckets[i] = Bucket(old.start_ms, dict(Counter(old.counts) + Counter(counts)))
+            for name, n in counts.items():
+                entry = Window._parse(name, result._series, count)
+                if entry is None:
+                    continue
+                key, targets = entry
+                result._totals[key] += n
+                for values in targets:
+                    values[i] += n
+            for name, v in latency.items():
+                result.latency[name] = result.latency.get(name, 0.0) + v
+        return result
+
+    @staticmethod
+    def _parse(name: str, series: dict[tuple[str, str | None, str | None], list[int]],
+               count: int) -> tuple[tuple[str, str, str], list[list[int]]] | None:
+        """A field name's (what, pixel, event name) and the series it adds to (made once)."""
+        pieces = name.split(":", 2)
+        if len(pieces) != 3:
+            return None
+        what, pixel, event_name = pieces
+        targets = [series.setdefault(k, [0] * count) for k in (
+            (what, None, None), (what, pixel, None), (what, None, event_name))]
+        return (what, pixel, event_name), targets
 
     def total(self, what: str, pixel: str | None = None, event_name: str | None = None) -> int:
-        return sum(n for b in self.buckets for f, n in b.counts.items()
-                   if _matches(f, what, pixel, event_name))
+        if pixel is not None and event_name is not None:
+            return self._totals.get((what, pixel, event_name), 0)
+        return sum(n for (w, p, e), n in self._totals.items()
+                   if w == what and (pixel is None or p == pixel)
+                   and (event_name is None or e == event_name))
 
     def series(self, what: str, pixel: str | None = None, event_name: str | None = None
                ) -> list[int]:
-        return [sum(n for f, n in b.counts.items() if _matches(f, what, pixel, event_name))
-                for b in self.buckets]
+        return list(self._series.get((what, pixel, event_name), [0] * len(self.buckets)))
 
     def by(self, what: str, part: Literal["pixel", "event_name"]) -> dict[str, int]:
         """Totals of ``what`` per pixel or per event name."""
         result: Counter[str] = Counter()
-        index = 1 if part == "pixel" else 2
-        for b in self.buckets:
-            for f, n in b.counts.items():
-                pieces = f.split(":", 2)
-                if len(pieces) == 3 and pieces[0] == what:
-                    result[pieces[index]] += n
+        for (w, p, e), n in self._totals.items():
+            if w == what:
+                result[p if part == "pixel" else e] += n
         return dict(result)
 
     def names(self, part: Literal["pixel", "event_name"],
               what: Iterable[str] | None = None) -> list[str]:
         """Pixels or event names seen in the window (in the counters named by ``what``)."""
-        index = 1 if part == "pixel" else 2
         wanted = None if what is None else set(what)
-        found = set()
-        for b in self.buckets:
-            for f in b.counts:
-                pieces = f.split(":", 2)
-                if len(pieces) == 3 and (wanted is None or pieces[0] in wanted):
-                    found.add(pieces[index])
-        return sorted(found)
+        return sorted({p if part == "pixel" else e for (w, p, e) in self._totals
+                       if wanted is None or w in wanted})
+
+    def per_event(self, what: str, pixel: str) -> dict[str, int]:
+        """Totals of ``what`` per event name for one pixel (or link slug)."""
+        return {e: n for (w, p, e), n in self._totals.items() if w == what and p == pixel}
+
+    def event_names_of(self, pixel: str) -> list[str]:
+        return sorted({e for (_, p, e) in self._totals if p == pixel})
 
     def coverage(self, pixel: str | None = None, event_name: str | None = None
                  ) -> dict[str, float | None]:
@@ -104,12 +167,6 @@ class Window:
         """Collector receipt to Meta's acceptance (one observation per event)."""
         return _percentiles(self.latency, DELAY_BUCKETS_MS,
                             [f"delay:{pixel}:"] if pixel else None, delay=True)
-
-
-def _matches(f: str, what: str, pixel: str | None, event_name: str | None) -> bool:
-    pieces = f.split(":", 2)
-    return (len(pieces) == 3 and pieces[0] == what and (pixel is None or pieces[1] == pixel)
-            and (event_name is None or pieces[2] == event_name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,23 +216,82 @@ def _percentiles(fields: dict[str, float], bounds: Sequence[int], prefixes: list
 
 
 # -- reading a window ---------------------------------------------------------------------------
-def read_window(client: Redis, name: str, now_ms: int | None = None) -> Window:
+FRESH_MINUTES = 2  # the current and the previous minute may still be written to
+
+
+class WindowCache:
+    """What a dashboard process keeps between requests: the finished part of each range's
+    window (rebuilt once a minute, or once an hour), so a request reads and adds up only the
+    last two minutes."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[object, object]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, slot: str, key: object, build: Callable[[], object]) -> object:
+        with self._lock:
+            found = self._entries.get(slot)
+        if found is not None and found[0] == key:
+            return found[1]
+        value = build()
+        with self._lock:
+            self._entries[slot] = (key, value)
+        return value
+
+
+def read_window(client: Redis, name: str, now_ms: int | None = None,
+                cache: WindowCache | None = None) -> Window:
     """The counters of the last hour (per minute), 24 hours or 7 days (per hour)."""
     if name not in RANGES:
         raise ValueError(f"unknown range {name!r}: choose from {', '.join(RANGES)}")
     now = int(time.time() * 1000) if now_ms is None else now_ms
+    memo = cache or WindowCache()
     count, minutes = RANGES[name]
+    now_minute = now // MINUTE_MS
+    fresh = list(range(now_minute - FRESH_MINUTES + 1, now_minute + 1))
+    fresh_counts, fresh_latency = _read_minutes(client, fresh)
     if minutes == 1:
-        first = now // MINUTE_MS - count + 1
+        first = now_minute - count + 1
         minute_ids = list(range(first, first + count))
-        counts, latency = _read_minutes(client, minute_ids)
-        buckets = [Bucket(m * MINUTE_MS, c) for m, c in zip(minute_ids, counts, strict=True)]
-        return Window(name, MINUTE_MS, buckets, _sum(latency))
+
+        def build_minutes() -> Window:
+            stable = minute_ids[:-FRESH_MINUTES]
+            counts, latency = _read_minutes(client, stable)
+            buckets = [Bucket(m * MINUTE_MS, c) for m, c in zip(stable, counts, strict=True)]
+            buckets += [Bucket(m * MINUTE_MS, {}) for m in fresh]
+            return Window(name, MINUTE_MS, buckets, _sum(latency))
+
+        base = memo.get(name, first, build_minutes)
+        assert isinstance(base, Window)
+        return base.extended({count - FRESH_MINUTES + i: (c, lat) for i, (c, lat) in
+                              enumerate(zip(fresh_counts, fresh_latency, strict=True))})
     this_hour = now // HOUR_MS
     hours = list(range(this_hour - count + 1, this_hour + 1))
-    hour_counts, hour_latency = _read_hours(client, hours, now)
-    buckets = [Bucket(h * HOUR_MS, c) for h, c in zip(hours, hour_counts, strict=True)]
-    return Window(name, HOUR_MS, buckets, _sum(hour_latency))
+
+    def build_hours() -> Window:
+        hour_counts, hour_latency = _read_hours(client, hours[:-1], now)
+        buckets = [Bucket(h * HOUR_MS, c) for h, c in zip(hours, hour_counts, strict=False)]
+        buckets.append(Bucket(this_hour * HOUR_MS, {}))
+        return Window(name, HOUR_MS, buckets, _sum(hour_latency))
+
+    def build_this_hour() -> tuple[dict[str, int], dict[str, float]]:
+        settled = [m for m in range(this_hour * 60, now_minute + 1) if m not in fresh]
+        counts, latency = _read_minutes(client, settled)
+        return {k: int(v) for k, v in _sum(counts).items()}, _sum(latency)
+
+    base = memo.get(name, this_hour, build_hours)
+    so_far = memo.get(f"hour-so-far:{name}", now_minute, build_this_hour)
+    assert isinstance(base, Window) and isinstance(so_far, tuple)
+    counts: Counter[str] = Counter(so_far[0])
+    latency = dict(so_far[1])
+    for m, c, lat in zip(fresh, fresh_counts, fresh_latency, strict=True):
+        if m // 60 != this_hour:
+            continue  # the hour just ended: its minutes are in ``base`` (made this hour)
+        counts.update(c)
+        for k, v in lat.items():
+            latency[k] = latency.get(k, 0.0) + v
+    additions = {count - 1: (dict(counts), latency)}
+    return base.extended(additions)
 
 
 def _sum(hashes: Iterable[Mapping[str, float]]) -> dict[str, float]:
@@ -187,7 +303,14 @@ def _sum(hashes: Iterable[Mapping[str, float]]) -> dict[str, float]:
 
 
 def _decode_counts(raw: dict[bytes, bytes]) -> dict[str, int]:
-    return {k.decode(): int(float(v)) for k, v in raw.items() if k != _ROLLED.encode()}
+    result = {}
+    for k, v in raw.items():
+        try:
+            result[k.decode()] = int(v)
+        except ValueError:
+            result[k.decode()] = int(float(v))
+    result.pop(_ROLLED, None)
+    return result
 
 
 def _decode_floats(raw: dict[bytes, bytes]) -> dict[str, float]:
@@ -266,3 +389,23 @@ def match_key_counts(items: Iterable[tuple[str, str, Callable[[str], bool]]]) ->
             if has(key):
                 counts[f"mk.{key}:{pixel}:{event_name}"] += 1
     return counts
+
+
+def known_event_names(client: Redis, extra: Iterable[str] = (), hours: int = 168,
+                      now_ms: int | None = None) -> list[str]:
+    """Event names counted in the last ``hours`` (from the hour roll-ups and this hour's
+    minutes: field names only), plus ``extra``."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    this_hour = now // HOUR_MS
+    pipe = client.pipeline(transaction=False)
+    for h in range(this_hour - hours, this_hour):
+        pipe.hkeys(keys.counters_hour(h))
+    for m in range(this_hour * 60, now // MINUTE_MS + 1):
+        pipe.hkeys(keys.counters(m))
+    names = set(extra)
+    for fields in pipe.execute():
+        for f in fields:
+            pieces = f.decode().split(":", 2)
+            if len(pieces) == 3:
+                names.add(pieces[2])
+    return sorted(names)

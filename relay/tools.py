@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TextIO
@@ -29,12 +30,22 @@ def _when(ms: int | float) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-def trace(settings: Settings, event_id: str, out: TextIO, client: Redis | None = None) -> int:
-    """Print the life of every (pixel, event name) copy of ``event_id``; 1 if none is known."""
+def trace(settings: Settings, event_id: str, out: TextIO, client: Redis | None = None,
+          event_names: Sequence[str] | None = None) -> int:
+    """Print the life of every (pixel, event name) copy of ``event_id``; 1 if none is known.
+
+    With ``event_names`` (the dashboard), the collector's acceptance is looked up for each
+    configured pixel and those names (a fixed number of ZSCOREs) instead of scanning every
+    hour's accepted set, so the answer costs the same at any volume."""
     redis = client or _client(settings)
     ledger = Ledger(redis, settings.relay.ledger_ttl_days * SECONDS_PER_DAY)
     dedup_keys = ledger.keys_for_event(event_id)
-    accepted = _accepted_matching(redis, event_id, hours=settings.relay.ledger_ttl_days * 24)
+    hours = settings.relay.ledger_ttl_days * 24
+    if event_names is None:
+        accepted = _accepted_matching(redis, event_id, hours=hours)
+    else:
+        candidates = {f"{p.id}:{n}:{event_id}" for p in settings.pixels for n in event_names}
+        accepted = _accepted_among(redis, sorted(candidates | set(dedup_keys)), hours)
     for key in accepted:
         if key not in dedup_keys:
             dedup_keys.append(key)
@@ -73,6 +84,20 @@ def _accepted_matching(redis: Redis, event_id: str, hours: int) -> dict[str, flo
     for hour in range(now_hour - hours, now_hour + 1):
         for member, score in redis.zscan_iter(keys.accepted(hour), match=pattern):
             found[member.decode()] = score
+    return found
+
+
+def _accepted_among(redis: Redis, dedup_keys: Sequence[str], hours: int) -> dict[str, float]:
+    """When the collector accepted each of ``dedup_keys`` (those it did), hour by hour."""
+    now_hour = int(time.time()) // SECONDS_PER_HOUR
+    pipe = redis.pipeline(transaction=False)
+    slots = [(hour, key) for hour in range(now_hour - hours, now_hour + 1) for key in dedup_keys]
+    for hour, key in slots:
+        pipe.zscore(keys.accepted(hour), key)
+    found: dict[str, float] = {}
+    for (_, key), score in zip(slots, pipe.execute(), strict=True):
+        if score is not None and key not in found:
+            found[key] = score
     return found
 
 

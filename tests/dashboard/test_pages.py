@@ -323,3 +323,15 @@ async def test_links_page_counts_clicks_and_conversions(operator: AsyncTestClien
     row = page.select_one('#links tr[data-link="summer"]')
     cells = {c["data-col"]: cell_text(c) for c in row.select("td[data-col]")}
     assert {"clicks": "9", "conversions": "Purchase 2", "success": "100.0 %"} == cells
+
+
+async def test_find_knows_an_event_the_collector_only_accepted_so_far(
+        operator: AsyncTestClient, redis: fakeredis.FakeRedis) -> None:
+    now = int(time.time() * 1000)
+    redis.zadd(keys.accepted(now // 3_600_000), {f"{PIXEL}:Lead:acc-1": now})
+    count(redis, {f"received:{PIXEL}:Lead": 1})
+
+    timeline = soup((await operator.get("/find?q=acc-1")).text).find(id="timeline").get_text()
+
+    assert [f"Lead acc-1 for pixel {PIXEL}: waiting", "accepted by the collector"] == [
+        timeline.splitlines()[0], timeline.splitlines()[1].split("  ")[-1]]
