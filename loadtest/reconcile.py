@@ -147,7 +147,7 @@ def observe(client: Any, ttl_s: int, fake_meta_url: str, pixel_ids: list[str],
             start_ms: int, end_ms: int, baseline: MetaBaseline) -> Observed:
     ledger = Ledger(client, ttl_s)
     accepted = ledger.accepted_between(start_ms, end_ms)
-    states = ledger.states(list(accepted))
+    states: dict[str, str | None] = dict(ledger.accepted_states(start_ms, end_ms))
     letters = DeadLetters(client, ttl_s)
     dead_reasons: dict[str, str | None] = {}
     for key, state in states.items():
@@ -175,13 +175,11 @@ def wait_settled(client: Any, ttl_s: int, start_ms: int, end_ms: int, deadline: 
     """Poll the ledger until every event accepted in [start_ms, end_ms] is in a final state, or
     ``deadline`` (time.monotonic()) passes; ``on_poll(final, accepted)`` sees each poll."""
     ledger = Ledger(client, ttl_s)
-    pending = list(ledger.accepted_between(start_ms, end_ms))
-    total = len(pending)
     while True:
-        states = ledger.states(pending)
+        states = ledger.accepted_states(start_ms, end_ms)
         pending = [k for k, s in states.items() if s not in FINAL_STATES]
         if on_poll is not None:
-            on_poll(total - len(pending), total)
+            on_poll(len(states) - len(pending), len(states))
         if not pending:
             return True
         if time.monotonic() >= deadline:

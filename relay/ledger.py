@@ -308,26 +308,27 @@ class Ledger:
         has touched it yet."""
         return self.event(dedup_key).state
 
-    def states(self, dedup_keys: Sequence[str], chunk: int = 5_000) -> dict[str, str | None]:
-        """The current state of each event (None: never recorded), a pipeline per ``chunk``."""
-        found: dict[str, str | None] = {}
-        for start in range(0, len(dedup_keys), chunk):
-            part = dedup_keys[start:start + chunk]
-            pipe = self._client.pipeline(transaction=False)
-            for key in part:
-                pipe.get(keys.state(key))
-            for key, value in zip(part, pipe.execute(), strict=True):
-                found[key] = value.decode() if isinstance(value, bytes) else None
-        return found
+    def states(self, dedup_keys: Sequence[str]) -> dict[str, str | None]:
+        """The current state of each event (None: never recorded)."""
+        return {key: self.state(key) for key in dedup_keys}
 
     def accepted_between(self, start_ms: int, end_ms: int) -> dict[str, int]:
-        """Dedup key -> acceptance time (ms) of every event the collector stored in
-        [start_ms, end_ms], from the per-hour accepted sets the audit reads."""
+        """Dedup key -> receive time (ms) of every event the collector stored in
+        [start_ms, end_ms] (the first copy's, when one was received twice)."""
         found: dict[str, int] = {}
-        for hour in range(start_ms // 3_600_000, end_ms // 3_600_000 + 1):
-            for member, score in self._client.zrangebyscore(keys.accepted(hour), start_ms,
-                                                             end_ms, withscores=True):
-                found[member.decode()] = int(score)
+        for key, received, _ in self.accepted(start_ms):
+            if received <= end_ms:
+                found[key] = min(received, found.get(key, received))
+        return found
+
+    def accepted_states(self, start_ms: int, end_ms: int) -> dict[str, str]:
+        """Dedup key -> state of every event received in [start_ms, end_ms], in one pass over
+        the buckets (the most advanced state of its copies)."""
+        found: dict[str, str] = {}
+        for key, received, state in self.accepted(start_ms):
+            if received <= end_ms and (key not in found or _STATE_RANK.get(state, 2)
+                                        < _STATE_RANK.get(found[key], 2)):
+                found[key] = state
         return found
 
     def keys_for_event(self, event_id: str) -> list[str]:
