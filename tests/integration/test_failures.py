@@ -118,8 +118,13 @@ def test_an_invalid_token_pauses_the_pixel_instead_of_dead_lettering(
     assert {} == _reasons(stack)
     assert 0 == client.hlen("dramatiq:relay_high.DQ.msgs"), "no retry may be scheduled"
     life = stack.ledger().life(events[0].dedup_key)
-    assert [("deferred", "paused", 190)] == [(e["state"], e["outcome"], e["code"]) for e in life]
-    assert "Invalid OAuth access token - Cannot parse access token" == life[0]["error"]
+    assert [("deferred", "paused", "token")] == [(e["state"], e["outcome"], e["reason"])
+                                                 for e in life]
+    # Either the batch met the 190 itself (its entry carries Meta's answer), or the worker's
+    # token check (its own thread) paused the pixel first and the batch was held unsent.
+    if "code" in life[0]:
+        assert (190, "Invalid OAuth access token - Cannot parse access token") == (
+            life[0]["code"], life[0]["error"])
 
 
 def test_the_same_event_twice_reaches_meta_once(
