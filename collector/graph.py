@@ -9,13 +9,15 @@ durably; the relay then batches, retries and deduplicates them like any other se
 Accepted shapes (as in fakemeta, docs/integrations.md): a JSON body, or form-encoded or
 multipart fields, with ``data`` an array of events as objects or as JSON strings (what the SDKs
 send); the token as ``access_token`` in the query or the body, or ``Authorization: Bearer``.
-``appsecret_proof`` is accepted and not checked: the app secret stays between the integration
-and Meta, and the API key is the secret here. ``test_event_code`` is not per request here: it
-is the pixel's setting (``pixels.test_event_code``).
+``appsecret_proof`` is checked as Meta checks it (``check_appsecret_proof``) against the API
+key's app secret (``api_keys.app_secret_env``), else the pixel's: a wrong proof is refused, a
+missing one only for a key with ``require_appsecret_proof``; with no secret configured a proof
+is accepted unchecked.
 
 Refusals are Meta's error shape, so clients that read ``error.code`` work unchanged:
 
     InputError 401 -> 190 OAuthException      InputError 403 -> 10 (permission)
+    appsecret_proof wrong or required and missing -> 100 GraphMethodException (HTTP 400)
     InputError 4xx -> 100 (HTTP 400, 413 for too many events), with Meta's subcode where the
                       rule has one (``InputError.reason``)
     StorageError   -> 503, code 2, is_transient (retry)     unknown path -> 2500
@@ -23,6 +25,7 @@ Refusals are Meta's error shape, so clients that read ``error.code`` work unchan
 
 from __future__ import annotations
 
+import hmac
 import re
 import secrets
 from typing import Any
@@ -34,7 +37,9 @@ from litestar.exceptions import HTTPException
 
 from collector.context import CollectorContext, json_encode
 from collector.ingest import store_server_events
+from relay.config import ApiKeySettings
 from relay.errors import InputError, StorageError
+from relay.meta_client import appsecret_proof
 
 _VERSION = re.compile(r"v\d+\.\d+")
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -47,14 +52,14 @@ class GraphError(Exception):
     """A refusal rendered as Meta's ``{"error": {...}}``."""
 
     def __init__(self, message: str, code: int, status: int, *, subcode: int | None = None,
-                 transient: bool = False) -> None:
+                 transient: bool = False, error_type: str = "OAuthException") -> None:
         super().__init__(message)
         self.message, self.code, self.status = message, code, status
-        self.subcode, self.transient = subcode, transient
+        self.subcode, self.transient, self.error_type = subcode, transient, error_type
 
     def response(self, headers: dict[str, str] | None = None) -> Response:
         trace_id = secrets.token_urlsafe(8)
-        error: dict[str, Any] = {"message": self.message, "type": "OAuthException",
+        error: dict[str, Any] = {"message": self.message, "type": self.error_type,
                                  "code": self.code}
         if self.subcode is not None:
             error["error_subcode"] = self.subcode
@@ -92,11 +97,14 @@ async def handle_graph_events(ctx: CollectorContext, request: Request, version: 
     if not _VERSION.fullmatch(version):
         raise GraphError(f"Unknown path components: /{version}/{pixel_id}/events", 2500, 400)
     params = await graph_params(request)
-    key = ctx.key_for_token(access_token(params, request.headers.get("authorization")))
+    token = access_token(params, request.headers.get("authorization"))
+    key = ctx.key_for_token(token)
     if pixel_id not in ctx.pixel_ids:
         raise GraphError(
             f"Unsupported post request. Object with ID '{pixel_id}' is not a pixel this "
             "collector relays", 100, 400, subcode=33)
+    check_appsecret_proof(params.get("appsecret_proof"), token, key,
+                          ctx.pixels[pixel_id].app_secret)
     located = [(f"data[{i}]", event) for i, event in enumerate(events_of(params.get("data")))]
     accepted = (await store_server_events(ctx, key, located, pixel_id=pixel_id)).event_ids
     ctx.metrics.requests.labels("graph", "200").inc()
@@ -125,6 +133,29 @@ async def graph_params(request: Request) -> dict[str, Any]:
             raise InputError("the request body must be a JSON object with a data array", 400)
         params.update(decoded)
     return params
+
+
+def check_appsecret_proof(proof: Any, token: str, key: ApiKeySettings,
+                          pixel_secret: str) -> None:
+    """Meta's ``appsecret_proof`` rule, with the key's app secret, else the pixel's.
+
+    A proof is HMAC-SHA256(key=app secret, msg=access token) in hex, compared in constant
+    time; a wrong one is refused as Meta refuses it. Without a secret to check against, a proof
+    is accepted unchecked; a missing one is refused only for a key that requires it.
+    """
+    if proof is None or proof == "":
+        if key.require_appsecret_proof:
+            raise GraphError("API calls from the server require an appsecret_proof argument",
+                             100, 400, error_type="GraphMethodException")
+        return
+    secret = key.app_secret or pixel_secret
+    if not secret:
+        return
+    expected = appsecret_proof(token, secret).encode()
+    given = proof.strip().lower().encode() if isinstance(proof, str) else b""
+    if not hmac.compare_digest(expected, given):
+        raise GraphError("Invalid appsecret_proof provided in the API argument", 100, 400,
+                         error_type="GraphMethodException")
 
 
 def access_token(params: dict[str, Any], authorization: str | None) -> str:

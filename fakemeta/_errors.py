@@ -68,8 +68,10 @@ class MetaError(Exception):
         user_msg: str | None = None,
         http_status: int | None = None,
         is_transient: bool | None = None,
+        error_type: str = "OAuthException",
     ) -> None:
         self.code = code
+        self.error_type = error_type
         self.message = message or CODE_MESSAGES.get(code, "An unknown error occurred")
         self.subcode = subcode
         self.user_title = user_title
@@ -82,7 +84,7 @@ class MetaError(Exception):
         """The JSON body Meta sends for this error."""
         error: dict[str, Any] = {
             "message": self.message,
-            "type": "OAuthException",
+            "type": self.error_type,
             "code": self.code,
         }
         if self.subcode is not None:
@@ -137,8 +139,16 @@ def token_invalid() -> MetaError:
 
 
 def bad_appsecret_proof() -> MetaError:
-    """``appsecret_proof`` missing or wrong while the fake knows the token's app secret."""
-    return MetaError(100, message="Invalid appsecret_proof provided in the API argument")
+    """A wrong ``appsecret_proof`` for a token whose app secret the fake knows (Meta's words
+    and type; HTTP 400, code 100, no subcode)."""
+    return MetaError(100, message="Invalid appsecret_proof provided in the API argument",
+                     error_type="GraphMethodException")
+
+
+def missing_appsecret_proof() -> MetaError:
+    """No ``appsecret_proof`` from an app that requires one (Meta's "Require App Secret")."""
+    return MetaError(100, message="API calls from the server require an appsecret_proof argument",
+                     error_type="GraphMethodException")
 
 
 def unknown_path(path: str) -> MetaError:

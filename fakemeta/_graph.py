@@ -150,6 +150,8 @@ class FakeGraph:
         secret = self.options.app_secrets.get(token)
         if secret is not None:
             proof = params.get("appsecret_proof")
+            if proof is None or proof == "":
+                raise _errors.missing_appsecret_proof()
             if not isinstance(proof, str):
                 raise _errors.bad_appsecret_proof()
             expected = hmac.new(secret.encode(), token.encode(), hashlib.sha256).hexdigest()

@@ -297,6 +297,19 @@ class ApiKeySettings(Struct, frozen=True, forbid_unknown_fields=True):
         str, _help("Country (ISO 3166-1 alpha-2, e.g. BR) of phone numbers this key sends "
                    "without a country code; empty = the pixel's.")
     ] = ""
+    app_secret_env: Annotated[
+        str, _help("Environment variable holding the app secret this key's clients sign "
+                   "appsecret_proof with on the Graph endpoint; empty = the pixel's app secret.")
+    ] = ""
+    require_appsecret_proof: Annotated[
+        bool, _help("Refuse Graph endpoint requests with this key that carry no "
+                    "appsecret_proof (Meta's 'Require App Secret'); needs app_secret_env.")
+    ] = False
+    # Resolved from the environment at load time; never in the TOML file.
+    app_secret: Annotated[str, _help("Not a file setting: read from app_secret_env.")] = ""
+
+    def __repr__(self) -> str:  # the app secret stays out of tracebacks and logs
+        return f"ApiKeySettings(name={self.name!r})"
 
 
 class OperatorSettings(Struct, frozen=True, forbid_unknown_fields=True):
@@ -383,7 +396,8 @@ def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | N
                           source: str = "") -> Settings:
     env = os.environ if environ is None else environ
     for table, secret_key in (("pixels", "access_token"), ("pixels", "app_secret"),
-                              ("alerts", "bot_token"), ("alerts", "secret")):
+                              ("api_keys", "app_secret"), ("alerts", "bot_token"),
+                              ("alerts", "secret")):
         for i, item in enumerate(raw.get(table, [])):
             if isinstance(item, dict) and secret_key in item:
                 raise ConfigError(
@@ -422,6 +436,16 @@ def _resolve_environment(settings: Settings, env: Mapping[str, str], source: str
                 f"pixels[{i}].app_secret_env names {pixel.app_secret_env}, which is not set"
             )
         pixels.append(msgspec.structs.replace(pixel, access_token=token, app_secret=secret))
+    api_keys = []
+    for i, api_key in enumerate(settings.api_keys):
+        secret = env.get(api_key.app_secret_env, "") if api_key.app_secret_env else ""
+        if api_key.app_secret_env and not secret:
+            raise ConfigError(f"api_keys[{i}].app_secret_env names {api_key.app_secret_env}, "
+                              "which is not set")
+        if api_key.require_appsecret_proof and not secret:
+            raise ConfigError(f"api_keys[{i}].require_appsecret_proof needs app_secret_env: "
+                              "the secret the proof is checked against")
+        api_keys.append(msgspec.structs.replace(api_key, app_secret=secret))
     redis = settings.redis
     if env.get(REDIS_URL_ENV):
         redis = msgspec.structs.replace(redis, url=env[REDIS_URL_ENV])
@@ -440,7 +464,8 @@ def _resolve_environment(settings: Settings, env: Mapping[str, str], source: str
     if env.get(GRAPH_URL_ENV):
         meta = msgspec.structs.replace(meta, graph_url=env[GRAPH_URL_ENV])
     return msgspec.structs.replace(
-        settings, pixels=pixels, redis=redis, meta=meta, alerts=alerts, source=source
+        settings, pixels=pixels, api_keys=api_keys, redis=redis, meta=meta, alerts=alerts,
+        source=source,
     )
 
 

@@ -6,22 +6,32 @@ ones (hashed, one envelope per pixel) before the success answer.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
+from fakeredis import FakeServer
 from fakeredis.aioredis import FakeRedis
 
+from collector.app import build_app
+from relay.config import Settings
 from tests.collector.support import (
     API_KEY,
     BROWSER_UA,
     PIXEL,
     RESTRICTED_KEY,
     SECOND_PIXEL,
+    VISITOR_IP,
+    asgi_client,
     inbox,
     metric_value,
+    serving,
     sha256,
 )
 
@@ -184,3 +194,92 @@ async def test_an_app_event_passes_through_the_graph_endpoint(
     [stored] = await inbox(redis, "relay_high", PIXEL)
     assert (200, extinfo, "whatsapp") == (response.status_code, stored.event.app_data["extinfo"],
                                           stored.event.messaging_channel)
+
+
+# -- appsecret_proof ------------------------------------------------------------------------------
+KEY_SECRET, PIXEL_SECRET = "key-app-secret", "pixel-app-secret"
+WRONG_PROOF = "Invalid appsecret_proof provided in the API argument"
+NO_PROOF = "API calls from the server require an appsecret_proof argument"
+
+
+def proof_of(token: str, secret: str) -> str:
+    """What Meta's SDKs send: HMAC-SHA256 of the access token keyed by the app secret."""
+    return hmac.new(secret.encode(), token.encode(), hashlib.sha256).hexdigest()
+
+
+def with_secrets(settings: Settings, *, key_secret: str = "", require: bool = False,
+                 pixel_secret: str = "") -> Settings:
+    """The first API key given an app secret (and the proof required), the pixel another."""
+    first, *others = settings.api_keys
+    keys = [msgspec.structs.replace(first, app_secret=key_secret,
+                                    require_appsecret_proof=require), *others]
+    pixels = [msgspec.structs.replace(p, app_secret=pixel_secret) if p.id == PIXEL else p
+              for p in settings.pixels]
+    return msgspec.structs.replace(settings, api_keys=keys, pixels=pixels)
+
+
+@asynccontextmanager
+async def collector_with(settings: Settings, fake_server: FakeServer
+                         ) -> AsyncIterator[httpx.AsyncClient]:
+    app = build_app(settings, redis=FakeRedis(server=fake_server))
+    async with serving(app), asgi_client(app, VISITOR_IP) as client:
+        yield client
+
+
+async def post_with_proof(client: httpx.AsyncClient, proof: str | None) -> httpx.Response:
+    params = {**TOKEN, **({"appsecret_proof": proof} if proof is not None else {})}
+    return await client.post(PATH, params=params, data={"data": as_json_strings(purchase())})
+
+
+@pytest.mark.parametrize("secret_of", ["key", "pixel"])
+async def test_the_right_appsecret_proof_is_accepted(
+        settings: Settings, fake_server: FakeServer, redis: FakeRedis, secret_of: str) -> None:
+    configured = with_secrets(settings, key_secret=KEY_SECRET if secret_of == "key" else "",
+                              pixel_secret=PIXEL_SECRET if secret_of == "pixel" else "")
+    secret = KEY_SECRET if secret_of == "key" else PIXEL_SECRET
+
+    async with collector_with(configured, fake_server) as client:
+        response = await post_with_proof(client, proof_of(API_KEY, secret).upper())
+
+    assert (200, ["order-1"]) == (response.status_code, await stored_ids(redis))
+
+
+@pytest.mark.parametrize("secret_of", ["key", "pixel"])
+async def test_a_wrong_appsecret_proof_is_refused_as_meta_refuses_it(
+        settings: Settings, fake_server: FakeServer, redis: FakeRedis, secret_of: str) -> None:
+    # Given a secret on the key or, for a key without one, on the path's pixel
+    configured = with_secrets(settings, key_secret=KEY_SECRET if secret_of == "key" else "",
+                              pixel_secret=PIXEL_SECRET)
+
+    async with collector_with(configured, fake_server) as client:
+        response = await post_with_proof(client, proof_of(API_KEY, "another-apps-secret"))
+
+    error = meta_error(response)
+    assert (400, 100, None, "GraphMethodException", WRONG_PROOF) == (
+        response.status_code, error["code"], error.get("error_subcode"), error["type"],
+        error["message"])
+    assert [] == await stored_ids(redis)
+    assert not {KEY_SECRET, PIXEL_SECRET} & set(response.text.split('"'))
+
+
+async def test_a_missing_proof_is_refused_only_for_a_key_that_requires_one(
+        settings: Settings, fake_server: FakeServer, redis: FakeRedis) -> None:
+    requiring = with_secrets(settings, key_secret=KEY_SECRET, require=True)
+    optional = with_secrets(settings, key_secret=KEY_SECRET)
+
+    async with collector_with(requiring, fake_server) as client:
+        refused = await post_with_proof(client, None)
+    async with collector_with(optional, fake_server) as client:
+        accepted = await post_with_proof(client, None)
+
+    error = meta_error(refused)
+    assert (400, 100, "GraphMethodException", NO_PROOF) == (
+        refused.status_code, error["code"], error["type"], error["message"])
+    assert 200 == accepted.status_code
+
+
+async def test_without_any_app_secret_a_proof_is_accepted_unchecked(
+        client: httpx.AsyncClient, redis: FakeRedis) -> None:
+    response = await post_with_proof(client, "0" * 64)
+
+    assert (200, ["order-1"]) == (response.status_code, await stored_ids(redis))

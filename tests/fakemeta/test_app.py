@@ -172,13 +172,23 @@ def proof(token: str, secret: str) -> str:
     return hmac.new(secret.encode(), token.encode(), hashlib.sha256).hexdigest()
 
 
+async def test_the_right_appsecret_proof_is_accepted(fake_meta: ClientFactory) -> None:
+    client = fake_meta(FakeMetaOptions(app_secrets={"tok": "s3cret"}))
+    params = {"access_token": "tok", "appsecret_proof": proof("tok", "s3cret")}
+
+    response = await client.post(EVENTS_PATH, params=params, json={"data": [make_event()]})
+
+    assert 200 == response.status_code
+
+
 @pytest.mark.parametrize(
-    ("appsecret_proof", "status"),
-    [(proof("tok", "s3cret"), 200), (proof("tok", "other"), 400), (None, 400)],
-    ids=["right", "wrong", "missing"],
+    ("appsecret_proof", "message"),
+    [(proof("tok", "other"), "Invalid appsecret_proof provided in the API argument"),
+     (None, "API calls from the server require an appsecret_proof argument")],
+    ids=["wrong", "missing"],
 )
-async def test_appsecret_proof_is_checked_when_the_secret_is_known(
-    fake_meta: ClientFactory, appsecret_proof: str | None, status: int
+async def test_a_wrong_or_missing_appsecret_proof_is_refused_in_metas_words(
+    fake_meta: ClientFactory, appsecret_proof: str | None, message: str
 ) -> None:
     client = fake_meta(FakeMetaOptions(app_secrets={"tok": "s3cret"}))
     params = {"access_token": "tok"}
@@ -187,7 +197,10 @@ async def test_appsecret_proof_is_checked_when_the_secret_is_known(
 
     response = await client.post(EVENTS_PATH, params=params, json={"data": [make_event()]})
 
-    assert status == response.status_code
+    error = error_of(response)
+    assert (400, 100, None, "GraphMethodException", message) == (
+        response.status_code, error["code"], error.get("error_subcode"), error["type"],
+        error["message"])
 
 
 async def test_appsecret_proof_is_ignored_when_the_secret_is_unknown(

@@ -291,6 +291,37 @@ def test_unset_app_secret_variable_is_refused(tmp_path: Path) -> None:
     assert (True, True) == ("pixels[0].app_secret_env" in message, "SHOP_SECRET" in message)
 
 
+# -- an API key's app secret (the Graph endpoint's appsecret_proof) ------------------------------
+KEY_WITH_SECRET = VALID.replace('name = "shop"', 'name = "shop"\napp_secret_env = "KEY_SECRET"')
+
+
+def test_an_api_keys_app_secret_is_read_from_the_named_variable(tmp_path: Path) -> None:
+    settings = load(tmp_path, KEY_WITH_SECRET, {"KEY_SECRET": "key-secret"})
+
+    assert ("key-secret", False) == (settings.api_keys[0].app_secret,
+                                     "key-secret" in repr(settings.api_keys))
+
+
+def test_an_api_keys_unset_app_secret_variable_is_refused(tmp_path: Path) -> None:
+    message = load_error(tmp_path, KEY_WITH_SECRET)
+
+    assert (True, True) == ("api_keys[0].app_secret_env" in message, "KEY_SECRET" in message)
+
+
+def test_requiring_appsecret_proof_without_a_secret_is_refused(tmp_path: Path) -> None:
+    text = VALID.replace('name = "shop"', 'name = "shop"\nrequire_appsecret_proof = true')
+
+    assert "api_keys[0].require_appsecret_proof" in load_error(tmp_path, text)
+
+
+def test_an_api_keys_app_secret_in_the_file_is_refused(tmp_path: Path) -> None:
+    text = VALID.replace('name = "shop"', 'name = "shop"\napp_secret = "leaked"')
+
+    message = load_error(tmp_path, text)
+
+    assert (True, False) == ("api_keys[0].app_secret" in message, "leaked" in message)
+
+
 def test_event_on_both_priority_lists_is_refused(tmp_path: Path) -> None:
     text = VALID + '\n[relay]\nlow_events = ["PageView", "Purchase"]\n'
 
@@ -371,8 +402,8 @@ def test_every_setting_has_a_description(name: str, description: str | None) -> 
 
 
 def test_secrets_and_source_are_not_file_settings() -> None:
-    assert set() == {"pixels.access_token", "pixels.app_secret", "alerts.bot_token",
-                     "alerts.secret", "source"} & set(FILE_SETTINGS)
+    assert set() == {"pixels.access_token", "pixels.app_secret", "api_keys.app_secret",
+                     "alerts.bot_token", "alerts.secret", "source"} & set(FILE_SETTINGS)
 
 
 def test_every_setting_is_documented() -> None:
