@@ -45,7 +45,8 @@ ACTION_SOURCES = frozenset(
         "other",
     }
 )
-HASHED_KEYS = ("em", "ph", "fn", "ln", "db", "ge", "ct", "st", "zp", "country")
+HASHED_KEYS = ("em", "ph", "fn", "ln", "db", "ge", "ct", "st", "zp", "country",
+               "f5first", "f5last", "fi", "dobd", "dobm", "doby")
 # An event whose user_data keys all fall inside one of these cannot be matched (2804050).
 TOO_LITTLE_USER_DATA = (
     frozenset({"ct", "country", "st", "zp", "ge", "client_user_agent"}),

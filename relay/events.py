@@ -65,6 +65,14 @@ class UserData(Struct, omit_defaults=True):
     ctwa_clid: str | None = None
     ig_account_id: str | None = None
     ig_sid: str | None = None
+    # Older customer keys Meta's SDKs still send (relay.hashing.LEGACY_KEYS); hashed. Last,
+    # because the packed form stores these fields in this order.
+    f5first: StrOrList | None = None
+    f5last: StrOrList | None = None
+    fi: StrOrList | None = None
+    dobd: StrOrList | None = None
+    dobm: StrOrList | None = None
+    doby: StrOrList | None = None
 
 
 class InboundUserData(UserData, forbid_unknown_fields=True, omit_defaults=True):

@@ -23,9 +23,12 @@ from relay import gender_words
 if TYPE_CHECKING:  # imported on first use: the relay's workers and tools never hash
     import phonenumbers
 
+# The older customer keys Meta's SDKs still send (first 5 letters of the first and last name,
+# first initial, day, month and year of birth), hashed like the others.
+LEGACY_KEYS = frozenset({"f5first", "f5last", "fi", "dobd", "dobm", "doby"})
 HASHED_KEYS = frozenset(
     {"em", "ph", "fn", "ln", "db", "ge", "ct", "st", "zp", "country", "external_id"}
-)
+) | LEGACY_KEYS
 CLEAR_KEYS = frozenset(
     {
         "client_ip_address", "client_user_agent", "fbc", "fbp", "subscription_id",
@@ -48,6 +51,9 @@ EMAIL_EXPECTED = "must be an email address such as name@example.com"
 PHONE_EXPECTED = ("must be a phone number with its country code such as +1 650 555 1212 "
                   "(or set default_phone_region for the API key or pixel)")
 GENDER_EXPECTED = "must be f or m, or a word for female or male such as 'female' or 'mujer'"
+DAY_EXPECTED = "must be a day of the month, 01 to 31"
+MONTH_EXPECTED = "must be a month, 01 to 12"
+YEAR_EXPECTED = "must be a year as YYYY, 1900 to this year"
 
 
 class UnnormalizableValue(ValueError):
@@ -329,6 +335,30 @@ def _year_first_date(text: str) -> date | None:
     return parsed if EARLIEST_BIRTH_YEAR <= parsed.year <= date.today().year else None
 
 
+def normalize_name_prefix(value: str, length: int) -> str:
+    """The first ``length`` characters of the normalized name (f5first, f5last: 5; fi: 1), as
+    the SDK cuts them, after ``normalize_name``: ``Mary-Jane`` -> ``maryj``."""
+    return normalize_name(value)[:length].rstrip()
+
+
+def normalize_birth_part(key: str, value: str) -> str:
+    """``dobd`` and ``dobm`` as two digits (``7`` -> ``07``), ``doby`` as four, from 1900 to
+    this year, like ``db``."""
+    text = value.strip()
+    if not text:
+        return ""
+    if key == "doby":
+        if not (len(text) == 4 and text.isascii() and text.isdigit()
+                and EARLIEST_BIRTH_YEAR <= int(text) <= date.today().year):
+            raise UnnormalizableValue(key, YEAR_EXPECTED)
+        return text
+    highest, expected = (31, DAY_EXPECTED) if key == "dobd" else (12, MONTH_EXPECTED)
+    if not (len(text) <= 2 and text.isascii() and text.isdigit()
+            and 1 <= int(text) <= highest):
+        raise UnnormalizableValue(key, expected)
+    return text.zfill(2)
+
+
 def normalize_external_id(value: str) -> str:
     return value.strip().lower()
 
@@ -359,6 +389,12 @@ NORMALIZERS: dict[str, Callable[[str, Context], str]] = {
     "zp": lambda v, c: normalize_zip(v, c.country),
     "country": lambda v, _: normalize_country(v),
     "external_id": lambda v, _: normalize_external_id(v),
+    "f5first": lambda v, _: normalize_name_prefix(v, 5),
+    "f5last": lambda v, _: normalize_name_prefix(v, 5),
+    "fi": lambda v, _: normalize_name_prefix(v, 1),
+    "dobd": lambda v, _: normalize_birth_part("dobd", v),
+    "dobm": lambda v, _: normalize_birth_part("dobm", v),
+    "doby": lambda v, _: normalize_birth_part("doby", v),
 }
 
 

@@ -75,6 +75,33 @@ async def test_combining_marks_and_gender_words_reach_the_inbox_hashed_as_meta_a
         k: stored[k] for k in user}
 
 
+async def test_the_older_keys_the_sdk_sends_are_hashed_as_meta_asks(
+        client: httpx.AsyncClient, redis: FakeRedis) -> None:
+    user = {"f5first": "Mary-Jane", "f5last": "van der Berg", "fi": "Émile", "dobd": "7",
+            "dobm": "03", "doby": "1990"}
+
+    response = await client.post("/v1/events", json=purchase(user), headers=AUTH)
+
+    assert 202 == response.status_code
+    stored = await stored_user_data(redis)
+    assert {"f5first": sha256("maryj"), "f5last": sha256("van d"), "fi": sha256("é"),
+            "dobd": sha256("07"), "dobm": sha256("03"), "doby": sha256("1990")} == {
+        k: stored[k] for k in user}
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("dobd", "32", "must be a day of the month"), ("dobm", "13", "must be a month"),
+    ("doby", "90", "must be a year as YYYY"),
+])
+async def test_an_older_key_with_no_documented_form_is_refused_naming_it(
+        client: httpx.AsyncClient, redis: FakeRedis, key: str, value: str, expected: str) -> None:
+    response = await client.post("/v1/events", json=purchase({key: value}), headers=AUTH)
+
+    assert (422, True) == (response.status_code,
+                           response.json()["error"].startswith(f"event.user_data.{key} {expected}"))
+    assert [] == await inbox(redis, "relay_high", PIXEL)
+
+
 def _with_regions(settings: Settings, *, key: str = "", pixel: str = "",
                   second_pixel: str = "") -> Settings:
     keys = [msgspec.structs.replace(k, default_phone_region=key) for k in settings.api_keys]

@@ -20,6 +20,8 @@ _SDK_ARGUMENT = {
     "db": "dates_of_birth", "ge": "genders", "ct": "cities", "st": "states",
     "zp": "zip_codes", "country": "country_codes", "external_id": "external_ids",
 }
+# the older keys the SDK takes as one string each, under their own names
+_SDK_SINGLE = frozenset({"f5first", "f5last", "fi", "dobd", "dobm", "doby"})
 
 
 def sdk_outcome(key: str, raw: str) -> str:
@@ -31,6 +33,9 @@ def sdk_outcome(key: str, raw: str) -> str:
         except ValueError:
             return REFUSED
     try:
+        if key in _SDK_SINGLE:
+            sent = UserData(**{key: value}).normalize().get(key)
+            return sent or DROPPED
         sent = UserData(**{_SDK_ARGUMENT[key]: [value]}).normalize().get(key)
     except (TypeError, ValueError):
         return REFUSED

@@ -46,6 +46,7 @@ RULES = {
     "birthdate-form": "db: year-first dates become YYYYMMDD; others are refused",
     "gender-words": "ge: words for female and male in many languages; others refused",
     "external-id-hashed": "external_id is hashed (trimmed, lowercase); the SDK sends it clear",
+    "birth-year-range": "doby: a year from 1900 to this year, as for db",
 }
 
 
@@ -61,6 +62,20 @@ BR = Context(phone_region="BR")
 FR = Context(country="fr")
 
 CORPUS = [
+    # -- the older keys the SDK still sends: f5first, f5last, fi, dobd, dobm, doby ----------------
+    Case("f5first", "Jennifer"), Case("f5first", "  JOSÉ "), Case("f5first", "Ann"),
+    Case("f5first", "Владимир"), Case("f5first", "प्रियंका"), Case("f5first", "Λεωνίδας"),
+    Case("f5first", "Mary-Jane", "name-punctuation", "maryj"),
+    Case("f5last", "van der Berg"), Case("f5last", "Müller"), Case("f5last", "ராஜேந்திரன்"),
+    Case("f5last", "O'Brien", "name-punctuation", "obrie"),
+    Case("fi", "Jane"), Case("fi", "Émile"), Case("fi", "Ольга"),
+    Case("fi", "'Alice", "name-punctuation", "a"),
+    Case("dobd", "7"), Case("dobd", "07"), Case("dobd", "31"), Case("dobd", " 5 "),
+    Case("dobd", "32"), Case("dobd", "0"), Case("dobd", "ab"),
+    Case("dobm", "1"), Case("dobm", "12"), Case("dobm", "13"), Case("dobm", "jan"),
+    Case("doby", "1990"), Case("doby", "2001"), Case("doby", "90"), Case("doby", "19901"),
+    Case("doby", "1850", "birth-year-range", REFUSED),
+    Case("doby", "2999", "birth-year-range", REFUSED),
     # -- em ---------------------------------------------------------------------------------------
     Case("em", "Jane.Doe@Example.COM"), Case("em", "  jane@example.com "),
     Case("em", "JOSÉ@correo.es"), Case("em", "müller@beispiel.de"), Case("em", "иван@почта.рф"),
