@@ -16,7 +16,7 @@ from collector.spool import Spool
 from collector.visitor import BotDetector, TrustedProxies
 from collector.withheld import WithheldCounter, redis_adder
 from relay.config import ApiKeySettings, LinkSettings, PixelSettings, Settings, hash_api_key
-from relay.consent import with_pixel_defaults, withheld_reason
+from relay.consent import Withheld, with_pixel_defaults, withheld_reason
 from relay.errors import InputError
 from relay.events import ClickContext, Envelope, MetaEvent, encode, pack_envelope
 from relay.inbox import ClickWrite, EventWrite
@@ -85,14 +85,18 @@ class CollectorContext:
     def may_send(self, pixel_id: str, event_name: str, consent: bool | None,
                  link: LinkSettings | None = None) -> bool:
         """Whether the event may go to ``pixel_id`` (``relay.consent``); counts it if not."""
+        return self.withhold(pixel_id, event_name, consent, link) is None
+
+    def withhold(self, pixel_id: str, event_name: str, consent: bool | None,
+                 link: LinkSettings | None = None) -> Withheld | None:
+        """Why the event must not go to ``pixel_id`` (counted), or ``None`` when it may."""
         pixel = self.pixels.get(pixel_id)
         required = (pixel is not None and pixel.require_consent) or (
             link is not None and link.require_consent)
         reason = withheld_reason(consent, required=required)
-        if reason is None:
-            return True
-        self.withheld.count(pixel_id, event_name, reason)
-        return False
+        if reason is not None:
+            self.withheld.count(pixel_id, event_name, reason)
+        return reason
 
     def event_write(self, pixel_id: str, event: MetaEvent, *, source: str,
                     click_id: str | None, received_ms: int) -> EventWrite:

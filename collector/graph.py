@@ -14,6 +14,9 @@ key's app secret (``api_keys.app_secret_env``), else the pixel's: a wrong proof 
 missing one only for a key with ``require_appsecret_proof``; with no secret configured a proof
 is accepted unchecked.
 
+Events consent keeps from Meta (``relay.consent``) are not counted in ``events_received``; a
+sentence per reason in ``messages`` says how many and why (``withheld_messages``).
+
 Refusals are Meta's error shape, so clients that read ``error.code`` work unchanged:
 
     InputError 401 -> 190 OAuthException      InputError 403 -> 10 (permission)
@@ -28,6 +31,7 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -38,6 +42,7 @@ from litestar.exceptions import HTTPException
 from collector.context import CollectorContext, json_encode
 from collector.ingest import store_server_events
 from relay.config import ApiKeySettings
+from relay.consent import Withheld
 from relay.errors import InputError, StorageError
 from relay.meta_client import appsecret_proof
 
@@ -106,14 +111,35 @@ async def handle_graph_events(ctx: CollectorContext, request: Request, version: 
     check_appsecret_proof(params.get("appsecret_proof"), token, key,
                           ctx.pixels[pixel_id].app_secret)
     located = [(f"data[{i}]", event) for i, event in enumerate(events_of(params.get("data")))]
-    accepted = (await store_server_events(ctx, key, located, pixel_id=pixel_id)).event_ids
+    stored = await store_server_events(ctx, key, located, pixel_id=pixel_id)
     ctx.metrics.requests.labels("graph", "200").inc()
     trace_id = secrets.token_urlsafe(8)
+    answer = {"events_received": len(stored.event_ids) - stored.withheld,
+              "messages": withheld_messages(stored.withheld_by_reason, pixel_id),
+              "fbtrace_id": trace_id}
     return Response(
-        json_encode({"events_received": len(accepted), "messages": [], "fbtrace_id": trace_id}),
-        media_type="application/json",
+        json_encode(answer), media_type="application/json",
         headers={"x-fb-trace-id": trace_id, "facebook-api-version": version},
     )
+
+
+def withheld_messages(by_reason: Mapping[Withheld, int], pixel_id: str) -> list[str]:
+    """What consent kept from Meta, as sentences in Meta's ``messages`` (a list of strings the
+    SDKs hand to their caller); ``events_received`` counts only the events stored."""
+    messages = []
+    denied, unsaid = by_reason.get("consent_denied", 0), by_reason.get("no_consent", 0)
+    if denied:
+        messages.append(f"{_events(denied)} withheld: the event said \"consent\": false, so it "
+                        "is counted but never stored or sent to Meta")
+    if unsaid:
+        messages.append(f"{_events(unsaid)} withheld: pixel {pixel_id} requires the visitor's "
+                        "consent and the event carried none (send \"consent\": true in each "
+                        "event the visitor agreed to); counted but never stored or sent to Meta")
+    return messages
+
+
+def _events(n: int) -> str:
+    return "1 event" if n == 1 else f"{n} events"
 
 
 async def graph_params(request: Request) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Both answer only after the events are stored durably: 202 for the API with the a
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -26,7 +27,7 @@ from collector.visitor import (
     is_valid_fbp,
 )
 from relay.config import ApiKeySettings
-from relay.consent import CONSENT_COOKIE, consent_from_cookie, cookie_value
+from relay.consent import CONSENT_COOKIE, Withheld, consent_from_cookie, cookie_value
 from relay.errors import InputError
 from relay.events import (
     MAX_EVENTS_PER_REQUEST,
@@ -100,7 +101,7 @@ async def handle_server_events(ctx: CollectorContext, request: Request) -> Respo
         located = [(f"events[{i}]", item) for i, item in enumerate(decoded)]
     else:
         located = [("event", decoded)]
-    accepted, withheld = await store_server_events(ctx, key, located)
+    accepted, withheld, _ = await store_server_events(ctx, key, located)
     ctx.metrics.requests.labels("events", "202").inc()
     answer: dict[str, object] = {"accepted": len(accepted), "event_ids": accepted}
     if withheld:  # events x pixels kept from Meta for want of consent: counted, not stored
@@ -111,10 +112,12 @@ async def handle_server_events(ctx: CollectorContext, request: Request) -> Respo
 
 class Stored(NamedTuple):
     """What ``store_server_events`` did: the accepted event_ids, and how many (event, pixel)
-    pairs it kept from Meta for want of consent (``relay.consent``; counted, not stored)."""
+    pairs it kept from Meta for want of consent (``relay.consent``; counted, not stored), in
+    all and by reason."""
 
     event_ids: list[str]
     withheld: int
+    withheld_by_reason: Counter[Withheld]
 
 
 async def store_server_events(ctx: CollectorContext, key: ApiKeySettings,
@@ -138,7 +141,7 @@ async def store_server_events(ctx: CollectorContext, key: ApiKeySettings,
     relay = ctx.settings.relay
     writes: list[Write] = []
     accepted: list[str] = []
-    withheld = 0
+    withheld: Counter[Withheld] = Counter()
     for where, obj in located:
         item = inbound_event(obj, where)
         if pixel_id is not None and item.pixel_id not in (None, pixel_id):
@@ -149,8 +152,9 @@ async def store_server_events(ctx: CollectorContext, key: ApiKeySettings,
                             max_future_skew_s=ctx.settings.collector.max_future_skew_s,
                             where=where, phone_region=ctx.settings.phone_region(key, pixels))
         for pixel in pixels:
-            if not ctx.may_send(pixel, event.event_name, item.consent):
-                withheld += 1
+            reason = ctx.withhold(pixel, event.event_name, item.consent)
+            if reason is not None:
+                withheld[reason] += 1
                 continue
             writes.append(ctx.event_write(pixel, event, source="server",
                                           click_id=item.click_id, received_ms=received))
@@ -158,7 +162,7 @@ async def store_server_events(ctx: CollectorContext, key: ApiKeySettings,
     if writes:
         await ctx.enqueuer.store(writes)
     ctx.metrics.events.labels("server").inc(len(writes))
-    return Stored(accepted, withheld)
+    return Stored(accepted, withheld.total(), withheld)
 
 
 def _origin_of(request: Request) -> str | None:

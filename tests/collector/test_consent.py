@@ -206,3 +206,33 @@ async def test_a_click_without_consent_reaches_only_the_pixels_that_do_not_requi
     assert 302 == response.status_code
     assert (0, 1) == (len(await inbox(redis, "relay_low", PIXEL)),
                       len(await inbox(redis, "relay_low", SECOND_PIXEL)))
+
+
+# -- the Graph endpoint ---------------------------------------------------------------------------
+async def test_the_graph_endpoint_says_in_metas_messages_what_consent_withheld(
+        client: httpx.AsyncClient, redis: FakeRedis) -> None:
+    # Given three events in the SDK's form shape for PIXEL, which requires consent
+    events = [purchase(event_id="agreed", consent=True), purchase(event_id="unsaid"),
+              purchase(event_id="refused", consent=False)]
+    data = json.dumps([json.dumps({k: v for k, v in e.items() if k != "pixel_id"})
+                       for e in events])
+
+    response = await client.post(f"/v26.0/{PIXEL}/events", params={"access_token": API_KEY},
+                                 data={"data": data})
+
+    body = response.json()
+    assert (200, 1) == (response.status_code, body["events_received"])
+    assert 2 == len(body["messages"]) and all(isinstance(m, str) for m in body["messages"])
+    assert body["messages"][0].startswith('1 event withheld: the event said "consent": false')
+    assert body["messages"][1].startswith(f"1 event withheld: pixel {PIXEL} requires")
+    assert ["agreed"] == [e.event.event_id for e in await inbox(redis, "relay_high", PIXEL)]
+
+
+async def test_the_graph_endpoint_sends_no_messages_when_nothing_was_withheld(
+        client: httpx.AsyncClient) -> None:
+    event = {k: v for k, v in purchase(consent=True).items() if k != "pixel_id"}
+
+    response = await client.post(f"/v26.0/{PIXEL}/events", params={"access_token": API_KEY},
+                                 json={"data": [event]})
+
+    assert (1, []) == (response.json()["events_received"], response.json()["messages"])
