@@ -2,7 +2,7 @@
 answered in front of Litestar.
 
 granian serves ``collector.app:create_app`` as a factory; the settings come from
-``$PIXELRELAY_CONFIG``, read once per worker at start.
+``$PIXELRELAY_CONFIG``, read by each worker at start and again on SIGHUP (collector/reload.py).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from collector.ingest import handle_beacon, handle_server_events
 from collector.metrics import CollectorMetrics
 from collector.openapi import BeaconOperation, EventsOperation, RedirectOperation, openapi_config
 from collector.redirect import handle_redirect
-from collector.reload import load_worker_settings
+from collector.reload import ReloadSignal, load_worker_settings
 from collector.spool import Spool
 from relay import hashing, keys
 from relay.breaker import pause_status_async
@@ -142,6 +142,7 @@ def build_context(settings: Settings, redis: Redis | None = None) -> CollectorCo
 
 
 CONTEXT = "collector"
+RELOADS = "reloads"  # the worker's ReloadSignal, in the app's state when granian serves it
 
 
 def context_of(request: Request) -> CollectorContext:
@@ -156,6 +157,9 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     settings = ctx.settings
     await ctx.enqueuer.start()
     counting = asyncio.create_task(ctx.withheld.run())
+    reloads: ReloadSignal | None = app.state.get(RELOADS)
+    if reloads is not None:
+        reloads.attach(asyncio.get_running_loop(), ctx)
     log.info("collector_started", pid=os.getpid(), links=len(settings.links),
              pixels=len(settings.pixels), spooling=ctx.enqueuer.spooling)
     try:
@@ -304,7 +308,10 @@ def _route_of(request: Request) -> str:
 def create_app() -> CollectorApp:
     """granian's factory: settings from $PIXELRELAY_CONFIG, JSON logs on stdout."""
     configure_logging("collector", os.environ.get("PIXELRELAY_LOG_LEVEL", "INFO"))
-    app = build_app(load_worker_settings())  # a broken file on reload: the last good one
+    reloads = ReloadSignal()
+    reloads.expect()  # from before the file is read: a SIGHUP from now on reads it again
+    app = build_app(load_worker_settings())  # a broken file: the last good one
+    app.litestar.state[RELOADS] = reloads
     hashing.preload()  # the country and state tables, before the first request and the freeze
     # What exists now (modules, the app, its routes) lives as long as the worker: move it out of
     # the cyclic collector's sight, or every full collection rescans it and stalls all requests

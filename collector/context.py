@@ -47,26 +47,36 @@ class CollectorContext:
     withheld: WithheldCounter = field(init=False)
 
     def __post_init__(self) -> None:
-        c = self.settings.collector
-        self.proxies = TrustedProxies.parse(c.trusted_proxies)
-        self.bots = BotDetector(c.extra_bot_user_agents)
-        self.links = {link.slug: link for link in self.settings.links}
-        self.pixel_ids = frozenset(p.id for p in self.settings.pixels)
-        self.pixels = {p.id: p for p in self.settings.pixels}
         self.withheld = WithheldCounter(
             self.metrics.withheld, redis_adder(self.redis) if self.redis is not None else None)
-        self.origins = frozenset(o.rstrip("/") for o in c.allowed_origins)
-        self.click_ttl_s = c.click_ttl_days * SECONDS_PER_DAY
-        self.cookie_max_age_s = c.cookie_max_age_days * SECONDS_PER_DAY
-        # A redirect's events leave the click's fbc, fbp, IP and user agent to its click context
-        # (the relay fills them in from it, relay.events.enrich_from_click) when the context
-        # outlives every event that can still be sent: then they are not stored twice.
-        self.events_refer_to_click = c.click_ttl_days >= self.settings.relay.max_event_age_days
+        # Built into the server at start (Litestar's CORS), so kept until a restart
+        # (collector.reload.RESTART_ONLY).
+        self.origins = frozenset(o.rstrip("/") for o in self.settings.collector.allowed_origins)
+        self.reconfigure(self.settings)
         # prometheus' labels() checks the labels and takes a lock on every call; a child never
         # changes, so the hot path fetches each once, on first use (a series still appears in
         # /metrics only once it has been counted).
         self.requests_counter = cache(self.metrics.requests.labels)
         self.events_counter = cache(self.metrics.events.labels)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Serve ``settings`` from the next request on: links, pixels, API keys and what is
+        derived from them. Everything is computed first and assigned without an ``await`` in
+        between, so a request sees the old configuration or the new one, not a mix of them."""
+        c = settings.collector
+        proxies = TrustedProxies.parse(c.trusted_proxies)
+        bots = BotDetector(c.extra_bot_user_agents)
+        links = {link.slug: link for link in settings.links}
+        pixels = {p.id: p for p in settings.pixels}
+        self.settings = settings
+        self.proxies, self.bots, self.links = proxies, bots, links
+        self.pixels, self.pixel_ids = pixels, frozenset(pixels)
+        self.click_ttl_s = c.click_ttl_days * SECONDS_PER_DAY
+        self.cookie_max_age_s = c.cookie_max_age_days * SECONDS_PER_DAY
+        # A redirect's events leave the click's fbc, fbp, IP and user agent to its click context
+        # (the relay fills them in from it, relay.events.enrich_from_click) when the context
+        # outlives every event that can still be sent: then they are not stored twice.
+        self.events_refer_to_click = c.click_ttl_days >= settings.relay.max_event_age_days
 
     def authenticate(self, authorization: str | None) -> ApiKeySettings:
         scheme, _, token = (authorization or "").partition(" ")

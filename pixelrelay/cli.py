@@ -123,13 +123,16 @@ def _collector_metrics_dir(workers: int) -> None:
     import shutil
     import tempfile
 
+    # Set before prometheus_client is imported: it reads the variable once, on import, and the
+    # workers are forked from this process (collector._granian).
+    current = tempfile.mkdtemp(prefix=f"{_METRICS_DIR_PREFIX}{os.getpid()}-")
+    os.environ[_METRICS_DIR_ENV] = current
     from collector.metrics import process_exists
 
     for old in Path(tempfile.gettempdir()).glob(f"{_METRICS_DIR_PREFIX}*-*"):
         pid = old.name.removeprefix(_METRICS_DIR_PREFIX).partition("-")[0]
-        if pid.isdigit() and not process_exists(int(pid)):
+        if pid.isdigit() and not process_exists(int(pid)) and str(old) != current:
             shutil.rmtree(old, ignore_errors=True)
-    os.environ[_METRICS_DIR_ENV] = tempfile.mkdtemp(prefix=f"{_METRICS_DIR_PREFIX}{os.getpid()}-")
 
 
 def cmd_collector(args: argparse.Namespace) -> int:
@@ -137,18 +140,13 @@ def cmd_collector(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     os.environ[LAST_GOOD_ENV] = str(keep_last_good(settings.source))  # for kill -HUP reloads
-    c = settings.collector
-    _collector_metrics_dir(c.workers)
-    argv = [
-        sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
-        "--host", c.host, "--port", str(c.port), "--workers", str(c.workers),
-        "--loop", "uvloop", "--workers-kill-timeout", str(c.shutdown_grace_s),
-        "--respawn-failed-workers",  # one worker's crash is not the whole collector's
-        "--no-ws", "--log-level", "info", "--log-config", _granian_log_config("collector"),
-        "collector.app:create_app",
-    ]
-    os.execv(sys.executable, argv)
-    return 0  # not reached
+    _collector_metrics_dir(settings.collector.workers)
+    from collector._granian import collector_server
+    from relay.logs import granian_log_config
+
+    # This process becomes granian's main process (systemd's MAINPID), as exec did before.
+    collector_server(settings.collector, granian_log_config("collector")).serve()
+    return 0
 
 
 def cmd_relay(args: argparse.Namespace) -> int:

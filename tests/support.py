@@ -382,7 +382,7 @@ def start_relay_worker(directory: Path, config: Path, env: Mapping[str, str],
 
 def start_collector(directory: Path, config: Path, port: int, env: Mapping[str, str],
                     granian_args: Sequence[str] = (), workers: int = 1) -> Process:
-    """The collector as ``pixelrelay collector`` execs it (granian, uvloop) on ``port``."""
+    """The collector under granian's CLI with the options ``pixelrelay collector`` gives it."""
     args = [str(VENV_BIN / "granian"), "--interface", "asgi", "--factory", "--host",
             "127.0.0.1", "--port", str(port), "--workers", str(workers), "--loop", "uvloop",
             "--no-ws", "--log-level", "warning", *granian_args, "collector.app:create_app"]

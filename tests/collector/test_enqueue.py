@@ -445,7 +445,7 @@ class RecordingObserver(EnqueueObserver):
 
 def claimed_pair(root: Path) -> tuple[Spool, Spool]:
     """Two workers' spools; the second stands for a worker that stops while the first runs
-    (granian's SIGHUP reload starts the new workers before it stops the old ones)."""
+    (granian respawning a crashed worker while the others run)."""
     return Spool.claim(root), Spool.claim(root)
 
 
