@@ -4,9 +4,11 @@
 Each condition is about a subject (a pixel, a queue, the relay). When one starts, one message
 goes out; when it ends, one more. A condition's next message waits ``alerting.cooldown_s`` after
 its last one, so a condition that flaps sends nothing until it has settled on a new state.
-What has been announced is kept in Redis (``keys.alert_state``), so a newly elected observer
-neither repeats a start nor forgets an end. Messages name the subject, the condition, the
-numbers and the dashboard link; never a token or an event's personal data.
+What has been announced, and since when each condition has held, is kept in Redis
+(``keys.alert_state``, ``keys.alert_seen``), written in one transaction with the messages
+(``relay.outbox``), so a newly elected observer neither repeats a start nor forgets an end, and
+a duration such as ``throttled_for_s`` does not start again. Messages name the subject, the
+condition, the numbers and the dashboard link; never a token or an event's personal data.
 
 Conditions (``relay.config.ALERT_CONDITIONS``):
   delivery_success_low  a pixel delivered < ``success_min_percent`` of its settled events over
@@ -24,6 +26,7 @@ Conditions (``relay.config.ALERT_CONDITIONS``):
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,8 +40,9 @@ from redis import Redis
 
 from relay import keys
 from relay.config import Settings
-from relay.notify import Notice, Outbox
+from relay.notify import Notice
 from relay.observe import RelayState
+from relay.outbox import Outbox
 
 log = structlog.get_logger("relay.alerts")
 
@@ -148,10 +152,10 @@ class Alerts:
         self._clock = clock
         self._announced: dict[str, _Announced] = {}
         self._seen_since: dict[str, int] = {}  # key -> first ms seen, for durations
+        self._seen_saved: dict[str, int] = {}
+        self._unsaved = False  # announced while Redis was unreachable, not yet in Redis
         self._loaded = False
-        a = settings.alerting
-        self.dashboard_url = a.dashboard_url or (
-            f"http://{settings.dashboard.host}:{settings.dashboard.port}/")
+        self.dashboard_url = settings.dashboard_link
 
     def _for_ms(self, condition: str) -> int:
         """How long a condition must hold before it is announced."""
@@ -163,7 +167,9 @@ class Alerts:
 
     def evaluate(self, found: Iterable[Finding], complete: bool = True) -> list[Notice]:
         """One round: ``found`` holds now. With ``complete``, every announced condition not in
-        ``found`` has ended; otherwise (Redis unreachable) only ``found`` is considered."""
+        ``found`` has ended; otherwise (Redis unreachable) only ``found`` is considered, and
+        its messages wait in this worker's memory."""
+        found = list(found)
         now = int(self._clock() * 1000)
         self._load()
         active: dict[str, Finding] = {}
@@ -189,7 +195,15 @@ class Alerts:
                                     {"lasted_s": round((now - last.since_ms) / 1000)},
                                     f"ended after {_duration(now - last.since_ms)}")
                     notices.append(self._announce(key, ended, False, now, last.since_ms))
-        self._save(notices)
+        if not complete:
+            self._outbox.keep_locally(notices)  # Redis is away: kept here, saved later
+            self._unsaved = self._unsaved or bool(notices)
+        elif notices or self._unsaved or self._seen_since != self._seen_saved:
+            # The messages and what they announce are stored together: a worker dying between
+            # the two would otherwise repeat a start or lose one.
+            seen = dict(self._seen_since)
+            if self._outbox.put(notices, also=lambda pipe: self._queue_state(pipe, seen)):
+                self._seen_saved, self._unsaved = seen, False
         return notices
 
     def _announce(self, key: str, finding: Finding, firing: bool, now: int, since: int
@@ -201,45 +215,49 @@ class Alerts:
         text = (f"pixelrelay {head}: {title} ({about})\n{finding.detail}\n"
                 f"Dashboard: {self.dashboard_url}")
         notice = Notice(finding.condition, subject, firing, text, finding.values,
-                        self.dashboard_url, now)
+                        self.dashboard_url, now, uuid.uuid4().hex)
         self._announced[key] = _Announced(firing, now, since, finding.condition,
                                           list(finding.subject))
-        self._outbox.put(notice)
         log.info("alert", condition=finding.condition, firing=firing, **subject)
         return notice
 
-    # -- what has been announced, kept in Redis for the next observer ------------------------------
+    # -- what has been announced and seen, kept in Redis for the next observer -------------------
     def _load(self) -> None:
         if self._loaded:
             return
         try:
-            raw = self._client.hgetall(keys.alert_state())
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hgetall(keys.alert_state())
+            pipe.hgetall(keys.alert_seen())
+            announced, seen = pipe.execute()
         except Exception as exc:  # noqa: BLE001 - unreachable Redis: start from memory
             log.warning("alert_state_unreadable", error=type(exc).__name__)
             return
-        for key, value in raw.items():
+        for key, value in announced.items():
             try:
                 self._announced[key.decode()] = msgspec.json.decode(value, type=_Announced)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 continue
+        for key, value in seen.items():
+            if value.isdigit():
+                self._seen_since.setdefault(key.decode(), int(value))
+        self._seen_saved = dict(self._seen_since)
         self._loaded = True
 
-    def _save(self, notices: list[Notice]) -> None:
-        if not notices:
-            return
-        try:
-            pipe = self._client.pipeline(transaction=False)
-            for key, announced in self._announced.items():
-                pipe.hset(keys.alert_state(), key, msgspec.json.encode(announced))
-            pipe.execute()
-        except Exception as exc:  # noqa: BLE001 - kept in memory; saved with the next change
-            log.warning("alert_state_unsaved", error=type(exc).__name__)
+    def _queue_state(self, pipe: Any, seen: dict[str, int]) -> None:
+        """Queue on ``pipe`` the writes of what was announced and what is seen now."""
+        for key, announced in self._announced.items():
+            pipe.hset(keys.alert_state(), key, msgspec.json.encode(announced))
+        pipe.delete(keys.alert_seen())
+        if seen:
+            pipe.hset(keys.alert_seen(), mapping=seen)
 
     def forget_loaded(self) -> None:
         """This worker lost the election: read the state again if it is elected later."""
         self._loaded = False
         self._announced.clear()
         self._seen_since.clear()
+        self._seen_saved.clear()
 
 
 def redis_unreachable(since_ms: int, now_ms: int) -> Finding:

@@ -206,6 +206,10 @@ class AlertingSettings(Struct, frozen=True, forbid_unknown_fields=True):
     retry_max_s: Annotated[
         int, _help("Longest wait between two tries of an alert message to an endpoint.", ge=1)
     ] = 60
+    outbox_max_messages: Annotated[
+        int, _help("Alert messages kept in Redis per endpoint while it is unreachable; older "
+                   "ones beyond this are dropped and counted in the next message.", ge=10)
+    ] = 1_000
 
 
 class AlertSettings(Struct, frozen=True, forbid_unknown_fields=True):
@@ -369,6 +373,12 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def collector_url(self) -> str:
         return self.dashboard.collector_url or f"http://{self.collector.host}:{self.collector.port}"
+
+    @property
+    def dashboard_link(self) -> str:
+        """The dashboard link in alert messages."""
+        return self.alerting.dashboard_url or (
+            f"http://{self.dashboard.host}:{self.dashboard.port}/")
 
 
 def hash_api_key(key: str) -> str:

@@ -244,3 +244,25 @@ def alert_state() -> str:
     """Hash of built-in alert condition -> JSON (active, since, last notified)."""
     return f"{PREFIX}:alerts:state"
 
+
+
+def alert_seen() -> str:
+    """Hash of built-in alert condition -> ms it was first seen holding (for ``throttled_for_s``
+    and the like), so a newly elected observer does not start counting again."""
+    return f"{PREFIX}:alerts:seen"
+
+
+def alert_outbox(endpoint: str) -> str:
+    """List of JSON alert messages waiting for one endpoint (``relay.notify.endpoint_key``),
+    oldest first; a message leaves it only once the endpoint took it."""
+    return f"{PREFIX}:alerts:outbox:{endpoint}"
+
+
+def alert_outbox_state(endpoint: str) -> str:
+    """Hash: an endpoint's failures in a row, next try (ms) and messages dropped while full."""
+    return f"{PREFIX}:alerts:outbox:{endpoint}:state"
+
+
+def alert_sender(endpoint: str) -> str:
+    """Lease of the worker sending an endpoint's first message now (one sender at a time)."""
+    return f"{PREFIX}:alerts:outbox:{endpoint}:sender"

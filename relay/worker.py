@@ -43,8 +43,8 @@ from relay.inbox import Batcher
 from relay.ledger import Ledger
 from relay.meta_client import MetaClient
 from relay.metrics import RelayMetrics
-from relay.notify import Outbox
 from relay.observe import Election, gauge_values, relay_state
+from relay.outbox import Outbox
 from relay.queues import PRIORITIES, QUEUE_NAMES, Priority
 from relay.status import WorkerPresence
 
@@ -82,9 +82,11 @@ class RelayWorker:
         self.deliverer = Deliverer(self.settings, self.client, self.meta, observer=self.metrics)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.election = Election(self.client, self.worker_id, 3 * relay.observe_interval_ms)
-        self.outbox = Outbox(self.settings.alerts, self.settings.alerting.retry_max_s)
-        self.alerts = Alerts(self.settings, self.client, self.outbox)
         self._observing = False
+        # Only the elected observer sends what the outbox holds in Redis.
+        self.outbox = Outbox(self.client, self.settings, may_send=lambda: self._observing,
+                             worker_id=self.worker_id)
+        self.alerts = Alerts(self.settings, self.client, self.outbox)
         self._redis_lost_ms: int | None = None
         self._collector_unreadable = False
         self._http = httpx.Client(timeout=2.0)

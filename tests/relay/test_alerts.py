@@ -22,8 +22,9 @@ from relay import keys
 from relay.alerts import Alerts, Finding, collector_spooling, findings
 from relay.config import Settings, settings_from_mapping
 from relay.errors import ConfigError
-from relay.notify import SIGNATURE_HEADER, Outbox
+from relay.notify import SIGNATURE_HEADER
 from relay.observe import relay_state
+from relay.outbox import Outbox
 from relay.queues import QUEUE_NAMES
 from relay.status import WorkerPresence
 from relay.worker import RelayWorker
@@ -134,7 +135,7 @@ def token_invalid() -> Finding:
 
 def engine(settings: Settings, redis: fakeredis.FakeRedis, clock: Clock,
            outbox: Outbox | None = None) -> tuple[Alerts, Outbox]:
-    outbox = outbox or Outbox(settings.alerts, settings.alerting.retry_max_s, clock=clock)
+    outbox = outbox or Outbox(redis, settings, clock=clock)
     return Alerts(settings, redis, outbox, clock=clock), outbox
 
 
@@ -308,7 +309,7 @@ def test_a_hanging_endpoint_never_blocks_whoever_raises_an_alert(
     # Given the outbox thread stuck in a request the endpoint does not answer
     telegram.hold = threading.Event()
     settings = settings_for(telegram_alert(telegram))
-    alerts, outbox = engine(settings, redis, Clock(), Outbox(settings.alerts, 60))
+    alerts, outbox = engine(settings, redis, Clock(), Outbox(redis, settings))
     outbox.start()
     try:
         alerts.evaluate([token_invalid()])
