@@ -42,6 +42,12 @@ class CollectorMetrics(EnqueueObserver):
             "Redirects and beacons from bots (and HEAD requests), answered but not reported.",
             registry=self.registry,
         )
+        self.unrecorded_clicks = Counter(
+            "pixelrelay_collector_unrecorded_clicks",
+            "Redirects answered while neither Redis nor the disk spool could store the click: "
+            "the visitor was sent on, the click is not reported.",
+            registry=self.registry,
+        )
         self.enqueue_seconds = Histogram(
             "pixelrelay_collector_enqueue_seconds", "Time to store a group durably.",
             ["destination"], registry=self.registry,

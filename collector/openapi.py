@@ -159,13 +159,15 @@ class RedirectOperation(Operation):
             for name, text, value in _REDIRECT_QUERY)]
         self.summary = "A tracked link: records the click and redirects at once"
         self.description = ("Redirects only to the link's configured destination (its query "
-                            "string forwarded if the link says so); sets _fbc, _fbp and _prclk.")
+                            "string forwarded if the link says so); sets _fbc, _fbp and _prclk. "
+                            "Redirects even when nothing can store the click (it is then "
+                            "not recorded, and _prclk not set).")
         self.responses = {
             "302": OpenAPIResponse(description="To the link's configured destination."),
             "404": OpenAPIResponse(description="No link with that slug (an HTML page).",
                                    content={"text/html": OpenAPIMediaType(
                                        schema=cast(Schema, {"type": "string"}))}),
-            **_errors(405, 429, 503),
+            **_errors(405, 429),
         }
 
 

@@ -1,10 +1,18 @@
-"""``/go/{slug}``: answer with a 302 at once, after the click's events are stored durably."""
+"""``/go/{slug}``: answer with a 302 at once, after the click's events are stored durably.
+
+When nothing can store them (Redis unreachable and the disk spool full or failing), the
+visitor is still sent on: the click is not recorded, and that is counted
+(``pixelrelay_collector_unrecorded_clicks_total``) and logged (``click_not_recorded``), so an
+operator sees what a full disk costs. A server event in that state is a 503 its sender retries;
+a visitor would not retry, and a 503 would lose the sale as well as the click.
+"""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
 
+import structlog
 from litestar import Request, Response
 from litestar.datastructures import Cookie
 
@@ -20,9 +28,11 @@ from collector.visitor import (
     client_ip,
 )
 from relay.consent import CONSENT_COOKIE, consent_from_cookie
+from relay.errors import StorageError
 from relay.events import ClickContext, MetaEvent, UserData, new_event_id
 from relay.inbox import Write
 
+log = structlog.get_logger("collector.redirect")
 UTM_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "utm_id")
 
 NOT_FOUND_PAGE = (
@@ -102,12 +112,17 @@ async def handle_redirect(ctx: CollectorContext, request: Request, slug: str) ->
         )
         writes.append(ctx.event_write(pixel_id, event, source="redirect", click_id=click_id,
                                       received_ms=now))
-    await ctx.enqueuer.store(writes)
-    ctx.events_counter("redirect").inc(len(pixels))
-    ctx.requests_counter("go", "302").inc()
-
     secure = is_https(request, ctx)
-    set_cookies = [visitor_cookie(ctx, CLICK_COOKIE, click_id, secure)]
+    set_cookies = []
+    try:
+        await ctx.enqueuer.store(writes)
+    except StorageError as exc:
+        ctx.metrics.unrecorded_clicks.inc()
+        log.warning("click_not_recorded", slug=slug, pixels=len(pixels), reason=str(exc))
+    else:
+        ctx.events_counter("redirect").inc(len(pixels))
+        set_cookies.append(visitor_cookie(ctx, CLICK_COOKIE, click_id, secure))
+    ctx.requests_counter("go", "302").inc()
     if new_fbc and fbc:
         set_cookies.append(visitor_cookie(ctx, FBC_COOKIE, fbc, secure))
     if new_fbp:

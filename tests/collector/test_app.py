@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 import pytest
+import structlog
 from fakeredis import FakeServer
 from fakeredis.aioredis import FakeRedis
 
@@ -136,15 +137,39 @@ def test_only_get_or_head_of_one_go_segment_skips_litestar(method: str, path: st
     assert slug == _redirect_slug(scope)
 
 
-async def test_a_redirect_nothing_can_store_is_a_503_with_retry_after(
+async def test_a_redirect_nothing_can_store_still_redirects_and_counts_the_click_lost(
         client: httpx.AsyncClient, nothing_can_store: None) -> None:
-    response = await client.get("/go/demo", headers={"user-agent": BROWSER_UA})
+    with structlog.testing.capture_logs() as logs:
+        response = await client.get("/go/demo?fbclid=IwAR_full",
+                                    headers={"user-agent": BROWSER_UA})
+
+    assert (302, "shop.example") == (response.status_code,
+                                     urlsplit(response.headers["location"]).hostname)
+    # No click cookie for a click that was not stored; the visitor's own cookies still set
+    assert {"_fbc", "_fbp"} == set(response.cookies)
+    metrics = (await client.get("/metrics")).text
+    assert (1.0, 1.0, 0.0) == (
+        metric_value(metrics, "pixelrelay_collector_unrecorded_clicks_total"),
+        metric_value(metrics, "pixelrelay_collector_requests_total", route="go", status="302"),
+        metric_value(metrics, "pixelrelay_collector_events_total", source="redirect"))
+    [lost] = [e for e in logs if e["event"] == "click_not_recorded"]
+    assert ("demo", 2, "warning") == (lost["slug"], lost["pixels"], lost["log_level"])
+
+
+async def test_a_server_event_nothing_can_store_is_a_503_with_retry_after(
+        client: httpx.AsyncClient, nothing_can_store: None) -> None:
+    response = await client.post("/v1/events", headers={"authorization": f"Bearer {API_KEY}"},
+                                 json={"event_name": "Lead",
+                                       "event_source_url": "https://shop.example/p",
+                                       "user_data": {"em": "a@b.example",
+                                                     "client_user_agent": BROWSER_UA}})
 
     assert (503, "1", {"error": "neither Redis nor the disk spool accepted the event; "
                                 "retry shortly"}) == (
         response.status_code, response.headers.get("retry-after"), response.json())
     assert 1.0 == metric_value((await client.get("/metrics")).text,
-                               "pixelrelay_collector_requests_total", route="go", status="503")
+                               "pixelrelay_collector_requests_total", route="events",
+                               status="503")
 
 
 # -- hostile input: a client error is a 4xx, never a 500 ----------------------------------------

@@ -1,7 +1,8 @@
 """Storage faults at the collector's door, on a live collector (granian, real Redis): Redis at
 ``maxmemory`` with ``noeviction``, and the spool's disk full while Redis is down. The promise
 is the same for both: an event is acknowledged (202) only once it is stored; otherwise the
-answer is a 503 with a sentence and ``Retry-After``; nothing acknowledged is lost."""
+answer is a 503 with a sentence and ``Retry-After``; nothing acknowledged is lost. A redirect
+that cannot be stored still redirects, and the click lost is counted."""
 
 from __future__ import annotations
 
@@ -97,26 +98,41 @@ def tiny_spool_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(spool)], check=True)
 
 
-def test_a_full_spool_disk_is_a_503_and_loses_nothing_acknowledged(
+def unrecorded_clicks(collector: LiveCollector) -> float:
+    text = httpx.get(f"{collector.base}/metrics", timeout=5).text
+    [value] = [float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("pixelrelay_collector_unrecorded_clicks_total ")]
+    return value
+
+
+def test_a_full_spool_disk_refuses_events_with_a_503_redirects_and_loses_nothing_acknowledged(
         tmp_path: Path, redis_server: RedisServer, tiny_spool_disk: Path) -> None:
     with collector_on(tmp_path, redis_server) as collector:
         # Given Redis down: the collector spools onto a 256 kB disk
         redis_server.stop()
 
-        # When more events arrive than the disk holds
+        # When more events arrive than the disk holds, then visitors click
         answers = send(collector, "full", 200)
-        redirect = httpx.get(f"{collector.base}/go/demo", timeout=10,
-                             headers={"User-Agent": "Mozilla/5.0 (X11; Linux)"})
+        with httpx.Client(timeout=10, headers={"User-Agent": "Mozilla/5.0 (X11; Linux)"}) as c:
+            clicks = [c.get(f"{collector.base}/go/demo?fbclid=IwAR_disk_full_{n}")
+                      for n in range(5)]
 
-        # Then the first ones were acknowledged, the rest refused with a 503; after Redis
-        # returns, every acknowledged one is there
+        # Then the first events were acknowledged, the rest refused with a 503; the visitors
+        # were sent on, their clicks counted as not recorded and logged
+        assert {(302, "shop.example")} == {
+            (r.status_code, httpx.URL(r.headers["location"]).host) for r in clicks}
+        assert 5 == unrecorded_clicks(collector)
+        assert 5 == collector.process.output().count('"click_not_recorded"')
+
+        # After Redis returns, every acknowledged event is there
         redis_server.start()
         started = time.monotonic()
         wait_for(lambda: not_spooling(collector), 30, what="the spool to replay")
         accepted = {i for i, status in answers.items() if status == 202}
         missing = accepted - stored_ids(redis_server)
-        record(Row(f"spool disk full, Redis down (redirect: {redirect.status_code})",
-                   len(answers), sent=len(accepted), delivered=len(accepted) - len(missing),
-                   lost=len(missing), recover_s=time.monotonic() - started))
+        record(Row("spool disk full, Redis down (events: 503; redirects: 302, click lost)",
+                   len(answers) + len(clicks), sent=len(accepted),
+                   delivered=len(accepted) - len(missing), lost=len(missing),
+                   recover_s=time.monotonic() - started))
         assert accepted and 503 in answers.values(), answers
         assert set() == missing
