@@ -109,12 +109,13 @@ class CollectorContext:
         return reason
 
     def event_write(self, pixel_id: str, event: MetaEvent, *, source: str,
-                    click_id: str | None, received_ms: int) -> EventWrite:
+                    click_id: str | None, received_ms: int,
+                    test_event_code: str | None = None) -> EventWrite:
         """The write storing ``event`` for ``pixel_id``, with the pixel's LDU default."""
         event = with_pixel_defaults(event, self.pixels.get(pixel_id))
         envelope = Envelope(pixel_id=pixel_id, event=event, received_ms=received_ms,
                             source=source,  # type: ignore[arg-type]
-                            click_id=click_id)
+                            click_id=click_id, test_event_code=test_event_code)
         return EventWrite(
             queue=queue_for(event.event_name, self.settings.relay),
             pixel_id=pixel_id,

@@ -9,6 +9,8 @@ durably; the relay then batches, retries and deduplicates them like any other se
 Accepted shapes (as in fakemeta, docs/integrations.md): a JSON body, or form-encoded or
 multipart fields, with ``data`` an array of events as objects or as JSON strings (what the SDKs
 send); the token as ``access_token`` in the query or the body, or ``Authorization: Bearer``.
+``test_event_code`` is per request, as at Meta: it travels with each event's envelope and the
+relay sends events with different codes in different requests (``relay.delivery``).
 ``appsecret_proof`` is checked as Meta checks it (``check_appsecret_proof``) against the API
 key's app secret (``api_keys.app_secret_env``), else the pixel's: a wrong proof is refused, a
 missing one only for a key with ``require_appsecret_proof``; with no secret configured a proof
@@ -45,6 +47,7 @@ from relay.config import ApiKeySettings
 from relay.consent import Withheld
 from relay.errors import InputError, StorageError
 from relay.meta_client import appsecret_proof
+from relay.validation import problem_with_test_event_code
 
 _VERSION = re.compile(r"v\d+\.\d+")
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -111,7 +114,11 @@ async def handle_graph_events(ctx: CollectorContext, request: Request, version: 
     check_appsecret_proof(params.get("appsecret_proof"), token, key,
                           ctx.pixels[pixel_id].app_secret)
     located = [(f"data[{i}]", event) for i, event in enumerate(events_of(params.get("data")))]
-    stored = await store_server_events(ctx, key, located, pixel_id=pixel_id)
+    test_event_code = params.get("test_event_code") or None  # an empty field is no code
+    if (found := problem_with_test_event_code(test_event_code)) is not None:
+        raise InputError(f"test_event_code {found}", 400)
+    stored = await store_server_events(ctx, key, located, pixel_id=pixel_id,
+                                       test_event_code=test_event_code)
     ctx.metrics.requests.labels("graph", "200").inc()
     trace_id = secrets.token_urlsafe(8)
     answer = {"events_received": len(stored.event_ids) - stored.withheld,

@@ -37,6 +37,7 @@ from relay.events import (
     inbound_event,
 )
 from relay.inbox import Write
+from relay.validation import problem_with_test_event_code
 
 _json_decoder = msgspec.json.Decoder()
 
@@ -122,12 +123,15 @@ class Stored(NamedTuple):
 
 async def store_server_events(ctx: CollectorContext, key: ApiKeySettings,
                               located: Sequence[tuple[str, object]],
-                              pixel_id: str | None = None) -> Stored:
+                              pixel_id: str | None = None,
+                              test_event_code: str | None = None) -> Stored:
     """Check, hash and durably store server events (``(where, decoded JSON)`` pairs) for the
     pixels ``key`` may send to, once stored.
 
     ``pixel_id`` (the Graph endpoint's path) applies to every event; otherwise each event's
-    own ``pixel_id``, or every pixel the key is allowed. One bad event refuses the request.
+    own ``pixel_id``, or every pixel the key is allowed. ``test_event_code`` (the Graph
+    request's) applies to every event that names none itself. One bad event refuses the
+    request.
     """
     if not located:
         raise InputError("the request holds no event", 422)
@@ -148,6 +152,9 @@ async def store_server_events(ctx: CollectorContext, key: ApiKeySettings,
             raise InputError(f"{where}.pixel_id {item.pixel_id} is not the pixel in the path "
                              f"({pixel_id})", 422)
         pixels = _pixels_for(ctx, key, pixel_id or item.pixel_id, where)
+        code = item.test_event_code or test_event_code
+        if (found := problem_with_test_event_code(code)) is not None:
+            raise InputError(f"{where}.test_event_code {found}", 422)
         event = build_event(item, now_s=now_s, max_age_days=relay.max_event_age_days,
                             max_future_skew_s=ctx.settings.collector.max_future_skew_s,
                             where=where, phone_region=ctx.settings.phone_region(key, pixels))
@@ -157,7 +164,8 @@ async def store_server_events(ctx: CollectorContext, key: ApiKeySettings,
                 withheld[reason] += 1
                 continue
             writes.append(ctx.event_write(pixel, event, source="server",
-                                          click_id=item.click_id, received_ms=received))
+                                          click_id=item.click_id, received_ms=received,
+                                          test_event_code=code))
         accepted.append(event.event_id)
     if writes:
         await ctx.enqueuer.store(writes)

@@ -27,6 +27,8 @@ class _Pixel:
     event_ids: deque[str] = field(default_factory=deque)
     seen: set[tuple[str, str]] = field(default_factory=set)
     test_event_codes: set[str] = field(default_factory=set)
+    # (test_event_code, event_id) of each accepted event sent with a code, newest kept
+    tested: deque[tuple[str, str]] = field(default_factory=deque)
     partner_agents: set[str] = field(default_factory=set)
     # event_name -> (event_id, wall-clock ms of acceptance), newest max_events_kept per name,
     # so a flood of PageViews cannot push the few Purchases a latency test looks for out.
@@ -82,7 +84,8 @@ class Store:
             pixel = self._pixels.get(pixel_id)
             if pixel is None:
                 pixel = self._pixels[pixel_id] = _Pixel(
-                    bodies=deque(maxlen=self._max_kept), event_ids=deque(maxlen=self._max_kept)
+                    bodies=deque(maxlen=self._max_kept), event_ids=deque(maxlen=self._max_kept),
+                    tested=deque(maxlen=self._max_kept),
                 )
             self._batches += 1
             self._batch_sizes.append(len(batch.events))
@@ -100,6 +103,8 @@ class Store:
                     continue
                 event_id = str(raw_id)
                 pixel.event_ids.append(event_id)
+                if batch.test_event_code is not None:
+                    pixel.tested.append((batch.test_event_code, event_id))
                 arrivals = pixel.arrivals.get(event["event_name"])
                 if arrivals is None:
                     arrivals = pixel.arrivals[event["event_name"]] = deque(maxlen=self._max_kept)
@@ -139,6 +144,7 @@ class Store:
                 "pixel_id": pixel_id,
                 "events": list(pixel.bodies),
                 "test_event_codes": sorted(pixel.test_event_codes),
+                "test_events": _ids_by_code(pixel.tested),
                 "partner_agents": sorted(pixel.partner_agents),
             }
 
@@ -152,3 +158,11 @@ class Store:
                 "event_name": event_name,
                 "arrivals": [{"event_id": eid, "received_ms": ms} for eid, ms in kept],
             }
+
+
+def _ids_by_code(tested: deque[tuple[str, str]]) -> dict[str, list[str]]:
+    """The event ids that arrived with each ``test_event_code``, in arrival order."""
+    ids: dict[str, list[str]] = {}
+    for code, event_id in tested:
+        ids.setdefault(code, []).append(event_id)
+    return ids

@@ -245,7 +245,9 @@ class PixelSettings(Struct, frozen=True, forbid_unknown_fields=True):
     app_secret_env: Annotated[
         str, _help("Environment variable holding the app secret (appsecret_proof).")
     ] = ""
-    test_event_code: Annotated[str, _help("Sent as test_event_code (Events Manager tests).")] = ""
+    test_event_code: Annotated[
+        str, _help("Sent as test_event_code (Events Manager tests) with events that bring none.")
+    ] = ""
     api_version: Annotated[str, _help("Graph API version for this pixel; empty = meta's.")] = ""
     requests_per_s: Annotated[float, _help("Request rate limit; 0 = relay default.", ge=0)] = 0.0
     events_per_s: Annotated[float, _help("Event rate limit; 0 = relay default.", ge=0)] = 0.0

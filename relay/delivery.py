@@ -175,7 +175,8 @@ class Deliverer:
             if gate is Gate.PROBE:
                 self.breaker.skipped(pixel_id, attempt.batch_id)
             return None
-        wait_ms = self.limiter.acquire(pixel_id, self.rates(pixel), len(envelopes))
+        first_request = len(by_test_event_code(envelopes)[0])
+        wait_ms = self.limiter.acquire(pixel_id, self.rates(pixel), first_request)
         if wait_ms > 0:
             self.observer.deferred(envelopes, "rate_limit")
             return Defer(wait_ms, "rate limit")
@@ -353,16 +354,19 @@ class Deliverer:
 
     def _send_isolating(self, pixel: PixelSettings, envelopes: list[Envelope],
                         attempt: Attempt, settled: set[str]) -> None:
-        """Send; if Meta blames an event, split the batch until the culprits stand alone.
+        """Send, one request per ``test_event_code`` the events came with (nearly always one);
+        if Meta blames an event, split that request until the culprits stand alone.
 
-        ``deliver`` charged the limiter for this first request; ``_send_charged`` charges every
+        ``deliver`` charged the limiter for the first request; ``_send_charged`` charges every
         further one. Raises what ``MetaClient.send`` raises, other than ``InvalidBatchError``,
         and ``_SplitDeferred``; ``settled`` then says which events are done.
         """
         split = _Split(pixel, attempt, settled)
-        rejection = self._send_part(split, envelopes)
-        if rejection is not None:
-            self._isolate(split, envelopes, rejection)
+        for i, group in enumerate(by_test_event_code(envelopes)):
+            rejection = self._send_part(split, group) if i == 0 else \
+                self._send_charged(split, group)
+            if rejection is not None:
+                self._isolate(split, group, rejection)
 
     def _isolate(self, split: _Split, envelopes: list[Envelope],
                  rejection: InvalidBatchError) -> None:
@@ -435,7 +439,8 @@ class Deliverer:
         started = time.perf_counter()
         outcome = "delivered"
         try:
-            result = self.meta.send(split.pixel, [e.event for e in envelopes])
+            result = self.meta.send(split.pixel, [e.event for e in envelopes],
+                                    envelopes[0].test_event_code)
         except InvalidBatchError as exc:
             outcome = "invalid_batch"
             return exc
@@ -522,6 +527,15 @@ class Deliverer:
                  code=error.code if error else None,
                  fbtrace_id=error.fbtrace_id if error else None,
                  error=error.message if error else None)
+
+
+def by_test_event_code(envelopes: Sequence[Envelope]) -> list[list[Envelope]]:
+    """``envelopes`` in groups that can share a request: the same ``test_event_code`` (Meta
+    takes one per request), in order of first appearance; never an empty list."""
+    groups: dict[str | None, list[Envelope]] = {}
+    for env in envelopes:
+        groups.setdefault(env.test_event_code, []).append(env)
+    return list(groups.values()) or [[]]
 
 
 def _outcome(error: DeliveryError) -> str:

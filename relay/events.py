@@ -112,6 +112,7 @@ class InboundEvent(MetaExtensions, forbid_unknown_fields=True, omit_defaults=Tru
     click_id: str | None = None
     pixel_id: str | None = None
     consent: bool | None = None  # the visitor's consent signal (relay.consent); never sent
+    test_event_code: str | None = None  # sent with the event's batch (Envelope), not in it
 
 
 class MetaEvent(MetaExtensions, omit_defaults=True):
@@ -146,6 +147,9 @@ class Envelope(Struct, omit_defaults=True):
     received_ms: int
     source: Source
     click_id: str | None = None
+    test_event_code: str | None = None
+    """The request's ``test_event_code`` (Events Manager's Test Events): sent with the batch,
+    never inside the event, so events with different codes never share a request."""
 
     @property
     def dedup_key(self) -> str:
@@ -193,8 +197,11 @@ def decode_envelope(data: bytes | str) -> Envelope:
 # 64; a value that starts with "~" itself gets another). Half the bytes of the JSON object for a
 # server Purchase, and still text, so it travels inside Dramatiq's JSON messages unchanged. The
 # field order of MetaEvent and UserData is therefore part of the stored format: add fields at
-# the end only (tests/relay/test_events.py pins it).
+# the end only (tests/relay/test_events.py pins it). An envelope with a test_event_code is
+# written as version 2, ``[2, pixel_id, received_ms, source, click_id, test_event_code, ...]``;
+# every other one stays version 1, byte for byte what earlier versions wrote and read.
 PACKED_VERSION = 1
+PACKED_VERSION_WITH_TEST_CODE = 2
 _USER_FIELDS = UserData.__struct_fields__
 _EVENT_FIELDS = MetaEvent.__struct_fields__
 _USER_DATA_AT = _EVENT_FIELDS.index("user_data")
@@ -237,14 +244,21 @@ def pack_envelope(env: Envelope) -> bytes:
             user[i] = _pack_hashed(user[i])
     event = list(msgspec.structs.astuple(env.event))
     event[_USER_DATA_AT] = _trimmed(user)
-    return _encoder.encode([PACKED_VERSION, env.pixel_id, env.received_ms, env.source,
-                            env.click_id, *_trimmed(event)])
+    head: list[Any] = [PACKED_VERSION, env.pixel_id, env.received_ms, env.source, env.click_id]
+    if env.test_event_code is not None:
+        head = [PACKED_VERSION_WITH_TEST_CODE, *head[1:], env.test_event_code]
+    return _encoder.encode([*head, *_trimmed(event)])
 
 
 def _unpack_envelope(data: bytes | str) -> Envelope:
     try:
         version, pixel_id, received_ms, source, click_id, *event = msgspec.json.decode(data)
-        if version != PACKED_VERSION:
+        test_event_code = None
+        if version == PACKED_VERSION_WITH_TEST_CODE:
+            test_event_code, *event = event
+            if not isinstance(test_event_code, str):
+                raise ValueError("the test_event_code is not a string")
+        elif version != PACKED_VERSION:
             raise msgspec.ValidationError(f"packed envelope version {version} is unknown")
         user = event[_USER_DATA_AT]
         for i in _HASHED_AT:
@@ -255,7 +269,7 @@ def _unpack_envelope(data: bytes | str) -> Envelope:
             raise ValueError(f"{len(event)} event fields, more than {len(_EVENT_FIELDS)}")
         fields = dict(zip(_EVENT_FIELDS, event, strict=False))  # trailing empty ones left out
         return Envelope(pixel_id=pixel_id, event=MetaEvent(**fields), received_ms=received_ms,
-                        source=source, click_id=click_id)
+                        source=source, click_id=click_id, test_event_code=test_event_code)
     except (TypeError, ValueError, IndexError) as exc:  # not the shape pack_envelope writes
         raise msgspec.ValidationError(f"malformed packed envelope: {exc}") from None
 

@@ -189,12 +189,16 @@ class MetaClient:
     def _version(self, pixel: PixelSettings) -> str:
         return pixel.api_version or self.settings.api_version
 
-    def send(self, pixel: PixelSettings, events: Sequence[MetaEvent]) -> SendResult:
-        """POST one batch; raise a ``DeliveryError`` subclass unless Meta answered 2xx."""
+    def send(self, pixel: PixelSettings, events: Sequence[MetaEvent],
+             test_event_code: str | None = None) -> SendResult:
+        """POST one batch; raise a ``DeliveryError`` subclass unless Meta answered 2xx.
+
+        ``test_event_code`` is the batch's own (its events came with it); else the pixel's.
+        """
         body = _encoder.encode(_Body(
             data=[event.wire() for event in events],
             partner_agent=self.settings.partner_agent or None,
-            test_event_code=pixel.test_event_code or None,
+            test_event_code=test_event_code or pixel.test_event_code or None,
         ))
         started = time.perf_counter()
         try:

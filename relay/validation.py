@@ -141,6 +141,21 @@ def data_processing_problem(event: MetaEvent) -> Problem | None:
     return None
 
 
+MAX_TEST_EVENT_CODE_CHARS = 64
+
+
+def problem_with_test_event_code(code: object) -> str | None:
+    """Why ``code`` cannot be sent as a ``test_event_code`` (Events Manager gives codes such as
+    ``TEST12345``), or ``None``; ``None`` itself is no code, which is fine."""
+    if code is None:
+        return None
+    if not isinstance(code, str) or not code.strip():
+        return "must be a non-empty string, such as TEST12345 from Events Manager's Test Events"
+    if len(code) > MAX_TEST_EVENT_CODE_CHARS or not code.isprintable():
+        return f"must be at most {MAX_TEST_EVENT_CODE_CHARS} printable characters"
+    return None
+
+
 def app_data_problem(app_data: dict[str, Any] | None) -> str | None:
     """Why an app event's ``app_data`` falls short of what Meta requires, or None."""
     if app_data is None:

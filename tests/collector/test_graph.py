@@ -283,3 +283,28 @@ async def test_without_any_app_secret_a_proof_is_accepted_unchecked(
     response = await post_with_proof(client, "0" * 64)
 
     assert (200, ["order-1"]) == (response.status_code, await stored_ids(redis))
+
+
+# -- test_event_code ------------------------------------------------------------------------------
+async def test_the_requests_test_event_code_is_kept_with_each_of_its_events(
+        client: httpx.AsyncClient, redis: FakeRedis) -> None:
+    await client.post(PATH, params=TOKEN, data={"data": as_json_strings(purchase("t")),
+                                                "test_event_code": "TEST4242"})
+    await client.post(PATH, params=TOKEN, data={"data": as_json_strings(purchase("live"))})
+
+    stored = await inbox(redis, "relay_high", PIXEL)
+    assert [("t", "TEST4242"), ("live", None)] == [
+        (e.event.event_id, e.test_event_code) for e in stored]
+    assert all("test_event_code" not in msgspec.to_builtins(e.event) for e in stored)
+
+
+@pytest.mark.parametrize("code", [123, " ", "T" * 65, "TEST\n1"])
+async def test_a_test_event_code_that_is_no_code_is_refused_with_code_100(
+        client: httpx.AsyncClient, redis: FakeRedis, code: object) -> None:
+    response = await client.post(PATH, params=TOKEN,
+                                 json={"data": [purchase()], "test_event_code": code})
+
+    error = meta_error(response)
+    assert (400, 100, True) == (response.status_code, error["code"],
+                                error["message"].startswith("test_event_code must be"))
+    assert [] == await stored_ids(redis)

@@ -530,3 +530,20 @@ async def test_unknown_fields_over_the_size_limit_are_refused(client: httpx.Asyn
     response = await post_events(client, purchase(blob="x" * (MAX_PASSTHROUGH_BYTES + 1)))
 
     assert (422, True) == (response.status_code, "at most 16384" in error_of(response))
+
+
+async def test_an_events_test_event_code_goes_with_its_envelope_not_into_the_event(
+        client: httpx.AsyncClient, redis: FakeRedis) -> None:
+    response = await post_events(client, purchase(test_event_code="TEST77"))
+
+    [envelope] = await inbox(redis, "relay_high", PIXEL)
+    assert (202, "TEST77") == (response.status_code, envelope.test_event_code)
+    assert "test_event_code" not in await stored_event(redis)
+
+
+async def test_a_test_event_code_that_is_no_code_is_refused_naming_the_event(
+        client: httpx.AsyncClient) -> None:
+    response = await post_events(client, [purchase(), purchase(test_event_code=" ")])
+
+    assert (422, True) == (response.status_code,
+                           error_of(response).startswith("events[1].test_event_code must be"))

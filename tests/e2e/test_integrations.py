@@ -10,6 +10,7 @@ the shop page runs in Debian's headless Chromium.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -49,6 +50,7 @@ from tests.support import (
 )
 
 BOT = "pixelrelay_shop_bot"
+SIGNED_KEY, SIGNED_SECRET = "signed-integration-key", "the-shops-app-secret"
 TELEGRAM_START = re.compile(r"[A-Za-z0-9_-]{1,64}")  # Telegram's deep-link start parameter
 UA = "Mozilla/5.0 (X11; Linux x86_64) integration-recipes"
 AUTH = {"authorization": f"Bearer {DEMO_API_KEY}"}
@@ -68,6 +70,13 @@ class Stack:
         events = httpx.get(f"{self.meta}/_fake/events", params={"pixel_id": DEMO_PIXEL},
                            timeout=10).json()["events"]
         return [e for e in events if e["event_name"] == event_name]
+
+    def test_events(self) -> dict[str, list[str]]:
+        """Event ids fake Meta received with each test_event_code."""
+        found: dict[str, list[str]] = httpx.get(
+            f"{self.meta}/_fake/events", params={"pixel_id": DEMO_PIXEL},
+            timeout=10).json()["test_events"]
+        return found
 
     def delivered(self, event_name: str, event_id: str) -> dict[str, Any]:
         """Wait until fake Meta has that event; return it as Meta received it."""
@@ -122,10 +131,17 @@ pixels = ["{DEMO_PIXEL}"]
 slug = "shop"
 destination = "{shop_url}/landing?cid={{click_id}}"
 pixels = ["{DEMO_PIXEL}"]
+
+[[api_keys]]
+name = "signed"
+sha256 = "{hashlib.sha256(SIGNED_KEY.encode()).hexdigest()}"
+app_secret_env = "SHOP_APP_SECRET"
+require_appsecret_proof = true
 """)
     config.write_text(config.read_text().replace(
         'allowed_origins = ["https://shop.example"]', f'allowed_origins = ["{shop_url}"]'))
-    env = {"PIXELRELAY_TEST_TOKEN": DEMO_TOKEN, "REDIS_URL": redis.url,
+    env = {"PIXELRELAY_TEST_TOKEN": DEMO_TOKEN, "SHOP_APP_SECRET": SIGNED_SECRET,
+           "REDIS_URL": redis.url,
            "PIXELRELAY_GRAPH_URL": meta, "FAKEMETA_PORT": str(meta_port)}
     processes = [
         Process([sys.executable, "-m", "fakemeta"], tmp / "fakemeta.log", env=env).start(),
@@ -267,3 +283,42 @@ def test_metas_sdk_pointed_at_the_collector_delivers_through_the_relay(stack: St
     for event_id in ("sdk-e2e-1", "sdk-e2e-2"):
         assert 64 == len(stack.delivered("Purchase", event_id)["user_data"]["em"][0])
     assert app_data == stack.delivered("Subscribe", "sdk-app-1")["app_data"]
+
+
+def test_the_sdks_test_event_code_reaches_meta_with_its_events_only(stack: Stack) -> None:
+    # Given the SDK sending a request with a test_event_code, right after one without; the
+    # relay may well batch the three events together
+    tested = sdk_purchase("sdk-test-1", f5first="Mary-Jane", dobd="7", doby="1990")
+    with sdk_api(stack.collector, DEMO_API_KEY):
+        EventRequest(pixel_id=DEMO_PIXEL, events=[tested, sdk_purchase("sdk-test-2")],
+                     test_event_code="TEST31337").execute()
+        EventRequest(pixel_id=DEMO_PIXEL, events=[sdk_purchase("sdk-live-1")]).execute()
+
+    live = stack.delivered("Purchase", "sdk-live-1")
+    arrived = stack.delivered("Purchase", "sdk-test-1")
+    stack.delivered("Purchase", "sdk-test-2")
+    assert ["sdk-test-1", "sdk-test-2"] == stack.test_events()["TEST31337"]
+    assert "sdk-live-1" not in {i for ids in stack.test_events().values() for i in ids}
+    assert "test_event_code" not in live
+    # the older keys the SDK hashed itself arrive as it sent them
+    assert {"f5first": hashlib.sha256(b"mary-").hexdigest(),
+            "dobd": hashlib.sha256(b"07").hexdigest(),
+            "doby": hashlib.sha256(b"1990").hexdigest()} == {
+        k: arrived["user_data"][k] for k in ("f5first", "dobd", "doby")}
+
+
+def test_an_sdk_signing_with_the_app_secret_is_checked_like_meta_checks_it(stack: Stack) -> None:
+    with sdk_api(stack.collector, SIGNED_KEY, SIGNED_SECRET):
+        accepted = EventRequest(pixel_id=DEMO_PIXEL, events=[sdk_purchase("sdk-signed-1")]
+                                ).execute()
+    with sdk_api(stack.collector, SIGNED_KEY, "another-apps-secret"), \
+            pytest.raises(FacebookRequestError) as wrong:
+        EventRequest(pixel_id=DEMO_PIXEL, events=[sdk_purchase("sdk-signed-2")]).execute()
+    with sdk_api(stack.collector, SIGNED_KEY), pytest.raises(FacebookRequestError) as missing:
+        EventRequest(pixel_id=DEMO_PIXEL, events=[sdk_purchase("sdk-signed-3")]).execute()
+
+    assert 1 == accepted.events_received
+    assert (100, 400, "GraphMethodException") == (
+        wrong.value.api_error_code(), wrong.value.http_status(), wrong.value.api_error_type())
+    assert "appsecret_proof" in missing.value.api_error_message()
+    assert 64 == len(stack.delivered("Purchase", "sdk-signed-1")["user_data"]["em"][0])

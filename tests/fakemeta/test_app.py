@@ -48,6 +48,7 @@ async def test_accepted_events_are_kept_with_test_event_code_and_partner_agent(
         "pixel_id": PIXEL,
         "events": [event],
         "test_event_codes": ["TEST42"],
+        "test_events": {"TEST42": [event["event_id"]]},
         "partner_agents": ["pixelrelay-0.1.0"],
     } == stored
 

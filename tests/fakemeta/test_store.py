@@ -84,11 +84,23 @@ def test_test_event_codes_and_partner_agents_are_kept_per_pixel() -> None:
     assert (["T1"], ["pr-1"]) == (events["test_event_codes"], events["partner_agents"])
 
 
+def test_each_events_test_event_code_is_kept() -> None:
+    store = Store()
+
+    store.record_batch("1", batch(make_event(event_id="a"), make_event(event_id="b"),
+                                  test_event_code="T1"))
+    store.record_batch("1", batch(make_event(event_id="c")))
+    store.record_batch("1", batch(make_event(event_id="d"), test_event_code="T2"))
+
+    assert {"T1": ["a", "b"], "T2": ["d"]} == store.pixel_events("1")["test_events"]
+
+
 def test_unknown_pixel_has_no_events() -> None:
     assert {
         "pixel_id": "9",
         "events": [],
         "test_event_codes": [],
+        "test_events": {},
         "partner_agents": [],
     } == Store().pixel_events("9")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -114,6 +115,48 @@ def test_request_carries_the_pixel_token(redis: fakeredis.FakeRedis, graph: Fake
 
     assert (f"/v26.0/{PIXEL}/events", TOKEN) == (
         graph.requests[0].url.path, graph.requests[0].url.params["access_token"])
+
+
+def with_test_code(env: Envelope, code: str | None) -> Envelope:
+    return msgspec.structs.replace(env, test_event_code=code)
+
+
+def test_events_with_different_test_event_codes_never_share_a_request(
+        redis: fakeredis.FakeRedis, graph: FakeGraph) -> None:
+    # Given one batch holding events that came with two codes and with none
+    envs = [with_test_code(envelope("t1"), "TEST1"), envelope("plain"),
+            with_test_code(envelope("t2"), "TEST2"), with_test_code(envelope("t1b"), "TEST1")]
+
+    outcome = make_deliverer(redis, graph).deliver(PIXEL, encoded(*envs), FIRST)
+
+    sent = [(json.loads(r.content).get("test_event_code"), [e["event_id"] for e in
+             json.loads(r.content)["data"]]) for r in graph.requests]
+    assert (None, [("TEST1", ["t1", "t1b"]), (None, ["plain"]), ("TEST2", ["t2"])]) == (
+        outcome, sent)
+
+
+def test_an_events_test_event_code_wins_over_the_pixels(redis: fakeredis.FakeRedis,
+                                                        graph: FakeGraph) -> None:
+    settings = make_settings(pixel={"test_event_code": "PIXEL1"})
+    envs = [with_test_code(envelope("own"), "TEST9"), envelope("pixels")]
+
+    make_deliverer(redis, graph, settings).deliver(PIXEL, encoded(*envs), FIRST)
+
+    assert ["TEST9", "PIXEL1"] == [json.loads(r.content)["test_event_code"]
+                                   for r in graph.requests]
+
+
+def test_a_culprit_is_split_out_within_its_test_event_code(redis: fakeredis.FakeRedis) -> None:
+    # Given Meta refusing one event of the TEST1 request
+    graph = FakeGraph(respond=error_for("bad", httpx.Response(400, json=EVENT_REJECTION)))
+    envs = [with_test_code(envelope("bad"), "TEST1"), with_test_code(envelope("ok"), "TEST1"),
+            envelope("plain")]
+
+    make_deliverer(redis, graph).deliver(PIXEL, encoded(*envs), FIRST)
+
+    assert {"ok", "plain"} == set(graph.accepted)
+    assert all(json.loads(r.content).get("test_event_code") == "TEST1"
+               for r in graph.requests if "plain" not in r.content.decode())
 
 
 def test_delivered_events_are_recorded_delivered(redis: fakeredis.FakeRedis,

@@ -366,6 +366,16 @@ def test_a_packed_envelope_decodes_to_the_same_envelope() -> None:
     assert env == decode_envelope(pack_envelope(env))
 
 
+def test_a_test_event_code_survives_packing_and_only_then_changes_the_version() -> None:
+    plain = _purchase_envelope()
+    tested = msgspec.structs.replace(plain, test_event_code="TEST123")
+
+    assert (tested, b"[1,", b"[2,") == (decode_envelope(pack_envelope(tested)),
+                                        pack_envelope(plain)[:3], pack_envelope(tested)[:3])
+    assert pack_envelope(plain) == pack_envelope(tested).replace(b'"TEST123",', b"", 1) \
+        .replace(b"[2,", b"[1,", 1)
+
+
 def test_packing_halves_a_server_event() -> None:
     env = _purchase_envelope()
 

@@ -235,6 +235,15 @@ def test_send_body_is_json_with_data_and_partner_agent() -> None:
     }) == (request.headers["content-type"], json.loads(request.content))
 
 
+def test_a_batchs_own_test_event_code_wins_over_the_pixels() -> None:
+    graph = FakeGraph()
+    pixel = msgspec.structs.replace(PIXEL, test_event_code="PIXEL1")
+
+    client_for(graph).send(pixel, [meta_event()], "TEST9")
+
+    assert "TEST9" == json.loads(graph.requests[0].content)["test_event_code"]
+
+
 def test_send_body_carries_the_test_event_code() -> None:
     graph = FakeGraph()
     pixel = msgspec.structs.replace(PIXEL, test_event_code="TEST123")
