@@ -51,6 +51,7 @@ from tests.support import (
 
 BOT = "pixelrelay_shop_bot"
 SIGNED_KEY, SIGNED_SECRET = "signed-integration-key", "the-shops-app-secret"
+CONSENT_PIXEL = "5550001112"  # requires the visitor's consent
 TELEGRAM_START = re.compile(r"[A-Za-z0-9_-]{1,64}")  # Telegram's deep-link start parameter
 UA = "Mozilla/5.0 (X11; Linux x86_64) integration-recipes"
 AUTH = {"authorization": f"Bearer {DEMO_API_KEY}"}
@@ -71,7 +72,7 @@ class Stack:
                            timeout=10).json()["events"]
         return [e for e in events if e["event_name"] == event_name]
 
-    def test_events(self) -> dict[str, list[str]]:
+    def events_by_test_code(self) -> dict[str, list[str]]:
         """Event ids fake Meta received with each test_event_code."""
         found: dict[str, list[str]] = httpx.get(
             f"{self.meta}/_fake/events", params={"pixel_id": DEMO_PIXEL},
@@ -131,6 +132,11 @@ pixels = ["{DEMO_PIXEL}"]
 slug = "shop"
 destination = "{shop_url}/landing?cid={{click_id}}"
 pixels = ["{DEMO_PIXEL}"]
+
+[[pixels]]
+id = "{CONSENT_PIXEL}"
+access_token_env = "PIXELRELAY_TEST_TOKEN"
+require_consent = true
 
 [[api_keys]]
 name = "signed"
@@ -297,8 +303,8 @@ def test_the_sdks_test_event_code_reaches_meta_with_its_events_only(stack: Stack
     live = stack.delivered("Purchase", "sdk-live-1")
     arrived = stack.delivered("Purchase", "sdk-test-1")
     stack.delivered("Purchase", "sdk-test-2")
-    assert ["sdk-test-1", "sdk-test-2"] == stack.test_events()["TEST31337"]
-    assert "sdk-live-1" not in {i for ids in stack.test_events().values() for i in ids}
+    assert ["sdk-test-1", "sdk-test-2"] == stack.events_by_test_code()["TEST31337"]
+    assert "sdk-live-1" not in {i for ids in stack.events_by_test_code().values() for i in ids}
     assert "test_event_code" not in live
     # the older keys the SDK hashed itself arrive as it sent them
     assert {"f5first": hashlib.sha256(b"mary-").hexdigest(),
@@ -322,3 +328,37 @@ def test_an_sdk_signing_with_the_app_secret_is_checked_like_meta_checks_it(stack
         wrong.value.api_error_code(), wrong.value.http_status(), wrong.value.api_error_type())
     assert "appsecret_proof" in missing.value.api_error_message()
     assert 64 == len(stack.delivered("Purchase", "sdk-signed-1")["user_data"]["em"][0])
+
+
+def test_an_sdk_event_sent_twice_reaches_meta_once(stack: Stack) -> None:
+    with sdk_api(stack.collector, DEMO_API_KEY):
+        EventRequest(pixel_id=DEMO_PIXEL, events=[sdk_purchase("sdk-twice")]).execute()
+        stack.delivered("Purchase", "sdk-twice")
+        # the integration retries (a timeout on its side): the same event, with a new one
+        again = EventRequest(pixel_id=DEMO_PIXEL, events=[sdk_purchase("sdk-twice"),
+                                                          sdk_purchase("sdk-after")]).execute()
+
+    stack.delivered("Purchase", "sdk-after")
+    assert 2 == again.events_received  # Meta's answer: both taken; the relay drops the copy
+    assert 1 == len([e for e in stack.meta_events("Purchase") if e["event_id"] == "sdk-twice"])
+
+
+def test_the_sdk_reads_what_consent_withheld_from_metas_messages(stack: Stack) -> None:
+    # Given a pixel that requires consent: the SDK's own event says none, a raw one says yes
+    agreed = {**sdk_purchase("sdk-consent-yes").normalize(), "consent": True}
+    with sdk_api(stack.collector, DEMO_API_KEY):
+        answer = EventRequest(pixel_id=CONSENT_PIXEL,
+                              events=[sdk_purchase("sdk-consent-unsaid")]).execute()
+        stored = AdsPixel(CONSENT_PIXEL).create_event(
+            fields=[], params={"data": [json.dumps(agreed)]})
+
+    assert (0, 1) == (answer.events_received, len(answer.messages))
+    assert answer.messages[0].startswith(f"1 event withheld: pixel {CONSENT_PIXEL} requires")
+    assert (1, []) == (stored["events_received"], stored["messages"])
+    wait_for(lambda: httpx.get(f"{stack.meta}/_fake/events", params={"pixel_id": CONSENT_PIXEL},
+                               timeout=10).json()["events"], 30, interval_s=0.1,
+             what="the consented event at fake Meta")
+    events = httpx.get(f"{stack.meta}/_fake/events", params={"pixel_id": CONSENT_PIXEL},
+                       timeout=10).json()["events"]
+    assert (["sdk-consent-yes"], False) == ([e["event_id"] for e in events],
+                                            "consent" in events[0])
