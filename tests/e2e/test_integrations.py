@@ -11,6 +11,7 @@ the shop page runs in Debian's headless Chromium.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 import sys
@@ -66,6 +67,11 @@ class Stack:
     collector: str
     meta: str
     shop: str
+    processes: list[Process]
+
+    def logs(self) -> str:
+        """Everything the fake Meta, the collector and the relay have logged so far."""
+        return "\n".join(p.output() for p in self.processes)
 
     def meta_events(self, event_name: str) -> list[dict[str, Any]]:
         events = httpx.get(f"{self.meta}/_fake/events", params={"pixel_id": DEMO_PIXEL},
@@ -160,7 +166,7 @@ require_appsecret_proof = true
         wait_http(f"{meta}/_fake/healthz")
         wait_http(f"{collector}/healthz")
         wait_for(lambda: "relay_worker_started" in processes[2].output(), 30, what="the relay")
-        yield Stack(collector=collector, meta=meta, shop=shop_url)
+        yield Stack(collector=collector, meta=meta, shop=shop_url, processes=processes)
     finally:
         for process in reversed(processes):
             process.stop()
@@ -323,6 +329,8 @@ def test_an_sdk_signing_with_the_app_secret_is_checked_like_meta_checks_it(stack
     with sdk_api(stack.collector, SIGNED_KEY), pytest.raises(FacebookRequestError) as missing:
         EventRequest(pixel_id=DEMO_PIXEL, events=[sdk_purchase("sdk-signed-3")]).execute()
 
+    proof = hmac.new(SIGNED_SECRET.encode(), SIGNED_KEY.encode(), hashlib.sha256).hexdigest()
+    assert [] == [s for s in (SIGNED_KEY, SIGNED_SECRET, proof) if s in stack.logs()]
     assert 1 == accepted.events_received
     assert (100, 400, "GraphMethodException") == (
         wrong.value.api_error_code(), wrong.value.http_status(), wrong.value.api_error_type())
