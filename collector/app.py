@@ -284,6 +284,8 @@ def storage_error_response(ctx: CollectorContext, request: Request,
 
 
 def on_http_error(request: Request, exc: HTTPException) -> Response:
+    if _route_of(request) == "graph":  # e.g. a GET there (405), refused before the route
+        return on_graph_error(request, exc)
     ctx = context_of(request)
     status = exc.status_code
     ctx.metrics.requests.labels(_route_of(request), str(status)).inc()

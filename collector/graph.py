@@ -96,6 +96,9 @@ def graph_error_of(exc: Exception) -> GraphError:
     if isinstance(exc, HTTPException):
         if exc.status_code == 413:
             return GraphError("the request body is too large", 100, 413)
+        if exc.status_code == 405:
+            return GraphError("Unsupported request: /{version}/{pixel_id}/events takes POST",
+                              100, 405)
         return GraphError(str(exc.detail), 100, exc.status_code)
     raise exc
 

@@ -308,3 +308,10 @@ async def test_a_test_event_code_that_is_no_code_is_refused_with_code_100(
     assert (400, 100, True) == (response.status_code, error["code"],
                                 error["message"].startswith("test_event_code must be"))
     assert [] == await stored_ids(redis)
+
+
+async def test_a_method_the_endpoint_does_not_take_is_refused_in_metas_shape(
+        client: httpx.AsyncClient) -> None:
+    response = await client.get(PATH, params=TOKEN)
+
+    assert (405, 100) == (response.status_code, meta_error(response)["code"])
