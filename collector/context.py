@@ -15,10 +15,11 @@ from collector.metrics import CollectorMetrics
 from collector.spool import Spool
 from collector.visitor import BotDetector, TrustedProxies
 from collector.withheld import WithheldCounter, redis_adder
+from relay.clicks import encode_click
 from relay.config import ApiKeySettings, LinkSettings, PixelSettings, Settings, hash_api_key
 from relay.consent import Withheld, with_pixel_defaults, withheld_reason
 from relay.errors import InputError
-from relay.events import ClickContext, Envelope, MetaEvent, encode, pack_envelope
+from relay.events import ClickContext, Envelope, MetaEvent, pack_envelope
 from relay.inbox import ClickWrite, EventWrite
 from relay.queues import queue_for
 
@@ -125,7 +126,8 @@ class CollectorContext:
         )
 
     def click_write(self, click: ClickContext) -> ClickWrite:
-        return ClickWrite(click_id=click.click_id, ttl_s=self.click_ttl_s, payload=encode(click))
+        return ClickWrite(click_id=click.click_id, ttl_s=self.click_ttl_s,
+                          payload=encode_click(click))
 
 
 def now_ms() -> int:

@@ -9,7 +9,6 @@ a visitor would not retry, and a 503 would lose the sale as well as the click.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 
 import structlog
@@ -27,9 +26,10 @@ from collector.visitor import (
     choose_fbp,
     client_ip,
 )
+from relay.clicks import new_click_id
 from relay.consent import CONSENT_COOKIE, consent_from_cookie
 from relay.errors import StorageError
-from relay.events import ClickContext, MetaEvent, UserData, new_event_id
+from relay.events import ClickContext, MetaEvent, UserData
 from relay.inbox import Write
 
 log = structlog.get_logger("collector.redirect")
@@ -73,7 +73,8 @@ async def handle_redirect(ctx: CollectorContext, request: Request, slug: str) ->
     query_string = request.scope.get("query_string", b"").decode("latin-1")
     pairs = query_pairs(query_string)
     query: Mapping[str, str] = dict(pairs)
-    click_id = secrets.token_urlsafe(12)
+    now = now_ms()
+    click_id = new_click_id(now)
     location = destination_url(link, click_id, query_string, pairs)
     response_headers = {"Location": location, "Cache-Control": "no-store",
                         "Referrer-Policy": "no-referrer-when-downgrade"}
@@ -91,24 +92,31 @@ async def handle_redirect(ctx: CollectorContext, request: Request, slug: str) ->
         ctx.requests_counter("go", "302").inc()
         return Response(b"", status_code=302, headers=response_headers, media_type="text/plain")
 
-    now = now_ms()
     fbc, new_fbc = choose_fbc(query.get("fbclid") or None, cookies.get(FBC_COOKIE), now)
     fbp, new_fbp = choose_fbp(cookies.get(FBP_COOKIE), now)
     ip = client_ip(request.client.host if request.client else None, headers, ctx.proxies)
     utm = {k: query[k] for k in UTM_KEYS if query.get(k)}
+    referrer = headers.get("referer")
+    # The events' own fields are stored once, in the click context, when the events refer to
+    # it (the relay completes them from it: relay.events.complete_from_click); else per event.
+    refer = ctx.events_refer_to_click
     click = ClickContext(
         click_id=click_id, slug=slug, time_ms=now, fbc=fbc, fbp=fbp, client_ip_address=ip,
-        client_user_agent=user_agent,
-        utm=utm or None,
+        client_user_agent=user_agent, utm=utm or None,
+        page_url=location if refer else None, referrer_url=referrer if refer else None,
     )
-    user_data = (UserData() if ctx.events_refer_to_click else
+    user_data = (UserData() if refer else
                  UserData(client_ip_address=ip, client_user_agent=user_agent, fbc=fbc, fbp=fbp))
     writes: list[Write] = [ctx.click_write(click)]
     for pixel_id in pixels:
+        # The click id is the event_id: one event per pixel, each its own dedup key, and
+        # ``trace <click_id>`` finds them in the ledger.
         event = MetaEvent(
-            event_name=link.event_name, event_time=now // 1000, event_id=new_event_id(),
-            action_source="website", user_data=user_data, event_source_url=location,
-            referrer_url=headers.get("referer"), custom_data=dict(utm) if utm else None,
+            event_name=link.event_name, event_time=now // 1000, event_id=click_id,
+            action_source="website", user_data=user_data,
+            event_source_url=None if refer else location,
+            referrer_url=None if refer else referrer,
+            custom_data=dict(utm) if utm and not refer else None,
         )
         writes.append(ctx.event_write(pixel_id, event, source="redirect", click_id=click_id,
                                       received_ms=now))

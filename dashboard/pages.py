@@ -19,7 +19,7 @@ from dashboard.charts import line_chart, sparkline
 from dashboard.operators import authenticate
 from dashboard.security import Throttle, start_session
 from relay import keys
-from relay.events import decode_click
+from relay.clicks import Clicks
 from relay.stats import MATCH_KEY_LABELS, MATCH_KEYS, RANGES, known_event_names, read_window
 from relay.status import pixel_states, queue_depths, workers
 from relay.tools import trace
@@ -169,14 +169,14 @@ def find(request: Request[Any, Any, Any],
         out = io.StringIO()
         found = trace(ctx.settings, query, out, client=ctx.client, event_names=names) == 0
         timeline = out.getvalue() if found else None
-        raw_click = ctx.client.get(keys.click(query))
-        if raw_click:
-            c = decode_click(raw_click)
+        clicks = Clicks(ctx.client)
+        c = clicks.get(query)
+        if c is not None:
             click = {"slug": c.slug, "time_ms": c.time_ms, "fbc": bool(c.fbc),
                      "fbp": bool(c.fbp), "ip": bool(c.client_ip_address),
                      "ua": bool(c.client_user_agent)}
-        members = ctx.client.smembers(keys.click_events(query))
-        event_ids = sorted({m.decode().split(":", 2)[2] for m in members})
+        event_ids = sorted({keys.split_dedup_key(k)[2] for k in clicks.later_events(query)}
+                           - {query})
         for event_id in event_ids:
             out = io.StringIO()
             trace(ctx.settings, event_id, out, client=ctx.client, event_names=names)

@@ -108,12 +108,13 @@ DAY_S = 86_400
 # Key families, in the order they are reported: (name, key prefix).
 FAMILIES = (
     ("inbox entries", f"{keys.PREFIX}:inbox:"),
-    ("click contexts", f"{keys.PREFIX}:click:"),
+    ("click contexts", f"{keys.PREFIX}:clk:"),
     ("event records", f"{keys.PREFIX}:ev:"),
     ("batch logs", f"{keys.PREFIX}:batch:"),
     ("dedup claims", f"{keys.PREFIX}:claim:"),
+    # the layouts before (still read after an upgrade, no longer written)
+    ("old click contexts", f"{keys.PREFIX}:click:"),
     ("click-event index", f"{keys.PREFIX}:clickev:"),
-    # the layout before issue 13 (still read after an upgrade, no longer written)
     ("accepted index", f"{keys.PREFIX}:accepted:"),
     ("life lists", f"{keys.PREFIX}:life:"),
     ("states", f"{keys.PREFIX}:state:"),

@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 
 from relay.config import CONFIG_ENV, GRAPH_URL_ENV, REDIS_URL_ENV, Settings
+from relay.redis_server import SERVER_SETTINGS
 
 FAKE_TOKEN = "fake-meta-token"
 READY_TIMEOUT_S = 30.0
@@ -177,8 +178,7 @@ class Stack:
             self.embedded_redis = True
             stages.append([Child("redis", [
                 str(get_binary_path()), "--port", str(s.redis.embedded_port),
-                "--bind", "127.0.0.1", "--dir", str(data.resolve()), "--appendonly", "yes",
-                "--appendfsync", "everysec", "--save", "", "--maxmemory-policy", "noeviction",
+                "--bind", "127.0.0.1", "--dir", str(data.resolve()), *SERVER_SETTINGS,
             ], env, ready=_redis_answers(s.redis_url))])
             env[REDIS_URL_ENV] = s.redis_url
         if self.uses_fake_meta:

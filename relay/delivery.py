@@ -27,8 +27,8 @@ from redis import Redis, RedisError
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from relay import keys
 from relay.breaker import TOKEN_CODE, Breaker, Gate
+from relay.clicks import Clicks
 from relay.config import PixelSettings, Settings
 from relay.deadletters import DeadLetters
 from relay.dedup import Claim, Dedup
@@ -41,7 +41,7 @@ from relay.errors import (
 )
 from relay.events import (
     Envelope,
-    decode_click,
+    complete_from_click,
     decode_envelope,
     enrich_from_click,
     pack_envelope,
@@ -221,30 +221,30 @@ class Deliverer:
         click_ids = sorted({e.click_id for e in envelopes if e.click_id})
         if not click_ids:
             return envelopes
-        raw = self.client.mget([keys.click(c) for c in click_ids])
-        clicks = {cid: decode_click(r) for cid, r in zip(click_ids, raw, strict=True)
-                  if r is not None}
+        clicks = Clicks(self.client).get_many(click_ids)
         self._note_clicks(envelopes, clicks)
         result = []
         for env in envelopes:
             click = clicks.get(env.click_id or "")
             if click is not None:
-                env = msgspec.structs.replace(env, event=enrich_from_click(env.event, click))
+                fill = complete_from_click if env.source == "redirect" else enrich_from_click
+                env = msgspec.structs.replace(env, event=fill(env.event, click))
             result.append(env)
         return result
 
     def _note_clicks(self, envelopes: list[Envelope], clicks: dict[str, Any]) -> None:
-        """For the dashboard: which events came from each click (find by click_id), and per
-        link the clicks and the later events attributed to them (counted once per batch run;
-        a retried batch counts again)."""
+        """For the dashboard: which later events came from each click (find by click_id; a
+        redirect's own events have the click id as event_id and need no note), and per link
+        the clicks and the later events attributed to them (counted once per batch run; a
+        retried batch counts again)."""
         ttl_s = self.settings.relay.ledger_ttl_days * SECONDS_PER_DAY
         counts: Counter[str] = Counter()
         pipe = self.client.pipeline(transaction=False)
         for env in envelopes:
             if not env.click_id:
                 continue
-            pipe.sadd(keys.click_events(env.click_id), env.dedup_key)
-            pipe.expire(keys.click_events(env.click_id), ttl_s)
+            if env.source != "redirect" or env.event.event_id != env.click_id:
+                Clicks.note_later(pipe, env.click_id, env.dedup_key, ttl_s)
             click = clicks.get(env.click_id)
             if click is not None:
                 what = "lk.click" if env.source == "redirect" else "lk.conv"

@@ -159,9 +159,11 @@ class Envelope(Struct, omit_defaults=True):
 class ClickContext(Struct, array_like=True):
     """What a redirect learned about the visitor; later server events refer to it by click_id.
 
-    Kept for ``collector.click_ttl_days`` per click, so it is stored compactly (a JSON array) and
-    holds only what enrichment and attribution need; the landing URL and referrer travel with
-    the click's own PageView.
+    Kept for ``collector.click_ttl_days`` per click, compactly (``relay.clicks``), with only
+    what enrichment and attribution need. When the click's own events refer to it
+    (``collector.context.CollectorContext.events_refer_to_click``), it also holds their landing
+    URL and referrer, stored once instead of once per pixel (``complete_from_click``). Fields
+    are added at the end only: the stored form is this order.
     """
 
     click_id: str
@@ -172,11 +174,12 @@ class ClickContext(Struct, array_like=True):
     client_ip_address: str | None = None
     client_user_agent: str | None = None
     utm: dict[str, str] | None = None
+    page_url: str | None = None
+    referrer_url: str | None = None
 
 
 _encoder = msgspec.json.Encoder()
 _envelope_decoder = msgspec.json.Decoder(Envelope)
-_click_decoder = msgspec.json.Decoder(ClickContext)
 
 
 def encode(obj: Struct) -> bytes:
@@ -272,10 +275,6 @@ def _unpack_envelope(data: bytes | str) -> Envelope:
                         source=source, click_id=click_id, test_event_code=test_event_code)
     except (TypeError, ValueError, IndexError) as exc:  # not the shape pack_envelope writes
         raise msgspec.ValidationError(f"malformed packed envelope: {exc}") from None
-
-
-def decode_click(data: bytes | str) -> ClickContext:
-    return _click_decoder.decode(data)
 
 
 _INBOUND_FIELDS = frozenset(InboundEvent.__struct_fields__) - {"passthrough"}
@@ -406,6 +405,19 @@ def build_event(inbound: InboundEvent, *, now_s: float, max_age_days: int,
     if problem is not None:
         raise InputError(problem.at(where), 422, reason=problem.reason)
     return event
+
+
+def complete_from_click(event: MetaEvent, click: ClickContext) -> MetaEvent:
+    """A redirect's own event as sent: the landing URL, referrer and UTMs it left to its click
+    context filled in (where the event lacks them), then ``enrich_from_click``."""
+    if click.page_url or click.referrer_url:
+        event = msgspec.structs.replace(
+            event,
+            event_source_url=event.event_source_url or click.page_url,
+            referrer_url=event.referrer_url or click.referrer_url,
+            custom_data=event.custom_data or (dict(click.utm) if click.utm else None),
+        )
+    return enrich_from_click(event, click)
 
 
 def enrich_from_click(event: MetaEvent, click: ClickContext) -> MetaEvent:

@@ -2,7 +2,7 @@
 
 ``STORE`` (collector): append a group of events to the per-queue, per-pixel inbox lists, create
 their ledger records as accepted for the audit (a repeat received the same day keeps the first
-time), and save click contexts. One EVALSHA per group commit, so the
+time), and save click contexts (``relay.clicks``). One EVALSHA per group commit, so the
 collector's cost per event is a few list items, not a round trip.
 
 ``BATCH`` (relay): move up to ``max_batch`` events of one pixel out of the inbox into one Dramatiq
@@ -27,7 +27,7 @@ import msgspec
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from relay import keys
+from relay import clicks, keys
 from relay.breaker import BATCH_GATE
 from relay.ledger import COUNTER_TTL_S
 
@@ -35,7 +35,8 @@ STORE = """
 -- KEYS: every key touched, once each. ARGV: ledger ttl, n, then per event: inbox list, inbox
 -- set and ledger bucket (indexes into KEYS), pixel, record field, received ms, payload, the
 -- minute's counters (index into KEYS) and the counter's field; then
--- per click context: key index, ttl, payload.
+-- per click context: key index, expiry, field, payload (field '': a key of the layout before
+-- the click buckets, expiry its ttl; else a field of the click's hash, expiry a Unix time).
 local ttl = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local i = 3
@@ -59,9 +60,19 @@ end
 for stats in pairs(counters) do
   redis.call('EXPIRE', KEYS[stats], COUNTER_TTL_S)
 end
+local clicks = {}
 while i <= #ARGV do
-  redis.call('SET', KEYS[tonumber(ARGV[i])], ARGV[i+2], 'EX', ARGV[i+1])
-  i = i + 3
+  local at = tonumber(ARGV[i])
+  if ARGV[i+2] == '' then
+    redis.call('SET', KEYS[at], ARGV[i+3], 'EX', ARGV[i+1])
+  else
+    redis.call('HSET', KEYS[at], ARGV[i+2], ARGV[i+3])
+    clicks[at] = ARGV[i+1]
+  end
+  i = i + 4
+end
+for at, expiry in pairs(clicks) do
+  redis.call('EXPIREAT', KEYS[at], expiry)
 end
 return n
 """.replace("COUNTER_TTL_S", str(COUNTER_TTL_S))
@@ -152,7 +163,12 @@ def store_call(writes: Sequence[Write], ledger_ttl_s: int) -> tuple[list[str], l
                  f"received:{e.pixel_id}:{keys.split_dedup_key(e.dedup_key)[1]}")
     for w in writes:
         if isinstance(w, ClickWrite):
-            args += (at(keys.click(w.click_id)), w.ttl_s, w.payload)
+            bucket = clicks.bucket_of(w.click_id)
+            if bucket is None:  # an id of the layout before (a spool written before it)
+                args += (at(keys.click(w.click_id)), w.ttl_s, "", w.payload)
+            else:
+                args += (at(bucket), clicks.expires_at_s(w.click_id, w.ttl_s), w.click_id,
+                         w.payload)
     return names, args
 
 

@@ -39,7 +39,23 @@ def batch_call(call_id: str) -> str:
 
 
 def click(click_id: str) -> str:
+    """Old layout: one click's context (JSON); read for click ids made before the buckets."""
     return f"{PREFIX}:click:{click_id}"
+
+
+# Hashes per day for click contexts: 512 keeps up to about 65,000 clicks a day (128 a hash) in
+# the compact encoding, and a few hundred clicks a day still share hashes.
+CLICK_SLOTS = 512
+
+
+def click_slot_of(click_id: str) -> int:
+    return zlib.crc32(click_id.encode()) % CLICK_SLOTS
+
+
+def click_bucket(day: int, slot: int) -> str:
+    """Hash of the click contexts made on one day (UTC) in one slot (field: the click id,
+    ``relay.clicks``), and of notes of the later events enriched from them."""
+    return f"{PREFIX}:clk:{day}:{slot}"
 
 
 def split_dedup_key(dedup_key: str) -> tuple[str, str, str]:
@@ -231,7 +247,8 @@ def bulk_jobs() -> str:
 
 
 def click_events(click_id: str) -> str:
-    """Set of dedup keys of the events that carried a click_id (the dashboard's find)."""
+    """Old layout: set of dedup keys of the events that carried a click_id (read for click ids
+    made before the click buckets; ``relay.clicks``)."""
     return f"{PREFIX}:clickev:{click_id}"
 
 

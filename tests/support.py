@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import httpx
 
+from relay.redis_server import SERVER_SETTINGS
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 T = TypeVar("T")
@@ -130,8 +132,7 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = Process(
             [valkey_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", "everysec",
-             "--save", "", "--maxmemory-policy", "noeviction"],
+             "--dir", str(self.directory), *SERVER_SETTINGS],
             self.directory / "server.log",
         ).start()
         wait_for(self.ping, 10, what=f"redis on {self.port}")

@@ -15,8 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from collector.app import CollectorApp
+from relay.clicks import bucket_of, decode_click
 from relay.config import Settings, settings_from_mapping
-from relay.events import Envelope, decode_envelope
+from relay.events import ClickContext, Envelope, decode_envelope
 from tests.support import DEMO_API_KEY, DEMO_PIXEL
 
 PIXEL = DEMO_PIXEL
@@ -84,6 +85,15 @@ async def inbox(redis: Redis, queue: str, pixel_id: str) -> list[Envelope]:
     """The envelopes waiting in one queue's inbox for one pixel, oldest first."""
     items = await redis.lrange(f"pixelrelay:inbox:{queue}:{pixel_id}", 0, -1)
     return [decode_envelope(raw) for raw in items]
+
+
+async def stored_click(redis: Redis, click_id: str) -> ClickContext:
+    """The click context stored for ``click_id`` (``relay.clicks``' layout), decoded."""
+    bucket = bucket_of(click_id)
+    assert bucket is not None, f"{click_id!r} is not a click id with a day"
+    raw = await redis.hget(bucket, click_id)
+    assert raw is not None, f"no click context for {click_id}"
+    return decode_click(click_id, raw)
 
 
 async def everything_in(redis: Redis) -> bytes:

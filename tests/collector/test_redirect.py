@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs, urlsplit
 
@@ -11,8 +12,9 @@ from fakeredis.aioredis import FakeRedis
 
 from collector.context import CollectorContext
 from collector.metrics import CollectorMetrics
+from relay.clicks import bucket_of
 from relay.config import Settings
-from relay.events import Envelope, UserData, decode_click, enrich_from_click
+from relay.events import Envelope, UserData, complete_from_click, enrich_from_click
 from tests.collector.support import (
     BROWSER_UA,
     DESTINATION_HOST,
@@ -21,6 +23,7 @@ from tests.collector.support import (
     VISITOR_IP,
     inbox,
     metric_value,
+    stored_click,
 )
 
 FBCLID = "IwAR2F4-dbP0l7Mn1Iaw_QQGCINEz7PYXQvwjNwB_qa2ofrHy"
@@ -46,8 +49,8 @@ async def delivered_user_data(redis: FakeRedis) -> list[UserData]:
     """The stored events' user_data as the relay sends it, filled in from their click context."""
     result = []
     for envelope in await stored_events(redis):
-        stored_click = decode_click(await redis.get(f"pixelrelay:click:{envelope.click_id}"))
-        result.append(enrich_from_click(envelope.event, stored_click).user_data)
+        context = await stored_click(redis, envelope.click_id or "")
+        result.append(enrich_from_click(envelope.event, context).user_data)
     return result
 
 
@@ -102,7 +105,7 @@ async def test_each_pixel_gets_a_page_view_with_the_visitors_data(
 
     cookies = cookies_set(response)
     events = await stored_events(redis)
-    stored_click = decode_click(await redis.get(f"pixelrelay:click:{cookies['_prclk']}"))
+    context = await stored_click(redis, cookies["_prclk"])
     assert [PIXEL, SECOND_PIXEL] == [e.pixel_id for e in events]
     for envelope in events:
         event = envelope.event
@@ -111,20 +114,37 @@ async def test_each_pixel_gets_a_page_view_with_the_visitors_data(
         )
         # The visitor's data is stored once, in the click context, and filled in by the relay.
         assert UserData() == event.user_data
-        event = enrich_from_click(event, stored_click)
+        event = enrich_from_click(event, context)
         assert (cookies["_fbc"], cookies["_fbp"], VISITOR_IP, BROWSER_UA) == (
             event.user_data.fbc, event.user_data.fbp, event.user_data.client_ip_address,
             event.user_data.client_user_agent,
         )
 
 
-async def test_each_pixels_page_view_has_its_own_event_id(client: httpx.AsyncClient,
-                                                         redis: FakeRedis) -> None:
-    await click(client)
-    await click(client)
+async def test_each_pixels_page_view_has_the_click_id_as_its_event_id(
+        client: httpx.AsyncClient, redis: FakeRedis) -> None:
+    first = cookies_set(await click(client))["_prclk"]
+    second = cookies_set(await click(client))["_prclk"]
 
-    event_ids = [e.event.event_id for e in await stored_events(redis)]
-    assert 4 == len(set(event_ids))
+    events = await stored_events(redis)
+    assert first != second
+    assert sorted([first, first, second, second]) == sorted(e.event.event_id for e in events)
+    assert 4 == len({e.dedup_key for e in events})  # one event per pixel and click
+
+
+async def test_the_page_views_landing_url_referrer_and_utms_are_stored_once_in_the_click(
+        client: httpx.AsyncClient, redis: FakeRedis) -> None:
+    response = await click(client, f"?fbclid={FBCLID}&utm_source=fb&utm_campaign=spring",
+                           referer="https://m.facebook.com/")
+
+    events = await stored_events(redis)
+    context = await stored_click(redis, cookies_set(response)["_prclk"])
+    assert [(None, None, None)] * 2 == [
+        (e.event.event_source_url, e.event.referrer_url, e.event.custom_data) for e in events]
+    sent = complete_from_click(events[0].event, context)
+    assert (response.headers["location"], "https://m.facebook.com/",
+            {"utm_source": "fb", "utm_campaign": "spring"}, cookies_set(response)["_fbc"]) == (
+        sent.event_source_url, sent.referrer_url, sent.custom_data, sent.user_data.fbc)
 
 
 async def test_the_click_context_is_kept_for_the_click_ttl(
@@ -133,14 +153,14 @@ async def test_the_click_context_is_kept_for_the_click_ttl(
                            referer="https://m.facebook.com/")
 
     click_id = cookies_set(response)["_prclk"]
-    context = decode_click(await redis.get(f"pixelrelay:click:{click_id}"))
-    ttl_s = await redis.ttl(f"pixelrelay:click:{click_id}")
+    context = await stored_click(redis, click_id)
+    ttl_s = await redis.ttl(bucket_of(click_id) or "")
     assert ("demo", cookies_set(response)["_fbc"], VISITOR_IP, {"utm_campaign": "spring"}) == (
         context.slug, context.fbc, context.client_ip_address, context.utm
     )
-    assert settings.collector.click_ttl_days * 86_400 - 5 <= ttl_s <= (
-        settings.collector.click_ttl_days * 86_400
-    )
+    # The click's hash expires click_ttl_days after the end of the click's day (UTC).
+    until_midnight_s = 86_400 - int(time.time()) % 86_400
+    assert abs(settings.collector.click_ttl_days * 86_400 + until_midnight_s - ttl_s) <= 5
 
 
 async def test_an_fbc_cookie_with_the_same_fbclid_is_kept(client: httpx.AsyncClient,

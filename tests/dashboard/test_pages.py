@@ -6,10 +6,14 @@ import time
 from collections import Counter
 
 import fakeredis
+import msgspec
 from litestar.testing import AsyncTestClient
 
 from relay import keys
+from relay.clicks import Clicks, encode_click, new_click_id
 from relay.deadletters import DeadLetters
+from relay.events import ClickContext, pack_envelope
+from relay.inbox import ClickWrite, EventWrite, store_sync
 from relay.ledger import Entry, Ledger
 from relay.status import PixelActivity, WorkerPresence
 from tests.dashboard.conftest import OTHER_PIXEL, PIXEL, cell_text, csrf_of, soup
@@ -335,3 +339,30 @@ async def test_find_knows_an_event_the_collector_only_accepted_so_far(
 
     assert [f"Lead acc-1 for pixel {PIXEL}: waiting", "accepted by the collector"] == [
         timeline.splitlines()[0], timeline.splitlines()[1].split("  ")[-1]]
+
+
+async def test_find_by_click_id_shows_the_click_its_page_view_and_the_later_events(
+        operator: AsyncTestClient, redis: fakeredis.FakeRedis) -> None:
+    now = int(time.time() * 1000)
+    click = ClickContext(click_id=new_click_id(now), slug="summer", time_ms=now, fbc="fb.1.1.x",
+                         client_user_agent="Mozilla/5.0")
+    page_view = msgspec.structs.replace(
+        envelope(click.click_id, event_name="PageView", click_id=click.click_id),
+        source="redirect")
+    purchase = envelope("order-8", click_id=click.click_id)
+    store_sync(redis, [ClickWrite(click.click_id, 86_400, encode_click(click)),
+                       *(EventWrite("relay_low", PIXEL, e.dedup_key, now, pack_envelope(e))
+                         for e in (page_view, purchase))], 86_400)
+    pipe = redis.pipeline()
+    Clicks.note_later(pipe, click.click_id, purchase.dedup_key, 86_400)
+    pipe.execute()
+
+    page = soup((await operator.get(f"/find?q={click.click_id}")).text)
+
+    carried = {t.get_text(strip=True) for t in page.select("#click .tag.good")}
+    assert ("summer", {"fbc yes", "user agent yes"}) == (
+        cell_text(page.select_one("#click dd a")), carried)
+    assert page.find(id="timeline").get_text().startswith(
+        f"PageView {click.click_id} for pixel {PIXEL}: waiting")
+    assert [f"Purchase order-8 for pixel {PIXEL}: waiting"] == [
+        p.get_text().splitlines()[0] for p in page.select("pre.click-event")]

@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 
 from relay import keys
-from relay.events import decode_click, decode_envelope
+from relay.clicks import Clicks
+from relay.events import decode_envelope
 from tests.e2e.conftest import StartFn
 from tests.support import (
     DEMO_API_KEY,
@@ -49,8 +50,8 @@ def _fbclids_in_inbox(redis: RedisServer) -> list[str]:
     visitor's data for the redirect's events)."""
     client = redis.client()
     items = [decode_envelope(i) for i in client.lrange(LOW_INBOX, 0, -1)]
-    clicks = client.mget([keys.click(e.click_id or "") for e in items]) if items else []
-    return [(decode_click(c).fbc or "").rsplit(".", 1)[-1] for c in clicks]
+    clicks = Clicks(client).get_many(e.click_id or "" for e in items)
+    return [(clicks[e.click_id or ""].fbc or "").rsplit(".", 1)[-1] for e in items]
 
 
 class ConcurrentClicks:

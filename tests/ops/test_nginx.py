@@ -24,7 +24,8 @@ import msgspec
 import pytest
 
 from relay import keys
-from relay.events import decode_click, decode_envelope
+from relay.clicks import Clicks
+from relay.events import decode_envelope
 from tests.support import (
     DEMO_API_KEY,
     DEMO_PIXEL,
@@ -161,9 +162,9 @@ class Stack:
 
     def stored_click(self, click_id: str) -> dict[str, Any]:
         with self.redis.client() as redis:
-            raw = redis.get(keys.click(click_id))
-        assert raw is not None, f"no click context stored for {click_id}"
-        return msgspec.structs.asdict(decode_click(raw))
+            click = Clicks(redis).get(click_id)
+        assert click is not None, f"no click context stored for {click_id}"
+        return msgspec.structs.asdict(click)
 
     def stored_event(self, event_id: str) -> dict[str, Any]:
         with self.redis.client() as redis:

@@ -18,11 +18,13 @@ from redis.retry import Retry
 from fakemeta._errors import MetaError, unknown_object
 from fakemeta._validation import validate_payload
 from relay import keys
+from relay.clicks import Clicks, encode_click, new_click_id
 from relay.config import Settings
 from relay.deadletters import DeadLetters
 from relay.delivery import Attempt, Defer, Deliverer
 from relay.errors import TransientError
-from relay.events import ClickContext, Envelope, encode
+from relay.events import ClickContext, Envelope, UserData, encode
+from relay.inbox import ClickWrite, store_sync
 from relay.limiter import PixelRates
 from relay.meta_client import MetaClient
 from tests.relay.factories import (
@@ -461,6 +463,51 @@ def test_event_with_an_expired_click_is_sent_as_is(redis: fakeredis.FakeRedis,
 
     sent = msgspec.json.decode(graph.requests[0].content)["data"][0]["user_data"]
     assert None is sent.get("fbc")
+
+
+def store_click(redis: fakeredis.FakeRedis, **fields: Any) -> ClickContext:
+    """A click context stored by the collector's STORE, in its day's hash."""
+    click = ClickContext(click_id=new_click_id(int(time.time() * 1000)), slug="demo",
+                         time_ms=int(time.time() * 1000), **fields)
+    store_sync(redis, [ClickWrite(click.click_id, 7 * DAY_S, encode_click(click))], 3600)
+    return click
+
+
+def test_a_redirects_page_view_is_sent_with_what_it_left_to_its_click(
+        redis: fakeredis.FakeRedis, graph: FakeGraph) -> None:
+    click = store_click(redis, fbc=FBC, fbp=FBP, client_ip_address="198.51.100.9",
+                        client_user_agent=USER_AGENT, utm={"utm_source": "facebook"},
+                        page_url="https://shop.example/landing?cid=x",
+                        referrer_url="https://m.facebook.com/")
+    stored = envelope(click.click_id, event_name="PageView", click_id=click.click_id)
+    env = msgspec.structs.replace(stored, source="redirect", event=msgspec.structs.replace(
+        stored.event, user_data=UserData(), event_source_url=None, custom_data=None))
+
+    make_deliverer(redis, graph).deliver(PIXEL, encoded(env), FIRST)
+
+    sent = msgspec.json.decode(graph.requests[0].content)["data"][0]
+    assert ("https://shop.example/landing?cid=x", "https://m.facebook.com/",
+            {"utm_source": "facebook"}, FBC, USER_AGENT) == (
+        sent["event_source_url"], sent.get("referrer_url"), sent["custom_data"],
+        sent["user_data"]["fbc"], sent["user_data"]["client_user_agent"])
+
+
+def test_a_later_event_keeps_its_own_page_and_cart_and_is_noted_for_find(
+        redis: fakeredis.FakeRedis, graph: FakeGraph) -> None:
+    click = store_click(redis, fbc=FBC, utm={"utm_source": "facebook"},
+                        page_url="https://shop.example/landing?cid=x")
+    page_view = msgspec.structs.replace(
+        envelope(click.click_id, event_name="PageView", click_id=click.click_id),
+        source="redirect")
+    purchase = envelope("order-1", click_id=click.click_id, fbc=None)
+
+    make_deliverer(redis, graph).deliver(PIXEL, encoded(page_view, purchase), FIRST)
+
+    sent = msgspec.json.decode(graph.requests[0].content)["data"][1]
+    assert (purchase.event.event_source_url, purchase.event.custom_data, FBC) == (
+        sent.get("event_source_url"), sent.get("custom_data"), sent["user_data"]["fbc"])
+    # The click's own PageView is found by its event_id (the click id), the Purchase by a note.
+    assert [purchase.dedup_key] == Clicks(redis).later_events(click.click_id)
 
 
 # -- Meta refuses the batch -----------------------------------------------------------------------
