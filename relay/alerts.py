@@ -59,6 +59,16 @@ TITLES = {
 }
 
 
+# What a pause's reason asks of the operator (relay.breaker).
+_PAUSE_HINTS = {
+    "meta": "Meta is failing; the events are sent once it answers again",
+    "token": "Meta refuses the token (code 190): put a new one in the pixel's access_token_env "
+             "and restart the relay; the events are sent then",
+    "permission": "the token lacks a permission for this pixel (Meta code 10 or 200-299): "
+                  "grant it (or use a token that has it); the events are sent then",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
     """A condition that holds now, about one subject, with the numbers that show it."""
@@ -121,9 +131,10 @@ def findings(settings: Settings, state: RelayState, counts: Counter[str],
         if p.paused is not None:
             paused_s = round((state.at_ms - p.paused.since_ms) / 1000)
             found.append(Finding("pixel_paused", subject, {
-                "reason": p.paused.reason, "paused_s": paused_s},
-                f"delivery paused ({p.paused.reason}) for {_duration(paused_s * 1000)}; "
-                "events wait and are sent once Meta answers again"))
+                "reason": p.paused.reason, "paused_s": paused_s, "code": p.paused.code,
+                "waiting_events": p.waiting},
+                f"delivery paused ({p.paused.reason}) for {_duration(paused_s * 1000)}, "
+                f"{p.waiting} events waiting; {_PAUSE_HINTS.get(p.paused.reason, '')}"))
     for q in state.queues:
         subject = (("queue", q.queue),)
         age = state.oldest_waiting_s(q)

@@ -6,7 +6,10 @@ pixel's recent outcomes; when at least ``relay.pause_after_failures`` of them, f
 batches (or a batch and the token check), fall within ``relay.pause_window_s`` and are at least
 half of the pixel's requests since the first of them, the pixel **pauses** (reason ``meta``). A
 code 190 (token invalid or expired) pauses it at once (reason ``token``), from a batch or from
-the token check. One batch failing on its own is the batch's problem: Dramatiq retries it.
+the token check; so does a batch's permission error, codes 10 and 200-299 (reason
+``permission``): like 190 it is about the token and the pixel, not the batch, and every other
+batch would meet it too. One batch failing on its own is the batch's problem: Dramatiq retries
+it.
 
 While a pixel is paused:
 - its batches spend no attempt: the Deliverer puts their events back at the head of their
@@ -15,9 +18,12 @@ While a pixel is paused:
 - one **probe** goes out per interval: the batch script cuts one real batch of the pixel when
   the probe is due (``BATCH_GATE``), the Deliverer sends it; a failed probe doubles the
   interval from ``relay.probe_min_ms`` up to ``relay.probe_max_ms`` (``meta``) or
-  ``relay.token_probe_max_ms`` (``token``);
+  ``relay.token_probe_max_ms`` (``token``, ``permission``);
 - the first success (a probe, a batch that was in flight, or for a token pause the minute's
-  token check) **resumes** it; a worker started with a different token probes at once.
+  token check) **resumes** it, as soon as Meta accepted the batch (its bookkeeping follows),
+  and ``on_resume`` is told so the backlog is cut at once; a worker started with a different
+  token probes a token or permission pause at once. The token check's success does not end a
+  permission pause: reading the pixel may be allowed where sending events is not.
 Nothing dead-letters because of the pause's length: an event waits until the existing expiry
 rule takes it (``relay.max_event_age_days``, an hour before Meta's 7 days), which probe batches
 apply from the head of the inbox.
@@ -43,11 +49,19 @@ from redis.asyncio import Redis as AsyncRedis
 
 from relay import keys
 from relay.config import RelaySettings
-from relay.errors import DeliveryError, ThrottledError, TransientError
+from relay.errors import (
+    DeliveryError,
+    InvalidBatchError,
+    PermanentError,
+    ThrottledError,
+    TransientError,
+)
+from relay.meta_client import PERMISSION_CODES, TOKEN_CODES
 from relay.queues import QUEUE_NAMES
 
 log = structlog.get_logger("relay.breaker")
-TOKEN_CODE = 190
+# Pauses only an operator (or Meta, for the app) can end: the token or its permissions.
+OPERATOR_REASONS = ("token", "permission")
 # How long a cut probe batch owns the probe. Its report sets the real next probe time; a probe
 # lost with its worker is replaced after this (the redelivered copy is then held, not sent).
 PROBE_LEASE_MS = 30_000
@@ -84,8 +98,9 @@ end
 return {'hold', s[3]}
 """
 
-# ARGV: outcome (ok | meta | token | skip), source (batch id or 'check'), now_ms, window_ms,
-# failures to pause, probe_min_ms, probe_max_ms, token_probe_max_ms, code, message, token fp.
+# ARGV: outcome (ok | meta | token | permission | skip), source (batch id or 'check'), now_ms,
+# window_ms, failures to pause, probe_min_ms, probe_max_ms, token_probe_max_ms, code, message,
+# token fp.
 # Returns {verdict, reason, paused_ms, probes}; verdict is one of
 # ok | resumed | counted | opened | paused | probe_failed | skipped.
 _REPORT = """
@@ -125,9 +140,10 @@ if outcome == 'skip' then
   end
   return {'ok', s[2] or '', 0, 0}
 end
+local operator = outcome == 'token' or outcome == 'permission'
 if not open then
-  if outcome == 'token' then
-    return pause('token')
+  if operator then
+    return pause(outcome)
   end
   redis.call('LPUSH', recent, 't:' .. now .. ':' .. source)
   redis.call('LTRIM', recent, 0, tonumber(ARGV[12]) - 1)
@@ -153,19 +169,19 @@ if not open then
 end
 -- paused already
 local reason = s[2]
-if outcome == 'token' and reason ~= 'token' then
-  reason = 'token'  -- the more specific cause: only an operator can mend it
+if operator and reason ~= outcome then
+  reason = outcome  -- the more specific, latest cause: only an operator can mend it
   redis.call('HSET', key, 'reason', reason)
 end
 redis.call('HSET', key, 'code', code, 'message', message, 'last_failure_ms', now)
-if outcome == 'token' then
+if operator then
   redis.call('HSET', key, 'token_fp', fp)
 end
 if s[4] ~= source or source == '' then
   return {'paused', reason, now - tonumber(s[3]), tonumber(s[6] or 0)}
 end
 local cap = probe_max
-if reason == 'token' then
+if reason == 'token' or reason == 'permission' then
   cap = token_max
 end
 local interval = math.min(cap, math.max(probe_min, tonumber(s[5] or probe_min) * 2))
@@ -178,7 +194,7 @@ return {'probe_failed', reason, now - tonumber(s[3]), probes}
 # A worker (re)started with a token other than the one that failed probes at once.
 _TOKEN_SEEN = """
 local s = redis.call('HMGET', KEYS[1], 'state', 'reason', 'token_fp')
-if s[1] == 'open' and s[2] == 'token' and s[3] ~= ARGV[1] then
+if s[1] == 'open' and (s[2] == 'token' or s[2] == 'permission') and s[3] ~= ARGV[1] then
   redis.call('HSET', KEYS[1], 'probe_at_ms', ARGV[2], 'probe_batch', '')
   return 1
 end
@@ -199,7 +215,7 @@ class Verdict:
     """What the breaker made of a batch's outcome."""
 
     name: str  # ok | resumed | counted | opened | paused | probe_failed | skipped
-    reason: str  # meta | token | '' (flowing)
+    reason: str  # meta | token | permission | '' (flowing)
     paused_ms: int = 0
     probes: int = 0
 
@@ -219,7 +235,7 @@ class PixelPause:
 
     pixel_id: str
     paused: bool
-    reason: str  # 'meta' (Meta failing), 'token' (code 190), '' when flowing
+    reason: str  # meta (Meta failing), token (190), permission (10, 200-299), '' flowing
     since_ms: int
     waiting: int
     code: int | None
@@ -234,6 +250,22 @@ class PixelPause:
                 "next_probe_ms": self.next_probe_ms}
 
 
+def pauses_at_once(error: DeliveryError) -> bool:
+    """A permanent error about the token or its permissions (190; 10, 200-299), not about the
+    batch: the pixel pauses instead of dead-lettering the batch."""
+    return (isinstance(error, PermanentError) and not isinstance(error, InvalidBatchError)
+            and error.code is not None
+            and (error.code in TOKEN_CODES or error.code in PERMISSION_CODES))
+
+
+def _outcome_of(error: DeliveryError) -> str:
+    if error.code in TOKEN_CODES:
+        return "token"
+    if pauses_at_once(error):
+        return "permission"
+    return "meta"
+
+
 def token_fingerprint(access_token: str) -> str:
     """A short digest telling two tokens apart; the token itself is never stored."""
     return hashlib.sha256(access_token.encode()).hexdigest()[:16]
@@ -243,10 +275,14 @@ class Breaker:
     """The per-pixel breaker shared by every worker through Redis; clock injected."""
 
     def __init__(self, client: Redis, settings: RelaySettings,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 on_resume: Callable[[str], object] | None = None) -> None:
+        """``on_resume(pixel_id)`` is called when a pixel resumes (the worker cuts its backlog
+        at once instead of at the next pump round)."""
         self._client = client
         self._settings = settings
         self._clock = clock
+        self._on_resume = on_resume
         self._admit = client.register_script(_ADMIT)
         self._report = client.register_script(_REPORT)
         self._token_seen = client.register_script(_TOKEN_SEEN)
@@ -265,10 +301,12 @@ class Breaker:
 
     def failed(self, pixel_id: str, source: str, error: DeliveryError,
                access_token: str = "") -> Verdict:
-        """A transient failure, or a code 190, of a batch (``source``: its id) or the check;
-        ``access_token`` is the token that was refused (only its fingerprint is kept)."""
-        outcome = "token" if error.code == TOKEN_CODE else "meta"
-        fp = token_fingerprint(access_token) if outcome == "token" and access_token else ""
+        """A transient failure, a code 190 or a permission error (``pauses_at_once``), of a
+        batch (``source``: its id) or the check; ``access_token`` is the token that was refused
+        (only its fingerprint is kept)."""
+        outcome = _outcome_of(error)
+        fp = (token_fingerprint(access_token)
+              if outcome in OPERATOR_REASONS and access_token else "")
         return self._outcome(pixel_id, outcome, source, error, fp)
 
     def skipped(self, pixel_id: str, batch_id: str) -> Verdict:
@@ -281,7 +319,7 @@ class Breaker:
         transient failure counts like a batch's. Other errors leave the breaker alone."""
         if error is None:
             return self._outcome(pixel_id, "ok", "check")
-        if error.code == TOKEN_CODE or (isinstance(error, TransientError)
+        if error.code in TOKEN_CODES or (isinstance(error, TransientError)
                                         and not isinstance(error, ThrottledError)):
             return self.failed(pixel_id, "check", error, access_token)
         return None
@@ -307,6 +345,8 @@ class Breaker:
         )
         verdict = Verdict(_text(raw[0]), _text(raw[1]), int(raw[2]), int(raw[3]))
         self._log(pixel_id, verdict, source, error)
+        if verdict.name == "resumed" and self._on_resume is not None:
+            self._on_resume(pixel_id)
         return verdict
 
     def _log(self, pixel_id: str, verdict: Verdict, source: str,

@@ -147,7 +147,8 @@ class RelaySettings(Struct, frozen=True, forbid_unknown_fields=True):
                    "after Meta's return).", ge=10)
     ] = 3_000
     token_probe_max_ms: Annotated[
-        int, _help("Longest wait between probes of a pixel paused for its token (190).", ge=10)
+        int, _help("Longest wait between probes of a pixel paused for its token (190) or a "
+                   "missing permission (10, 200-299).", ge=10)
     ] = 60_000
 
 

@@ -6,9 +6,9 @@ Outcomes of ``deliver``:
 - returns ``None``: every event was delivered, dropped as a duplicate or dead-lettered;
 - returns ``Defer(ms)``: put the same batch back after ``ms`` (rate limit, Meta throttling);
   this spends no retry;
-- returns ``Paused(reason)``: the pixel is paused (``relay.breaker``: Meta or its token is
-  failing); the events not yet settled are back at the head of their inbox, their claims
-  released, so ack the message; this spends no retry;
+- returns ``Paused(reason)``: the pixel is paused (``relay.breaker``: Meta, its token or the
+  token's permissions are failing); the events not yet settled are back at the head of their
+  inbox, their claims released, so ack the message; this spends no retry;
 - raises ``TransientError``: let Dramatiq's retry middleware try again with backoff (a failure
   the breaker puts down to the batch, not to Meta).
 """
@@ -27,7 +27,7 @@ from redis import Redis, RedisError
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from relay.breaker import TOKEN_CODE, Breaker, Gate
+from relay.breaker import Breaker, Gate, pauses_at_once
 from relay.clicks import Clicks
 from relay.config import PixelSettings, Settings
 from relay.deadletters import DeadLetters
@@ -108,6 +108,7 @@ class _Split:
     attempt: Attempt
     settled: set[str]  # dedup keys delivered or dead-lettered
     slept_ms: int = 0
+    reported: bool = False  # the breaker has heard that Meta took a request of this batch
 
 
 class _SplitDeferred(Exception):
@@ -133,7 +134,9 @@ class Deliverer:
                  clock: Callable[[], float] = time.time,
                  after_send_retry: Retry | None = None,
                  sleep: Callable[[float], None] = time.sleep,
-                 observer: DeliveryObserver | None = None) -> None:
+                 observer: DeliveryObserver | None = None,
+                 on_resume: Callable[[str], object] | None = None) -> None:
+        """``on_resume(pixel_id)``: a paused pixel resumed (``relay.breaker.Breaker``)."""
         relay = settings.relay
         ttl_s = relay.ledger_ttl_days * SECONDS_PER_DAY
         self.settings = settings
@@ -146,7 +149,7 @@ class Deliverer:
         self.dead = DeadLetters(client, ttl_s, relay.dedup_window_hours * 3600)
         self.limiter = PixelLimiter(client)
         self.activity = PixelActivity(client)
-        self.breaker = Breaker(client, relay, clock)
+        self.breaker = Breaker(client, relay, clock, on_resume)
         self.after_send_retry = after_send_retry or patient_retry()
         self.observer = observer or DeliveryObserver()
 
@@ -274,8 +277,9 @@ class Deliverer:
         started = time.perf_counter()
         started_ms = int(self.clock() * 1000)
         settled: set[str] = set()  # delivered or dead-lettered during this attempt
+        split = _Split(pixel, attempt, settled)
         try:
-            self._send_isolating(pixel, envelopes, attempt, settled)
+            self._send_isolating(split, envelopes)
         except ThrottledError as exc:
             self.breaker.succeeded(pixel.id, attempt.batch_id)  # Meta is up, only busy
             factor = self.limiter.throttled(pixel.id, sent_ms=started_ms)
@@ -304,8 +308,8 @@ class Deliverer:
         except PermanentError as exc:
             self._log_batch(pixel.id, envelopes, attempt, started, "permanent", exc)
             pending = [e for e in envelopes if e.dedup_key not in settled]
-            if exc.code == TOKEN_CODE and not isinstance(exc, InvalidBatchError):
-                # The token, not the batch: the events wait until it is mended.
+            if pauses_at_once(exc):
+                # The token or its permissions, not the batch: the events wait until mended.
                 verdict = self.breaker.failed(pixel.id, attempt.batch_id, exc,
                                               pixel.access_token)
                 return self._park(pixel, pending, attempt, verdict.reason,
@@ -322,9 +326,18 @@ class Deliverer:
             self.observer.deferred(pending, "rate_limit")
             return Defer(deferred.wait_ms, "rate limit")
         self._log_batch(pixel.id, envelopes, attempt, started, "delivered", None)
-        # Meta has the batch: waiting out Redis here beats a retry that would only confirm it.
-        self._patiently(attempt, lambda: self.breaker.succeeded(pixel.id, attempt.batch_id))
+        # Meta answered (every part refused for its events, say): Meta is up.
+        self._succeeded(split)
         return None
+
+    def _succeeded(self, split: _Split) -> None:
+        """Tell the breaker once per batch that Meta took a request, as soon as it did: a
+        probe resumes its pixel before the probe's own bookkeeping. Waiting out Redis here
+        beats a retry that would only confirm what Meta has."""
+        if not split.reported:
+            split.reported = True
+            self._patiently(split.attempt, lambda: self.breaker.succeeded(
+                split.pixel.id, split.attempt.batch_id))
 
     def _park(self, pixel: PixelSettings, envelopes: Sequence[Envelope], attempt: Attempt,
               reason: str, *, record: bool, error: DeliveryError | None = None) -> Paused:
@@ -352,16 +365,14 @@ class Deliverer:
             self.ledger.record([_entry(e, "deferred", **detail) for e in envelopes])
         return Paused(reason, len(envelopes))
 
-    def _send_isolating(self, pixel: PixelSettings, envelopes: list[Envelope],
-                        attempt: Attempt, settled: set[str]) -> None:
+    def _send_isolating(self, split: _Split, envelopes: list[Envelope]) -> None:
         """Send, one request per ``test_event_code`` the events came with (nearly always one);
         if Meta blames an event, split that request until the culprits stand alone.
 
         ``deliver`` charged the limiter for the first request; ``_send_charged`` charges every
         further one. Raises what ``MetaClient.send`` raises, other than ``InvalidBatchError``,
-        and ``_SplitDeferred``; ``settled`` then says which events are done.
+        and ``_SplitDeferred``; ``split.settled`` then says which events are done.
         """
-        split = _Split(pixel, attempt, settled)
         for i, group in enumerate(by_test_event_code(envelopes)):
             rejection = self._send_part(split, group) if i == 0 else \
                 self._send_charged(split, group)
@@ -451,7 +462,7 @@ class Deliverer:
             self.observer.request(split.pixel.id, len(envelopes), time.perf_counter() - started,
                                   outcome)
         self.observer.delivered(envelopes)
-        self._delivered(envelopes, result, split.attempt)
+        self._delivered(envelopes, result, split)
         split.settled.update(e.dedup_key for e in envelopes)
         return None
 
@@ -460,12 +471,13 @@ class Deliverer:
         self._dead(envelopes, {**rejection.as_dict(), "kind": "rejected"}, split.attempt)
         split.settled.update(e.dedup_key for e in envelopes)
 
-    def _delivered(self, envelopes: list[Envelope], result: SendResult, attempt: Attempt
-                   ) -> None:
+    def _delivered(self, envelopes: list[Envelope], result: SendResult, split: _Split) -> None:
         """Meta has the events: record that, outlasting a Redis restart if need be."""
+        attempt = split.attempt
         # Marked first: if the worker dies after this, a redelivery will not send them again.
         self._patiently(attempt, lambda: self.dedup.mark_sent(
             attempt.batch_id, [e.dedup_key for e in envelopes]))
+        self._succeeded(split)  # then a paused pixel resumes, before the rest of the records
         now_ms = int(self.clock() * 1000)
         self._patiently(attempt, lambda: self.ledger.record([
             _entry(e, "delivered", batch=attempt.batch_id, attempt=attempt.number,

@@ -7,7 +7,8 @@
     └── DeliveryError        a batch did not reach Meta
         ├── TransientError   retry with backoff (transport, timeout, 5xx, codes 1, 2, 341, 368)
         │   └── ThrottledError   slow the pixel down, then retry (codes 4, 17, 32, 613, 80004)
-        └── PermanentError   dead letter at once (190 token, 10/200-299 permission, other 100s)
+        └── PermanentError   dead letter at once (100s about the request, the rest), except
+                             190 (token) and 10/200-299 (permission): the pixel pauses
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """A relay worker process: Dramatiq actors for one or more priority queues, plus a pump thread.
 
 The pump, every ``linger_ms``, cuts the inbox of each owned queue into batch messages (so a lone
-event waits at most about one linger before it is sent), refreshes the heartbeat and recovers
-messages of dead workers (and its own stranded ones, ``RelayBroker.rescue_stranded``). A second
-thread checks each pixel's token once a minute (one worker does it, elected through a Redis
-key), so a hanging Graph API never holds up the pump.
+event waits at most about one linger before it is sent; a resumed pixel's backlog is cut at
+once), refreshes the heartbeat and recovers messages of dead workers (and its own stranded
+ones, ``RelayBroker.rescue_stranded``). A second thread checks each pixel's token once a minute
+(one worker does it, elected through a Redis key), so a hanging Graph API never holds up the
+pump.
 
 Run one process per priority group (``pixelrelay relay --queues high``) so a backlog of
 PageViews never holds up a Purchase.
@@ -79,7 +80,10 @@ class RelayWorker:
         self.broker = make_broker(self.client, relay)
         self.meta = MetaClient(self.settings.meta, self.transport)
         self.metrics = RelayMetrics(self.settings)
-        self.deliverer = Deliverer(self.settings, self.client, self.meta, observer=self.metrics)
+        # Set when a paused pixel resumes: the pump cuts its backlog now, not a linger later.
+        self._cut_now = threading.Event()
+        self.deliverer = Deliverer(self.settings, self.client, self.meta, observer=self.metrics,
+                                   on_resume=lambda _pixel: self._cut_now.set())
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.election = Election(self.client, self.worker_id, 3 * relay.observe_interval_ms)
         self._observing = False
@@ -157,7 +161,8 @@ class RelayWorker:
                 if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):
                     self.metrics.redis_reachable(False)
                 log.warning("pump_error", error=type(exc).__name__, detail=str(exc))
-            self._stopping.wait(linger_s)
+            self._cut_now.wait(linger_s)
+            self._cut_now.clear()
 
     def _health_loop(self) -> None:
         """Token checks in their own thread: a Graph API that hangs must not stall the pump."""
@@ -254,6 +259,7 @@ class RelayWorker:
     def stop(self, timeout_ms: int = 60_000) -> None:
         """Stop cutting batches, finish in-flight ones, return prefetched ones to Redis."""
         self._stopping.set()
+        self._cut_now.set()
         self._pump.join(5)
         self._checker.join(5)
         self._observer.join(5)

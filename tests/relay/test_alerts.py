@@ -370,8 +370,23 @@ def test_a_paused_pixel_is_a_finding_with_its_reason(redis: fakeredis.FakeRedis)
     found = findings(settings, relay_state(redis, settings, now_ms), Counter(), None)
 
     paused = next(f for f in found if f.condition == "pixel_paused")
-    assert ({"reason": "meta", "paused_s": 600}, "10 min") == (
+    assert ({"reason": "meta", "paused_s": 600, "code": None, "waiting_events": 0},
+            "10 min, 0 events waiting") == (
         paused.values, paused.detail.split(" for ")[1].split(";")[0])
+
+
+def test_a_permission_pause_tells_the_operator_what_to_grant(
+        redis: fakeredis.FakeRedis) -> None:
+    settings = settings_for()
+    now_ms = 1_800_000_000_000
+    redis.hset(keys.breaker(PIXEL), mapping={"state": "open", "reason": "permission",
+                                             "since_ms": now_ms - 60_000, "code": 200})
+
+    found = findings(settings, relay_state(redis, settings, now_ms), Counter(), None)
+
+    paused = next(f for f in found if f.condition == "pixel_paused")
+    assert ("permission", 200) == (paused.values["reason"], paused.values["code"])
+    assert "lacks a permission for this pixel" in paused.detail
 
 
 def test_collector_spooling_is_read_from_its_metrics(webhook: Receiver) -> None:

@@ -10,6 +10,7 @@ import dramatiq
 import fakeredis
 import httpx
 import pytest
+import structlog
 
 from relay import keys
 from relay.breaker import Breaker, pause_status, token_fingerprint
@@ -386,6 +387,120 @@ def test_a_worker_with_a_new_token_probes_at_once(
 
     assert new.deliver(PIXEL, message.args[1], Attempt(message.message_id, 1, False)) is None
     assert (["t1"], False) == (graph.accepted, pause_status(redis, [PIXEL])[PIXEL].paused)
+
+
+# -- permissions ---------------------------------------------------------------------------------
+def missing_permission(code: int) -> httpx.Response:
+    return httpx.Response(403, json=graph_error(
+        code, message="(#200) Permissions error", fbtrace_id="T-perm"))
+
+
+@pytest.mark.parametrize("code", [10, 200, 299])
+def test_a_missing_permission_pauses_at_once_and_the_events_wait(
+        redis: fakeredis.FakeRedis, graph: FakeGraph, clock: Clock, code: int) -> None:
+    graph.respond = lambda request, data: missing_permission(code)
+    d = deliverer(redis, graph, clock)
+    envs = [envelope("p1"), envelope("p2")]
+
+    outcome = d.deliver(PIXEL, encoded(*envs), Attempt("batch-1", 1, last=False))
+
+    status = pause_status(redis, [PIXEL])[PIXEL]
+    assert (Paused("permission", 2), 1) == (outcome, len(graph.requests))
+    assert (True, "permission", code, 2) == (status.paused, status.reason, status.code,
+                                             status.waiting)
+    assert [] == DeadLetters(redis, 3600).list(0, 10)
+    assert ["p1", "p2"] == inbox(redis)
+
+
+def test_a_permission_pause_probes_up_to_a_minute_and_resumes_once_granted(
+        redis: fakeredis.FakeRedis, graph: FakeGraph, clock: Clock) -> None:
+    graph.respond = lambda request, data: missing_permission(200)
+    d = deliverer(redis, graph, clock)
+    d.deliver(PIXEL, encoded(envelope("p1")), Attempt("batch-1", 1, last=False))
+    for _ in range(8):
+        probe(d, redis, clock)
+    wait_ms = pause_status(redis, [PIXEL])[PIXEL].next_probe_ms - clock.ms
+
+    graph.respond = None  # the permission is granted at Meta
+    outcome = probe(d, redis, clock)
+
+    assert (60_000, None, ["p1"]) == (wait_ms, outcome, graph.accepted)
+    assert not pause_status(redis, [PIXEL])[PIXEL].paused
+    assert [] == DeadLetters(redis, 3600).list(0, 10)
+
+
+def test_a_successful_token_check_does_not_end_a_permission_pause(
+        redis: fakeredis.FakeRedis, graph: FakeGraph, clock: Clock) -> None:
+    graph.respond = lambda request, data: missing_permission(10)
+    d = deliverer(redis, graph, clock)
+    d.deliver(PIXEL, encoded(envelope("p1")), Attempt("batch-1", 1, last=False))
+
+    d.breaker.checked(PIXEL, None)  # reading the pixel may be allowed where sending is not
+
+    assert "permission" == pause_status(redis, [PIXEL])[PIXEL].reason
+
+
+def test_a_worker_with_a_new_token_probes_a_permission_pause_at_once(
+        redis: fakeredis.FakeRedis, graph: FakeGraph, clock: Clock) -> None:
+    graph.respond = lambda request, data: missing_permission(200)
+    old = deliverer(redis, graph, clock, token="old-token")
+    old.deliver(PIXEL, encoded(envelope("p1")), Attempt("batch-1", 1, last=False))
+
+    assert old.breaker.token_seen(PIXEL, "new-token")
+    assert clock.ms == pause_status(redis, [PIXEL])[PIXEL].next_probe_ms
+
+
+def test_a_permission_error_in_a_meta_pause_names_the_permission(
+        redis: fakeredis.FakeRedis, graph: FakeGraph, clock: Clock) -> None:
+    d = deliverer(redis, graph, clock)
+    trip(d, graph)
+
+    graph.respond = lambda request, data: missing_permission(200)
+    probe(d, redis, clock)
+
+    assert ("permission", 200) == (pause_status(redis, [PIXEL])[PIXEL].reason,
+                                   pause_status(redis, [PIXEL])[PIXEL].code)
+
+
+# -- resuming fast ---------------------------------------------------------------------------------
+def test_a_probe_resumes_its_pixel_before_its_own_bookkeeping_and_says_so(
+        redis: fakeredis.FakeRedis, graph: FakeGraph, clock: Clock) -> None:
+    # Given a paused pixel, a Deliverer telling the worker when a pixel resumes
+    resumed: list[tuple[str, bool]] = []
+    s = settings()
+
+    def on_resume(pixel_id: str) -> None:
+        # what the ledger says of the probe's events at that moment
+        resumed.append((pixel_id, d.ledger.state(third[0].dedup_key) == "delivered"))
+
+    d = Deliverer(s, redis, MetaClient(s.meta, graph.transport()), clock=clock,
+                  sleep=lambda _: None, on_resume=on_resume)
+    third = trip(d, graph)
+    graph.respond = None
+
+    # When the probe is accepted
+    assert probe(d, redis, clock) is None
+
+    # Then the worker heard of it once, before the probe's events were recorded delivered
+    assert [(PIXEL, False)] == resumed
+    assert "delivered" == d.ledger.state(third[0].dedup_key)
+
+
+def test_pausing_and_resuming_are_logged_with_reason_and_duration(
+        redis: fakeredis.FakeRedis, graph: FakeGraph, clock: Clock) -> None:
+    d = deliverer(redis, graph, clock)
+    with structlog.testing.capture_logs() as logs:
+        trip(d, graph)
+        clock.advance(20)
+        graph.respond = None
+        probe(d, redis, clock)
+
+    [paused] = [e for e in logs if e["event"] == "pixel_paused"]
+    [resumed] = [e for e in logs if e["event"] == "pixel_resumed"]
+    assert (PIXEL, "meta", 2) == (paused["pixel_id"], paused["reason"], paused["code"])
+    assert (PIXEL, "meta", 1) == (resumed["pixel_id"], resumed["reason"],
+                                  round(resumed["paused_s"] / 20))
+    assert "warning" == paused["log_level"] == resumed["log_level"]
 
 
 # -- reading ---------------------------------------------------------------------------------------

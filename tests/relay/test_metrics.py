@@ -66,15 +66,15 @@ def test_a_custom_event_name_is_counted_as_other(redis: fakeredis.FakeRedis) -> 
 
 def test_rejected_event_is_counted_dead_with_kind_and_meta_code(
         redis: fakeredis.FakeRedis) -> None:
-    # (190, the token, pauses the pixel instead: relay/breaker.py)
+    # (190, the token, and 10, 200-299, its permissions, pause the pixel instead)
     graph = FakeGraph(lambda request, data: httpx.Response(
-        403, json=graph_error(10, message="Permission denied")))
+        400, json=graph_error(100, message="Invalid parameter")))
     d, metrics = deliverer(redis, graph)
 
     d.deliver(PIXEL, encoded(envelope("e1")), FIRST)
 
     assert 1.0 == value(metrics, "pixelrelay_relay_events_dead_total", pixel=PIXEL,
-                        event_name="Purchase", queue="relay_high", kind="rejected", code="10")
+                        event_name="Purchase", queue="relay_high", kind="rejected", code="100")
 
 
 def test_duplicates_are_counted(redis: fakeredis.FakeRedis) -> None:
