@@ -36,10 +36,12 @@ reported whatever they are); 1 otherwise; 2 when something failed to start.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +183,7 @@ def run_scenario(scenario: Scenario, client: Any, meta: FakeMeta, workers: Worke
     final = meta.summary()
     output = worker.output()
     workers.stop_all()
+    resumed_at = _first_logged(output, "pixel_resumed", after_s=up_at)
     return {
         "scenario": scenario,
         "stored": len(stored), "backlog": len(backlog),
@@ -196,7 +199,23 @@ def run_scenario(scenario: Scenario, client: Any, meta: FakeMeta, workers: Worke
         "duplicates": final["duplicates"] - before["duplicates"],
         "paused": output.count('"pixel_paused"'), "resumed": output.count('"pixel_resumed"'),
         "paused_seen": paused_seen,
+        "resumed_after_s": None if resumed_at is None else resumed_at - up_at,
     }
+
+
+def _first_logged(output: str, event: str, after_s: float) -> float | None:
+    """Time (epoch s) of the first ``event`` line the worker logged after ``after_s``."""
+    for line in output.splitlines():
+        if f'"{event}"' not in line:
+            continue
+        try:
+            entry = json.loads(line)
+            at = datetime.fromisoformat(entry["timestamp"]).timestamp()
+        except (ValueError, KeyError, TypeError):
+            continue
+        if entry.get("event") == event and at >= after_s:
+            return at
+    return None
 
 
 def report(r: dict[str, Any]) -> str:
@@ -204,6 +223,8 @@ def report(r: dict[str, Any]) -> str:
     what = "Meta down (503, code 2)" if s.kind == "outage" else "token revoked (190)"
     mean = r["drain_events"] / r["drain_requests"] if r["drain_requests"] else 0.0
     backlog_mean = r["backlog_late"] / r["backlog_requests"] if r["backlog_requests"] else 0.0
+    resumed = r["resumed_after_s"]
+    drain_s = None if resumed is None else r["after_return_s"] - resumed
     floor = ""
     if s.kind == "outage" and not s.relay:
         met = "met" if r["after_return_s"] <= FLOOR_AFTER_RETURN_S else "MISSED"
@@ -216,7 +237,9 @@ def report(r: dict[str, Any]) -> str:
         f"{'yes' if r['paused_seen'] else 'no'} (pixel_paused logged {r['paused']}x, "
         f"pixel_resumed {r['resumed']}x)",
         f"   Meta's return -> last of the {r['backlog']:,} events stored before it delivered: "
-        f"{r['after_return_s']:.1f} s{floor}",
+        f"{r['after_return_s']:.1f} s{floor}; of which until the pixel resumed "
+        f"(the first probe Meta accepted): {_seconds(r['resumed_after_s'])}, then the drain "
+        f"{_seconds(drain_s)}",
         f"   after the return: {r['backlog_late']:,} of them arrived in about "
         f"{r['backlog_requests']:,} requests (distinct arrival ms), mean {backlog_mean:,.0f} "
         f"per request; all requests until the last: {r['drain_requests']:,}, carrying "
@@ -224,6 +247,10 @@ def report(r: dict[str, Any]) -> str:
         f"   events stored {r['stored']:,}; lost {r['lost']}; dead-lettered {r['dead']}; "
         f"arrived twice {r['duplicates']}",
     ])
+
+
+def _seconds(value: float | None) -> str:
+    return "not logged" if value is None else f"{value:.1f} s"
 
 
 def main(argv: list[str] | None = None) -> int:
