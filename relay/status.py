@@ -18,6 +18,7 @@ import msgspec
 from redis import Redis
 
 from relay import _dramatiq, keys
+from relay.breaker import PixelPause, decode_pause_reads, queue_pause_reads
 from relay.events import decode_envelope
 from relay.limiter import PixelLimiter
 from relay.queues import QUEUE_NAMES
@@ -152,6 +153,7 @@ class PixelState:
     throttle_factor: float  # 1.0 = full speed; 0.5 = halved after Meta throttled
     last_delivery_ms: int | None
     last_error: dict[str, Any] | None
+    pause: PixelPause | None = None  # the breaker's pause: reason, since, events waiting
 
 
 def pixel_states(client: Redis, pixel_ids: Sequence[str], now_ms: int | None = None
@@ -164,7 +166,9 @@ def pixel_states(client: Redis, pixel_ids: Sequence[str], now_ms: int | None = N
     for p in pixel_ids:
         pipe.get(keys.pixel_health(p))
         pipe.hgetall(keys.pixel_activity(p))
+    queue_pause_reads(pipe, pixel_ids)
     raw = pipe.execute()
+    pauses = decode_pause_reads(pixel_ids, raw[2 * len(pixel_ids):])
     result = []
     for i, p in enumerate(pixel_ids):
         health, activity = raw[2 * i], raw[2 * i + 1]
@@ -174,5 +178,6 @@ def pixel_states(client: Redis, pixel_ids: Sequence[str], now_ms: int | None = N
             p, msgspec.json.decode(health) if health else None, limiter.factor(p, now),
             int(delivered) if delivered else None,
             msgspec.json.decode(error) if error else None,
+            pauses[p],
         ))
     return result

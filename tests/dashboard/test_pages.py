@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 
@@ -10,8 +11,11 @@ import msgspec
 from litestar.testing import AsyncTestClient
 
 from relay import keys
+from relay.breaker import Breaker
 from relay.clicks import Clicks, encode_click, new_click_id
+from relay.config import RelaySettings
 from relay.deadletters import DeadLetters
+from relay.errors import PermanentError
 from relay.events import ClickContext, pack_envelope
 from relay.inbox import ClickWrite, EventWrite, store_sync
 from relay.ledger import Entry, Ledger
@@ -133,6 +137,31 @@ async def test_queues_workers_and_pixels_are_shown(operator: AsyncTestClient,
     assert "relay_high · 8 threads" in cell_text(page.select_one("#workers"))
     pixel = cell_text(page.select_one(f'#pixel-status li[data-pixel="{PIXEL}"]'))
     assert "code 190 Invalid OAuth access token (fbtrace_id AbC123)" in pixel
+
+
+async def test_a_paused_pixel_shows_why_since_when_and_how_many_events_wait(
+        operator: AsyncTestClient, redis: fakeredis.FakeRedis) -> None:
+    # Given a pixel the breaker paused for a missing permission, two of its events waiting
+    Breaker(redis, RelaySettings()).failed(PIXEL, "batch-1", PermanentError(
+        "(#200) Permissions error", code=200))
+    for n in (1, 2):
+        redis.rpush(keys.inbox("relay_high", PIXEL), msgspec_encode(envelope(f"w{n}")))
+
+    # Then the overview and the pixels page say so, and the other pixel is not paused
+    overview = soup((await operator.get("/")).text)
+    pixels = soup((await operator.get("/pixels")).text)
+
+    paused = overview.select_one(f'#pixel-status li[data-pixel="{PIXEL}"] [data-pause]')
+    assert paused is not None and "permission" == paused["data-pause"]
+    text = cell_text(paused)
+    assert text.startswith("delivery paused: permission missing (code 200) since ")
+    assert text.endswith("ago) · 2 events waiting")
+    assert overview.select_one(f'#pixel-status li[data-pixel="{OTHER_PIXEL}"] [data-pause]') \
+        is None
+    on_page = pixels.select_one(f"#pixel-{PIXEL} [data-pause]")
+    assert on_page is not None  # the same words (the "ago" moves on between the two pages)
+    assert re.sub(r"\(\S+ \S+ ago\)", "", text) == re.sub(
+        r"\(\S+ \S+ ago\)", "", cell_text(on_page))
 
 
 def msgspec_encode(env: object) -> bytes:
