@@ -37,6 +37,8 @@ class FaultOverride(msgspec.Struct, forbid_unknown_fields=True):
     """Start an outage now lasting this many seconds; 0 ends every outage window."""
     revoked_tokens: list[str] | msgspec.UnsetType = msgspec.UNSET
     """Tokens refused with code 190 from now on, as if revoked at Meta; [] restores them."""
+    error_pixels: list[str] | msgspec.UnsetType = msgspec.UNSET
+    """Pixels ``error_rates`` and ``http_500_rate`` apply to from now on; [] means every pixel."""
 
 
 @dataclass
@@ -62,6 +64,7 @@ class Faults:
         self._latency_dice = random.Random(None if seed is None else seed + 1)
         self._buckets: dict[str, _Bucket] = {}
         self.revoked_tokens: frozenset[str] = frozenset()
+        self.error_pixels: frozenset[str] = frozenset()  # empty: errors hit every pixel
 
     def uptime_s(self) -> float:
         """Seconds since the fake started; outage windows are measured on this scale."""
@@ -80,9 +83,11 @@ class Faults:
         now = self.uptime_s()
         return any(start <= now < end for start, end in self.outage_windows)
 
-    def draw_error(self) -> MetaError | None:
+    def draw_error(self, pixel_id: str | None = None) -> MetaError | None:
         """The injected error for this events request, if the die says so."""
         if not self.http_500_rate and not any(self.error_rates.values()):
+            return None
+        if self.error_pixels and pixel_id not in self.error_pixels:
             return None
         roll = self._error_dice.random()
         threshold = self.http_500_rate
@@ -154,6 +159,8 @@ class Faults:
         self.throttle_events_per_s = throttle
         if override.revoked_tokens is not unset:
             self.revoked_tokens = frozenset(override.revoked_tokens)
+        if override.error_pixels is not unset:
+            self.error_pixels = frozenset(override.error_pixels)
         if override.outage_s is not unset:
             if override.outage_s == 0:
                 self.outage_windows.clear()
@@ -172,5 +179,6 @@ class Faults:
             "outage_windows": [list(window) for window in self.outage_windows],
             "outage_active": self.in_outage(),
             "revoked_tokens": len(self.revoked_tokens),  # how many; tokens are not echoed
+            "error_pixels": sorted(self.error_pixels),
             "uptime_s": self.uptime_s(),
         }

@@ -100,7 +100,7 @@ class FakeGraph:
             self._check_path(version, pixel_id, "POST", f"/{version}/{pixel_id}/events")
             params = call.params()
             self._check_access(call, params)
-            injected = self.faults.draw_error()
+            injected = self.faults.draw_error(pixel_id)
             if injected is not None:
                 raise injected
             batch = validate_payload(params, now=self._wall_clock())

@@ -40,6 +40,19 @@ def test_same_seed_draws_the_same_faults() -> None:
     assert {None, 2} == set(first)
 
 
+def test_error_pixels_limit_the_injected_errors_to_those_pixels() -> None:
+    faults = Faults(FakeMetaOptions(error_rates={613: 1.0}, seed=3), FakeClock())
+    faults.apply(FaultOverride(error_pixels=["111"]))
+
+    hits = [None if (e := faults.draw_error(pixel)) is None else e.code
+            for pixel in ("111", "222", "111", "222")]
+
+    assert [613, None, 613, None] == hits
+    assert ["111"] == faults.snapshot()["error_pixels"]
+    faults.apply(FaultOverride(error_pixels=[]))
+    assert 613 == getattr(faults.draw_error("222"), "code", None)
+
+
 def test_jitter_stays_around_the_latency_and_never_below_zero() -> None:
     faults = Faults(FakeMetaOptions(latency_ms=10, latency_jitter_ms=30, seed=5), FakeClock())
 
