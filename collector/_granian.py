@@ -19,6 +19,7 @@ import signal
 from typing import Any
 
 from granian.constants import Interfaces, Loops
+from granian.http import HTTP1Settings, HTTP2Settings
 from granian.log import LogLevels
 from granian.server.mp import MPServer  # granian.Granian on a GIL build (contract test)
 
@@ -49,4 +50,7 @@ def collector_server(c: CollectorSettings, log_config: dict[str, Any]) -> InPlac
         workers_kill_timeout=c.shutdown_grace_s,
         respawn_failed_workers=True,  # one worker's crash is not the whole collector's
         websockets=False, log_level=LogLevels.info, log_dictconfig=log_config,
+        # What granian's CLI passes when given no HTTP options (left out, the server would
+        # fall back to the Rust side's own defaults instead).
+        http1_settings=HTTP1Settings(), http2_settings=HTTP2Settings(),
     )

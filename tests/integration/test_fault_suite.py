@@ -207,6 +207,9 @@ def test_meta_down_with_5xx_then_timeouts_then_back(
     print(f"requests while down: {refused_while_down['requests']} "
           f"(rejected {refused_while_down['rejected']})")
     assert (2_000, 0, 0) == (row.delivered, row.dead, row.lost)
+    # No retry storm: the pixel is paused and probed (at most every 3 s), so Meta sees about a
+    # request every few seconds while down, not a retry of every batch at every backoff.
+    assert refused_while_down["requests"] <= 2 + META_OUTAGE_S, refused_while_down
 
 
 OTHER_PIXEL = "9876543210"
