@@ -83,7 +83,8 @@ def test_ledger_buckets_expire_after_the_ledger_ttl(redis: fakeredis.FakeRedis) 
     assert 7200 == redis.ttl(keys.ledger_bucket_of(f"{PIXEL}:Purchase:e1", RECEIVED_MS))
 
 
-def test_store_saves_click_contexts_of_ids_without_a_day_as_keys_with_their_ttl(redis: fakeredis.FakeRedis) -> None:
+def test_store_saves_click_contexts_of_ids_without_a_day_as_keys_with_their_ttl(
+        redis: fakeredis.FakeRedis) -> None:
     store_sync(redis, [ClickWrite("click-1", 600, b'{"click_id":"click-1"}'), event_write(1)],
                3600)
 
