@@ -292,3 +292,27 @@ def test_a_revoked_token_pauses_then_a_fixed_one_delivers_the_waiting_events(
     row = reconcile(stack, events, "token revoked (190): paused, fixed, resumed by itself",
                     fixed_at)
     assert (300, 0, 0, 0) == (row.delivered, row.dead, row.lost, row.twice)
+
+
+def test_dead_letters_of_a_refusal_once_fixed_are_requeued_and_delivered(
+        fake_meta: Callable[..., FakeMeta], relay_stack: Callable[..., RelayStack]) -> None:
+    # Given Meta refusing every event for good (code 100, no retry): dead letters with a reason
+    meta = fake_meta()
+    stack = relay_stack(meta)
+    meta.faults(error_rates={100: 1.0})
+    events = [make_envelope("Purchase") for _ in range(200)]
+    stack.inject(events)
+    stack.worker("high")
+    wait_for(lambda: 200 == stack.states(events)["dead"], 30, what="200 dead letters")
+
+    # When the cause is fixed and the operator requeues them (pixelrelay requeue --all)
+    meta.faults(error_rates={})
+    fixed = time.monotonic()
+    requeued = stack.tool("requeue", "--all")
+
+    # Then every one is delivered once and no dead letter is left
+    assert 0 == requeued.returncode, requeued.stderr
+    wait_for(lambda: 200 == stack.states(events)["delivered"], 30, what="200 delivered")
+    row = reconcile(stack, events, "Meta refused every event (code 100), fixed, dead letters "
+                    "requeued and delivered", fixed)
+    assert (200, 0, 0, 0) == (row.delivered, row.dead, row.lost, row.twice)
