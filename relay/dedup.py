@@ -150,14 +150,8 @@ class Dedup:
         now = int(self._clock() * 1000)
         today = keys.day_of(now)
         script_keys = _Keys()
-        per_event: list[Any] = []
-        for dk in dedup_keys:
-            pixel_id, _, event_id = keys.split_dedup_key(dk)
-            slot = keys.slot_of(event_id)
-            first = script_keys.index(keys.claim_bucket(pixel_id, today, slot))
-            for back in range(1, self._days):
-                script_keys.index(keys.claim_bucket(pixel_id, today - back, slot))
-            per_event.append((keys.ledger_field(dk), first))
+        per_event = [(keys.ledger_field(dk), self._window_buckets(script_keys, dk, today))
+                     for dk in dedup_keys]
         old = [script_keys.index(keys.dedup(dk)) for dk in dedup_keys]
         args: list[Any] = [owner, self._window_s * 1000, now, self._days, self._bucket_ttl_s]
         for (name, first), old_index in zip(per_event, old, strict=True):
@@ -175,13 +169,19 @@ class Dedup:
         script_keys = _Keys()
         args: list[Any] = [owner, self._days]
         for dk in dedup_keys:
-            pixel_id, _, event_id = keys.split_dedup_key(dk)
-            slot = keys.slot_of(event_id)
-            first = script_keys.index(keys.claim_bucket(pixel_id, today, slot))
-            for back in range(1, self._days):
-                script_keys.index(keys.claim_bucket(pixel_id, today - back, slot))
+            first = self._window_buckets(script_keys, dk, today)
             args += (keys.ledger_field(dk), first, script_keys.index(keys.dedup(dk)))
         self._release(keys=script_keys.names, args=args)
+
+    def _window_buckets(self, script_keys: _Keys, dedup_key: str, today: int) -> int:
+        """Add the claim buckets of ``dedup_key`` for the window's days (today first, the
+        days before next, as the scripts read them); the index of today's."""
+        pixel_id, _, event_id = keys.split_dedup_key(dedup_key)
+        slot = keys.slot_of(event_id)
+        first = script_keys.index(keys.claim_bucket(pixel_id, today, slot))
+        for back in range(1, self._days):
+            script_keys.index(keys.claim_bucket(pixel_id, today - back, slot))
+        return first
 
     def mark_sent(self, owner: str, dedup_keys: Sequence[str]) -> None:
         self._mark(f"done:{owner}", dedup_keys)
