@@ -27,7 +27,10 @@ Scenarios (``--scenarios``, comma-separated, run in the order given):
 - ``token-10m-scaled``: a token revoked for 120 s at 50 clicks/s (the 6,000 events of 10
   minutes at 10/s), default settings, restored at the fake (the relay notices by its next
   probe or token check);
-- ``token-10m``: the real thing, 10 minutes at 10 clicks/s.
+- ``token-10m``: the real thing, 10 minutes at 10 clicks/s;
+- ``token-replaced-2m``: the token revoked for 120 s at 10 clicks/s, then mended as an operator
+  does: the worker is stopped (SIGTERM) and started again with a new token; timed from the new
+  worker's launch, its start-up included.
 
 Exit status: 0 when no event was lost or dead-lettered in any scenario (the figures are
 reported whatever they are); 1 otherwise; 2 when something failed to start.
@@ -76,6 +79,7 @@ from tests.support import (  # noqa: E402
 
 PIXEL = "1234567890"
 WORKER_TOKEN = DEMO_TOKEN  # what loadtest.bench_relay.Workers gives its workers
+NEW_TOKEN = "replaced-token"  # any token but the revoked one, for the fake
 LATENCY_MS = 200
 WARMUP_S = 5.0
 FLOOR_AFTER_RETURN_S = 10.0
@@ -84,7 +88,7 @@ FLOOR_AFTER_RETURN_S = 10.0
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    kind: str  # 'outage' or 'token'
+    kind: str  # 'outage', 'token' (restored at the fake) or 'token-replaced' (a new token)
     down_s: float
     clicks_per_s: float
     relay: dict[str, int] = field(default_factory=dict)
@@ -104,6 +108,9 @@ SCENARIOS = {
                  note="SCALED: a 10-min revocation's backlog (6,000 events at 10/s) in 120 s "
                       "at 50 clicks/s; default settings"),
         Scenario("token-10m", "token", 600, 10, note="default settings"),
+        Scenario("token-replaced-2m", "token-replaced", 120, 10,
+                 note="then the worker restarted with a new token (timed from its launch); "
+                      "default settings"),
     ]
 }
 DEFAULT_SCENARIOS = "outage-2m,reference-2m,outage-30m-scaled,token-10m-scaled"
@@ -153,6 +160,8 @@ def run_scenario(scenario: Scenario, client: Any, meta: FakeMeta, workers: Worke
     down_at = time.time()
     if scenario.kind == "outage":
         _faults(meta, outage_s=scenario.down_s)
+    elif scenario.kind == "token-replaced":
+        _faults(meta, revoked_tokens=[WORKER_TOKEN])  # for good: a new token mends it
     else:
         _faults(meta, revoked_tokens=[WORKER_TOKEN])
     before = meta.summary()  # after the fault: what is answered from now on is refused
@@ -162,7 +171,12 @@ def run_scenario(scenario: Scenario, client: Any, meta: FakeMeta, workers: Worke
         time.sleep(min(1.0, max(0.0, down_at + scenario.down_s - time.time())))
     if scenario.kind == "token":
         _faults(meta, revoked_tokens=[])
+    replaced = None
+    if scenario.kind == "token-replaced":
+        worker.stop(timeout_s=30)  # what an operator's restart does first
     up_at = time.time()
+    if scenario.kind == "token-replaced":
+        [replaced] = workers.start_group("high,normal,low", 1, config, token=NEW_TOKEN)
     during = meta.summary()
     backlog = [event_id for event_id, stored_ms in feeder.stored if stored_ms < up_at * 1000]
 
@@ -181,7 +195,7 @@ def run_scenario(scenario: Scenario, client: Any, meta: FakeMeta, workers: Worke
     wait_for(lambda: stored <= _arrivals(meta).keys(), 120, interval_s=0.5,
              what="every event stored to reach the fake")
     final = meta.summary()
-    output = worker.output()
+    output = worker.output() + (replaced.output() if replaced else "")
     workers.stop_all()
     resumed_at = _first_logged(output, "pixel_resumed", after_s=up_at)
     return {
@@ -220,13 +234,15 @@ def _first_logged(output: str, event: str, after_s: float) -> float | None:
 
 def report(r: dict[str, Any]) -> str:
     s: Scenario = r["scenario"]
-    what = "Meta down (503, code 2)" if s.kind == "outage" else "token revoked (190)"
+    what = {"outage": "Meta down (503, code 2)", "token": "token revoked (190)",
+            "token-replaced": "token revoked (190)"}[s.kind]
     mean = r["drain_events"] / r["drain_requests"] if r["drain_requests"] else 0.0
     backlog_mean = r["backlog_late"] / r["backlog_requests"] if r["backlog_requests"] else 0.0
     resumed = r["resumed_after_s"]
     drain_s = None if resumed is None else r["after_return_s"] - resumed
+    since = "the new worker's launch" if s.kind == "token-replaced" else "Meta's return"
     floor = ""
-    if s.kind == "outage" and not s.relay:
+    if s.kind in ("outage", "token-replaced") and not s.relay:
         met = "met" if r["after_return_s"] <= FLOOR_AFTER_RETURN_S else "MISSED"
         floor = f" (floor {FLOOR_AFTER_RETURN_S:.0f} s: {met})"
     return "\n".join([
@@ -236,7 +252,7 @@ def report(r: dict[str, Any]) -> str:
         f"began); pixel paused during it: "
         f"{'yes' if r['paused_seen'] else 'no'} (pixel_paused logged {r['paused']}x, "
         f"pixel_resumed {r['resumed']}x)",
-        f"   Meta's return -> last of the {r['backlog']:,} events stored before it delivered: "
+        f"   {since} -> last of the {r['backlog']:,} events stored before it delivered: "
         f"{r['after_return_s']:.1f} s{floor}; of which until the pixel resumed "
         f"(the first probe Meta accepted): {_seconds(r['resumed_after_s'])}, then the drain "
         f"{_seconds(drain_s)}",

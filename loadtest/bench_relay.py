@@ -163,11 +163,15 @@ class Workers:
         [process] = self.start_group(queues, 1)
         return process
 
-    def start_group(self, queues: str, count: int, config: Path | None = None) -> list[Process]:
-        """``count`` workers launched together (``config``, else the bench's), returned once
-        every one has started: none gets a head start of a whole start-up (imports)."""
+    def start_group(self, queues: str, count: int, config: Path | None = None,
+                    token: str | None = None) -> list[Process]:
+        """``count`` workers launched together (``config``, else the bench's; ``token``, else
+        the demo one), returned once every one has started: none gets a head start of a whole
+        start-up (imports)."""
         env = stack_env(self.redis_url, "http://127.0.0.1:9", TOKEN_ENV)
         env.pop("PIXELRELAY_GRAPH_URL")  # the config names the fake
+        if token is not None:
+            env[TOKEN_ENV] = token
         group = [relay_worker(self.tmp, config or self.config, env, queues,
                               f"worker-{next(self._serial)}-{queues}") for _ in range(count)]
         self.started += group
