@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 
 from relay.config import CONFIG_ENV, GRAPH_URL_ENV, REDIS_URL_ENV, Settings
+from relay.queues import PRIORITIES, metrics_port
 from relay.redis_server import SERVER_SETTINGS
 
 FAKE_TOKEN = "fake-meta-token"
@@ -84,6 +85,7 @@ class Port:
     setting: str
     host: str
     port: int
+    note: str = ""  # how the setting gives this port, when it is not the port itself
 
 
 def taken_port_message(ports: list[Port]) -> str | None:
@@ -95,8 +97,9 @@ def taken_port_message(ports: list[Port]) -> str | None:
                     f"set one of them to another port")
         seen[p.port] = p
         if not _bindable(p.host, p.port):
+            how = f" ({p.note})" if p.note else ""
             return (f"pixelrelay up: port {p.port} on {p.host} is already in use; stop what "
-                    f"listens there or set {p.setting} to a free port")
+                    f"listens there or set {p.setting} to a free port{how}")
     return None
 
 
@@ -162,6 +165,13 @@ class Stack:
             ports.append(Port("fake_meta.port", "127.0.0.1", s.fake_meta.port))
         if not s.redis.url:
             ports.append(Port("redis.embedded_port", "127.0.0.1", s.redis.embedded_port))
+        for priority in PRIORITIES:  # one relay worker per queue, each with its /metrics
+            port = metrics_port(s.relay.metrics_port, [priority])
+            if port:
+                offset = port - s.relay.metrics_port
+                ports.append(Port("relay.metrics_port", s.relay.metrics_host, port,
+                                  f"the {priority} queue's relay worker serves /metrics on it "
+                                  f"+ {offset}; 0 turns /metrics off"))
         return ports
 
     def plan(self) -> list[list[Child]]:
@@ -192,7 +202,7 @@ class Stack:
                 ready=_http_ok(f"http://127.0.0.1:{s.fake_meta.port}/_fake/healthz"))])
         delivery = [Child("collector", [*exe, "collector"], env, ready=_http_ok(
             f"http://{_url_host(s.collector.host)}:{s.collector.port}/readyz"))]
-        for priority in ("high", "normal", "low"):
+        for priority in PRIORITIES:
             delivery.append(Child(f"relay-{priority}", [*exe, "relay", "--queues", priority],
                                   env, ready=lambda c: c.said('"relay_worker_started"')))
         stages.append(delivery)

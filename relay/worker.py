@@ -13,7 +13,6 @@ PageViews never holds up a Purchase.
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import socket
@@ -46,18 +45,13 @@ from relay.meta_client import MetaClient
 from relay.metrics import RelayMetrics
 from relay.observe import Election, gauge_values, relay_state
 from relay.outbox import Outbox
-from relay.queues import PRIORITIES, QUEUE_NAMES, Priority
+from relay.queues import PRIORITIES, QUEUE_NAMES, Priority, metrics_port
 from relay.status import WorkerPresence
 
 log = structlog.get_logger("relay.worker")
 RECOVER_INTERVAL_S = 1.0
 HEALTH_INTERVAL_S = 60.0
 HEALTH_POLL_S = 2.5  # how often a worker asks whether a check is due (one SET NX)
-# Port offsets of /metrics from relay.metrics_port, one per set of queues a process serves.
-METRICS_PORT_OFFSETS: dict[tuple[Priority, ...], int] = {
-    group: offset for offset, group in enumerate(
-        g for n in (1, 2, 3) for g in itertools.combinations(PRIORITIES, n))
-}
 
 
 def actor_name(priority: Priority) -> str:
@@ -223,9 +217,7 @@ class RelayWorker:
     def _serve_metrics(self) -> None:
         port = self.metrics_port
         if port is None:
-            base = self.settings.relay.metrics_port
-            key = tuple(p for p in PRIORITIES if p in self.priorities)
-            port = base + METRICS_PORT_OFFSETS[key] if base else 0
+            port = metrics_port(self.settings.relay.metrics_port, self.priorities)
         if not port:
             return
         host = self.settings.relay.metrics_host

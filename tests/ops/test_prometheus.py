@@ -63,13 +63,13 @@ def test_every_rule_reads_only_metrics_the_project_exports() -> None:
 
 def test_the_shipped_processes_are_scraped_on_their_default_ports() -> None:
     from relay.config import Settings
-    from relay.worker import METRICS_PORT_OFFSETS
+    from relay.queues import metrics_port
 
     settings = Settings()
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     targets = {job["job_name"]: sorted(t for c in job["static_configs"] for t in c["targets"])
                for job in config["scrape_configs"]}
-    relay_ports = [settings.relay.metrics_port + METRICS_PORT_OFFSETS[(p,)]
+    relay_ports = [metrics_port(settings.relay.metrics_port, [p])
                    for p in ("high", "normal", "low")]
     assert {
         "pixelrelay-collector": [f"127.0.0.1:{settings.collector.port}"],

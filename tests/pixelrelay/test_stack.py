@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
-from pixelrelay.stack import Port, taken_port_message
+from pixelrelay.stack import Port, Stack, taken_port_message
+from relay.config import RelaySettings, Settings
 from tests.support import free_port
 
 
@@ -50,3 +52,26 @@ def test_a_port_left_in_time_wait_counts_as_free() -> None:
         client.close()
 
     assert taken_port_message([Port("collector.port", "127.0.0.1", port)]) is None
+
+
+def test_up_checks_each_relay_workers_metrics_port_too(tmp_path: Path) -> None:
+    settings = Settings(relay=RelaySettings(metrics_port=19320))
+
+    ports = {p.port: p for p in Stack(settings, tmp_path / "config.toml").ports()}
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 19322))
+        squatter.listen()
+        message = taken_port_message(list(ports.values()))
+
+    assert {19320, 19321, 19322} <= set(ports)
+    assert ("pixelrelay up: port 19322 on 127.0.0.1 is already in use; stop what listens there "
+            "or set relay.metrics_port to a free port (the low queue's relay worker serves "
+            "/metrics on it + 2; 0 turns /metrics off)") == message
+
+
+def test_no_metrics_port_is_checked_when_metrics_are_off(tmp_path: Path) -> None:
+    settings = Settings(relay=RelaySettings(metrics_port=0))
+
+    settings_named = {p.setting for p in Stack(settings, tmp_path / "config.toml").ports()}
+
+    assert "relay.metrics_port" not in settings_named
