@@ -13,11 +13,13 @@ from typing import Any
 import fakeredis
 import msgspec
 import pytest
+from redis import exceptions as redis_errors
 
 from relay import keys
 from relay.alerts import Alerts, Finding
 from relay.notify import SIGNATURE_HEADER, Notice, endpoint_key
 from relay.outbox import Outbox
+from relay.worker import RelayWorker
 from tests.relay.factories import PIXEL
 from tests.relay.test_alerts import (
     HOOK_SECRET,
@@ -28,6 +30,7 @@ from tests.relay.test_alerts import (
     token_invalid,
     webhook_alert,
 )
+from tests.support import free_port
 
 
 @pytest.fixture
@@ -210,3 +213,35 @@ def test_a_stored_message_decodes_to_the_notice_put() -> None:
     original = notice(7)
 
     assert original == msgspec.json.decode(msgspec.json.encode(original), type=Notice)
+
+
+def test_redis_unreachable_is_sent_from_memory_by_the_last_observer_and_its_end_after(
+        hook: Receiver) -> None:
+    # Given the elected worker, a webhook for every condition
+    server = fakeredis.FakeServer()
+    redis = fakeredis.FakeRedis(server=server)
+    settings = settings_for(webhook_alert(hook), alerting={
+        "cooldown_s": 0, "collector_metrics_url": f"http://127.0.0.1:{free_port()}/metrics"})
+    worker = RelayWorker(settings, ["high", "normal", "low"], redis, metrics_port=0)
+    try:
+        assert worker.observe_once()
+
+        # When Redis cannot be reached: the round fails, the alert waits in memory and goes out
+        server.connected = False
+        with pytest.raises(redis_errors.ConnectionError):
+            worker.observe_once()
+        worker.outbox.send_due()
+        during = [(b["condition"], b["status"]) for b in signed(hook)]
+
+        # And when Redis is back, its end is announced (stored in Redis, then sent)
+        server.connected = True
+        worker.observe_once()
+        while worker.outbox.pending():
+            worker.outbox.send_due()
+    finally:
+        worker.outbox.stop(0)
+
+    assert [("redis_unreachable", "firing")] == during
+    ends = [b for b in signed(hook) if b["condition"] == "redis_unreachable"]
+    assert ["firing", "resolved"] == [b["status"] for b in ends]
+    assert "the relay cannot reach Redis" in ends[0]["text"]
