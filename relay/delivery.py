@@ -281,7 +281,7 @@ class Deliverer:
         try:
             self._send_isolating(split, envelopes)
         except ThrottledError as exc:
-            self.breaker.succeeded(pixel.id, attempt.batch_id)  # Meta is up, only busy
+            self._succeeded(split)  # Meta is up, only busy
             factor = self.limiter.throttled(pixel.id, sent_ms=started_ms)
             self._log_batch(pixel.id, envelopes, attempt, started, "throttled", exc)
             pending = [e for e in envelopes if e.dedup_key not in settled]
@@ -314,7 +314,7 @@ class Deliverer:
                                               pixel.access_token)
                 return self._park(pixel, pending, attempt, verdict.reason,
                                   record=verdict.name != "probe_failed", error=exc)
-            self.breaker.succeeded(pixel.id, attempt.batch_id)
+            self._succeeded(split)  # Meta is up: the request is refused
             self._dead(pending, {**exc.as_dict(), "kind": "rejected"}, attempt)
             return None
         except _SplitDeferred as deferred:
