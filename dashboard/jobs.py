@@ -20,6 +20,7 @@ from dashboard import auditlog
 from relay import keys
 from relay.config import Settings
 from relay.deadletters import DeadFilter, DeadLetters
+from relay.ledger import Actor
 from relay.queues import queue_for
 
 Action = Literal["requeue", "discard"]
@@ -45,14 +46,16 @@ class JobProgress:
         return min(1.0, (self.done + self.skipped) / self.total) if self.total else 1.0
 
 
-def move(dead: DeadLetters, settings: Settings, action: Action, dedup_key: str) -> bool:
-    """Requeue (as ``pixelrelay requeue`` does) or discard one letter; False if it is gone."""
+def move(dead: DeadLetters, settings: Settings, action: Action, dedup_key: str,
+         by: Actor) -> bool:
+    """Requeue (as ``pixelrelay requeue`` does) or discard one letter, ``by`` an operator (a
+    step of the event's life); False if it is gone."""
     if action == "requeue":
         parts = dedup_key.split(":", 2)
         if len(parts) != 3:
             return False
-        return dead.requeue(dedup_key, queue_for(parts[1], settings.relay))
-    return dead.discard(dedup_key)
+        return dead.requeue(dedup_key, queue_for(parts[1], settings.relay), by)
+    return dead.discard(dedup_key, by)
 
 
 class JobRunner:
@@ -83,12 +86,13 @@ class JobRunner:
              address: str, filter_text: str) -> None:
         key = keys.bulk_job(job_id)
         done = skipped = 0
+        by = Actor.now(who, "dashboard", job_id)
         try:
             for chunk in self._dead.matching_keys(where):
                 if self._stop.is_set():
                     break
                 for dedup_key in chunk:
-                    if move(self._dead, self._settings, action, dedup_key):
+                    if move(self._dead, self._settings, action, dedup_key, by):
                         done += 1
                     else:
                         skipped += 1

@@ -20,7 +20,7 @@ from dashboard.operators import authenticate
 from dashboard.security import Throttle, start_session
 from relay import keys
 from relay.clicks import Clicks
-from relay.stats import MATCH_KEY_LABELS, MATCH_KEYS, RANGES, known_event_names, read_window
+from relay.stats import MATCH_KEY_LABELS, MATCH_KEYS, RANGES, read_window
 from relay.status import pixel_states, queue_depths, workers
 from relay.tools import trace
 
@@ -97,18 +97,20 @@ def overview_context(request: Request[Any, Any, Any], range_name: str) -> dict[s
     window = read_window(ctx.client, range_name, now, ctx.windows)
     start = window.buckets[0].start_ms if window.buckets else now
     totals = {state: window.total(state) for state in
-              ("received", "delivered", "attempt", "dead", "duplicate", "deferred")}
+              ("received", "delivered", "attempt", "dead", "duplicate", "deferred", "withheld")}
     depths = queue_depths(ctx.client, now)
     waiting = sum(q.inbox_events for q in depths)
     settled = totals["delivered"] + totals["dead"]
     collector = ctx.collector_metrics()
-    funnel = [("received", totals["received"]),
-              ("refused at the door (4xx, since the collector started)",
+    funnel = [("received", "received", totals["received"]),
+              ("refused", "refused at the door (4xx, since the collector started)",
                None if collector is None else int(collector["refused"])),
-              ("duplicate", totals["duplicate"]),
-              ("waiting now (inbox)", waiting),
-              ("dead", totals["dead"]),
-              ("delivered", totals["delivered"])]
+              ("withheld", "withheld for want of consent (counted, never stored or sent)",
+               totals["withheld"]),
+              ("duplicate", "duplicate", totals["duplicate"]),
+              ("waiting", "waiting now (inbox)", waiting),
+              ("dead", "dead", totals["dead"]),
+              ("delivered", "delivered", totals["delivered"])]
     states = [state for state, _ in SERIES]
     event_names = window.names("event_name", states)
     pixel_ids = [p.id for p in ctx.settings.pixels]
@@ -121,6 +123,7 @@ def overview_context(request: Request[Any, Any, Any], range_name: str) -> dict[s
                  "spark": sparkline(window.series("received", event_name=n), f"received {n}")}
                 for n in event_names if n]
     by_pixel = [{"name": p, **{s: window.total(s, pixel=p) for s, _ in SERIES},
+                 "withheld": window.total("withheld", pixel=p),
                  "spark": sparkline(window.series("delivered", pixel=p), f"delivered {p}")}
                 for p in sorted(set(pixel_ids) | set(window.names("pixel", states))) if p]
     timeout_ms = ctx.settings.relay.heartbeat_timeout_ms
@@ -163,11 +166,8 @@ def find(request: Request[Any, Any, Any],
     timeline = click = None
     click_events: list[str] = []
     if query:
-        relay = ctx.settings.relay
-        names = known_event_names(ctx.client, [*relay.high_events, *relay.low_events,
-                                               *(k.event_name for k in ctx.settings.links)])
         out = io.StringIO()
-        found = trace(ctx.settings, query, out, client=ctx.client, event_names=names) == 0
+        found = trace(ctx.settings, query, out, client=ctx.client, search=False) == 0
         timeline = out.getvalue() if found else None
         clicks = Clicks(ctx.client)
         c = clicks.get(query)
@@ -179,7 +179,7 @@ def find(request: Request[Any, Any, Any],
                            - {query})
         for event_id in event_ids:
             out = io.StringIO()
-            trace(ctx.settings, event_id, out, client=ctx.client, event_names=names)
+            trace(ctx.settings, event_id, out, client=ctx.client, search=False)
             click_events.append(out.getvalue())
     return Template("find.html", context={"q": query, "timeline": timeline, "click": click,
                                           "click_events": click_events,
@@ -222,18 +222,20 @@ def pixels(request: Request[Any, Any, Any],
     rows = []
     for pixel in ctx.settings.pixels:
         names = [n for n in window.event_names_of(pixel.id)
-                 if window.total("received", pixel.id, n) or window.total("delivered", pixel.id, n)
-                 or window.total("dead", pixel.id, n)]
+                 if any(window.total(what, pixel.id, n)
+                        for what in ("received", "delivered", "dead", "withheld"))]
         events = []
         for n in names:
             delivered = window.total("delivered", pixel.id, n)
             dead = window.total("dead", pixel.id, n)
             events.append({"name": n, "received": window.total("received", pixel.id, n),
                            "delivered": delivered, "dead": dead,
+                           "withheld": window.total("withheld", pixel.id, n),
                            "success": delivered / (delivered + dead) if delivered + dead
                            else None,
                            "coverage": window.coverage(pixel.id, n)})
         rows.append({"id": pixel.id, "state": states.get(pixel.id), "events": events,
+                     "withheld": window.total("withheld", pixel.id),
                      "latency": window.delivery_latency(pixel.id),
                      "request": window.request_latency(pixel.id)})
     return Template("pixels.html", context={

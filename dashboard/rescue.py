@@ -19,6 +19,7 @@ from dashboard.app_support import ctx_of, operator_of, peer_address, require_ope
 from dashboard.jobs import move
 from relay.deadletters import DeadFilter
 from relay.events import MetaEvent
+from relay.ledger import Actor
 
 PAGE_SIZE = 50
 MAX_SELECTED = 500
@@ -37,7 +38,7 @@ class FilterForm(msgspec.Struct):
 
 class ActionForm(FilterForm):
     action: str = ""
-    keys: list[str] = msgspec.field(default_factory=list)
+    keys: list[str] | str = msgspec.field(default_factory=list)  # one ticked box: a str
     key: str = ""
     scope: str = "selected"  # selected | one (the matching ones: action "requeue-matching")
 
@@ -155,14 +156,16 @@ def act(request: Request[Any, Any, Any],
         job_id = ctx.jobs.start(action, where, operator.name, operator.role, address,
                                 _describe(data))
         return Redirect(f"/jobs/{job_id}", status_code=303)
-    chosen = [data.key] if data.scope == "one" else list(data.keys)
+    ticked = [data.keys] if isinstance(data.keys, str) else data.keys
+    chosen = [data.key] if data.scope == "one" else ticked
     chosen = [k for k in chosen if k]
     if not chosen:
         raise HTTPException(status_code=400, detail="Select at least one dead letter.")
     if len(chosen) > MAX_SELECTED:
         raise HTTPException(status_code=400, detail=f"At most {MAX_SELECTED} letters at once: "
                             "use 'every one matching' for more.")
-    moved = sum(1 for k in chosen if move(ctx.dead, ctx.settings, action, k))
+    by = Actor.now(operator.name, "dashboard")
+    moved = sum(1 for k in chosen if move(ctx.dead, ctx.settings, action, k, by))
     auditlog.record(ctx.client, operator.name, operator.role, action, moved, address=address,
                     keys=chosen[:20], selected=len(chosen))
     verb = "requeued" if action == "requeue" else "discarded"

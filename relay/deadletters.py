@@ -2,8 +2,10 @@
 
 Kept per event (not per batch) so one bad event does not hide its batch-mates, for
 ``ledger_ttl_days``. ``requeue`` puts an event back into its queue's inbox in one atomic step;
-``discard`` drops it (its state stays ``dead``). Both are Lua scripts, so an event is never both
-requeued and dead, and two operators acting on the same letter move it once.
+``discard`` drops it (its state stays ``dead``); either adds the operator's step (who, when,
+``relay.ledger.Actor``) to the event's life in that same step. Both are Lua scripts, so an
+event is never both requeued and dead, and two operators acting on the same letter move it
+once.
 
 Besides the time-ordered set of all letters, each letter is indexed by pixel, event name, kind
 and Meta code (``keys.dead_index``), and the count per ``kind:code`` is kept
@@ -24,7 +26,7 @@ from redis import Redis
 from relay import keys
 from relay.dedup import claim_days
 from relay.events import Envelope, decode_envelope, encode
-from relay.ledger import RECORD_LUA
+from relay.ledger import RECORD_LUA, Actor
 
 _List = list  # the class below has a method named list
 FACETS = ("pixel", "event", "kind", "code")
@@ -80,36 +82,82 @@ return 1
 
 _REQUEUE = _REMOVE + RECORD_LUA + """
 -- KEYS: the prefix (for the letter's own index keys), the inbox, the inbox's pixel set, the
--- event's ledger bucket, the old layout's claim and state keys, then the claim buckets to
--- clear. ARGV: dedup key, pixel, record field.
-local prefix, dedup_key, pixel, name = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+-- operator step's log, the event's ledger bucket, the old layout's claim and state keys, then
+-- the claim buckets to clear. ARGV: dedup key, pixel, then the operator step
+-- (``Actor.script_args``: batch, step, ttl, record field, state letter).
+local prefix, dedup_key, pixel = KEYS[1], ARGV[1], ARGV[2]
 local payload = remove(prefix, dedup_key)
 if not payload then
   return 0
 end
 redis.call('RPUSH', KEYS[2], payload)
 redis.call('SADD', KEYS[3], pixel)
-local raw = redis.call('HGET', KEYS[4], name)
-if raw then
-  local r = parse_record(raw)
-  r[1] = 'r'
-  redis.call('HSET', KEYS[4], name, join_record(r))
+add_operator_step(KEYS[4], ARGV[3], ARGV[4], tonumber(ARGV[5]), KEYS[5], ARGV[6], ARGV[7])
+redis.call('DEL', KEYS[6])
+if redis.call('EXISTS', KEYS[7]) == 1 then
+  redis.call('SET', KEYS[7], 'requeued', 'KEEPTTL')
 end
-redis.call('DEL', KEYS[5])
-if redis.call('EXISTS', KEYS[6]) == 1 then
-  redis.call('SET', KEYS[6], 'requeued', 'KEEPTTL')
-end
-for k = 7, #KEYS do
-  redis.call('HDEL', KEYS[k], name)
+for k = 8, #KEYS do
+  redis.call('HDEL', KEYS[k], ARGV[6])
 end
 return 1
 """
 
-_DISCARD = _REMOVE + """
+_DISCARD = _REMOVE + RECORD_LUA + """
+-- KEYS: the prefix, the operator step's log, the event's ledger bucket. ARGV: dedup key, then
+-- the operator step (as for requeue).
 if remove(KEYS[1], ARGV[1]) then
+  add_operator_step(KEYS[2], ARGV[2], ARGV[3], tonumber(ARGV[4]), KEYS[3], ARGV[5], ARGV[6])
   return 1
 end
 return 0
+"""
+
+
+_WALK = """
+-- KEYS[1]: the sorted set walked (newest first from rank ARGV[1]); KEYS[2..]: the other
+-- facets' indexes a letter must be in. ARGV: start rank, lowest score ('-inf' or a number),
+-- limit, most entries to look at, chunk size. Returns {found, last member, last score,
+-- 1 when the end (or the lowest score) was reached, entries looked at}.
+local start, limit, most, step = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4]),
+  tonumber(ARGV[5])
+local lo = ARGV[2] ~= '-inf' and tonumber(ARGV[2]) or nil
+local found, last, last_score, seen = {}, false, false, 0
+while seen < most do
+  local rows = redis.call('ZREVRANGE', KEYS[1], start, start + step - 1, 'WITHSCORES')
+  if #rows == 0 then
+    return {found, last, last_score, 1, seen}
+  end
+  for i = 1, #rows, 2 do
+    local member, score = rows[i], rows[i + 1]
+    if lo and tonumber(score) < lo then
+      return {found, last, last_score, 1, seen}
+    end
+    seen = seen + 1
+    last, last_score = member, score
+    local ok = true
+    for k = 2, #KEYS do
+      if not redis.call('ZSCORE', KEYS[k], member) then
+        ok = false
+        break
+      end
+    end
+    if ok then
+      found[#found + 1] = member
+      if #found == limit then
+        return {found, last, last_score, 0, seen}
+      end
+    end
+    if seen >= most then
+      break
+    end
+  end
+  if #rows < 2 * step then
+    return {found, last, last_score, 1, seen}
+  end
+  start = start + step
+end
+return {found, last, last_score, 0, seen}
 """
 
 
@@ -152,12 +200,6 @@ class DeadFilter:
     def facets(self) -> dict[str, str]:
         return {f: getattr(self, f) for f in FACETS if getattr(self, f)}
 
-    def accepts(self, index: str | None) -> bool:
-        if not self.facets():
-            return True
-        have = set((index or "").split(_SEPARATOR))
-        return all(f"{f}:{v}" in have for f, v in self.facets().items())
-
 
 @dataclass(frozen=True, slots=True)
 class Page:
@@ -175,9 +217,11 @@ class DeadLetters:
         self._add = client.register_script(_ADD)
         self._requeue = client.register_script(_REQUEUE)
         self._discard = client.register_script(_DISCARD)
+        self._walk = client.register_script(_WALK)
 
-    def add(self, envelopes: Sequence[Envelope], reason: dict[str, Any]) -> None:
-        now = int(time.time() * 1000)
+    def add(self, envelopes: Sequence[Envelope], reason: dict[str, Any],
+            now_ms: int | None = None) -> None:
+        now = int(time.time() * 1000) if now_ms is None else now_ms
         reason_json = msgspec.json.encode(reason)
         rkey = reason_key(reason)
         args: _List[Any] = [now, self._ttl_s, now - self._ttl_s * 1000, TRIM_PER_CALL]
@@ -214,11 +258,11 @@ class DeadLetters:
         record = self._client.hgetall(keys.dead_letter(dedup_key))
         return _letter(dedup_key, record) if record else None
 
-    def requeue(self, dedup_key: str, queue: str) -> bool:
+    def requeue(self, dedup_key: str, queue: str, by: Actor) -> bool:
         """Move one dead event back into its queue's inbox; False if it is not dead.
 
-        Its dedup claim is deleted and its ledger state set to "requeued" in the same step, so
-        the next batch may send it."""
+        In the same step its dedup claim is deleted (so the next batch may send it), and its
+        ledger record set to "requeued" with ``by`` (who, when) as a step of its life."""
         letter = self.get(dedup_key)
         if letter is None:
             return False
@@ -228,15 +272,21 @@ class DeadLetters:
                   for back in range(claim_days(self._dedup_window_s))]
         done = self._requeue(
             keys=[keys.PREFIX, keys.inbox(queue, pixel_id), keys.inbox_pixels(queue),
-                  keys.ledger_bucket_of(dedup_key, letter.envelope.received_ms),
+                  *by.script_keys(dedup_key, letter.envelope.received_ms),
                   keys.dedup(dedup_key), keys.state(dedup_key), *claims],
-            args=[dedup_key, pixel_id, keys.ledger_field(dedup_key)])
+            args=[dedup_key, pixel_id, *by.script_args("requeued", dedup_key, self._ttl_s)])
         return bool(done)
 
-    def discard(self, dedup_key: str) -> bool:
-        """Drop one dead letter for good; False if it is not dead. Its dedup claim stays, so a
-        copy sent again later is still dropped as a duplicate."""
-        return bool(self._discard(keys=[keys.PREFIX], args=[dedup_key]))
+    def discard(self, dedup_key: str, by: Actor) -> bool:
+        """Drop one dead letter for good; False if it is not dead. Its ledger record stays
+        dead and gains ``by`` as a step; its dedup claim stays, so a copy sent again later is
+        still dropped as a duplicate."""
+        letter = self.get(dedup_key)
+        if letter is None:
+            return False
+        return bool(self._discard(
+            keys=[keys.PREFIX, *by.script_keys(dedup_key, letter.envelope.received_ms)],
+            args=[dedup_key, *by.script_args("discarded", dedup_key, self._ttl_s)]))
 
     # -- filtering and paging -----------------------------------------------------------------
     def matching_count(self, where: DeadFilter) -> tuple[int, bool]:
@@ -251,32 +301,30 @@ class DeadLetters:
              scan_max: int = 5_000) -> Page:
         """Newest first, ``limit`` letters matching ``where`` after ``cursor``.
 
-        Walks the smallest index the filter names, looking at most ``scan_max`` entries, so a
-        page costs the same at 100 or 100,000 letters. A page may be short while letters remain:
+        Walks the smallest index the filter names, looking at most ``scan_max`` entries, in one
+        script call that checks the other facets' indexes by ZSCORE (``_WALK``), so a page
+        costs the same at 100 or 100,000 letters. A page may be short while letters remain:
         ``next_cursor`` then continues from where this one stopped.
         """
-        found: _List[str] = []
-        last: tuple[float, str] | None = None
-        examined = 0
-        exhausted = False
-        for batch in self._walk(where, cursor, scan_max):
-            if batch is None:
-                exhausted = True
-                break
-            checks = self._indexes([dk for dk, _ in batch]) if len(where.facets()) > 1 else None
-            for i, (dk, score) in enumerate(batch):
-                examined += 1
-                last = (score, dk)
-                if checks is None or where.accepts(checks[i]):
-                    found.append(dk)
-                    if len(found) == limit:
-                        break
-            if len(found) == limit:
-                break
-        if last is None or (exhausted and len(found) < limit):
+        source, _ = self._source(where)
+        others = [keys.dead_index(f, v) for f, v in where.facets().items()
+                  if keys.dead_index(f, v) != source]
+        lo, hi = _score_range(where)
+        start = 0 if hi == "+inf" else int(self._client.zcount(source, f"({hi}", "+inf"))
+        if cursor:
+            score_text, _, member = cursor.partition(":")
+            rank = self._client.zrevrank(source, member)
+            if rank is None:  # the cursor's letter was requeued meanwhile: resume by time
+                rank = int(self._client.zcount(source, score_text, "+inf")) - 1
+            start = max(start, rank + 1)
+        raw = self._walk(keys=[source, *others],
+                         args=[start, lo, limit, scan_max, min(500, scan_max)])
+        found = [m.decode() for m in raw[0]]
+        last_member, last_score, exhausted, examined = raw[1], raw[2], raw[3], int(raw[4])
+        if not last_member or (exhausted and len(found) < limit):
             next_cursor = None
         else:
-            next_cursor = f"{int(last[0])}:{last[1]}"
+            next_cursor = f"{int(float(last_score))}:{last_member.decode()}"
         return Page(self._records(found), next_cursor, examined)
 
     def matching_keys(self, where: DeadFilter, chunk: int = 500) -> Iterator[_List[str]]:
@@ -302,38 +350,6 @@ class DeadLetters:
         sizes = pipe.execute()
         size, key = min(zip(sizes, candidates, strict=True))
         return key, int(size)
-
-    def _walk(self, where: DeadFilter, cursor: str | None, scan_max: int
-              ) -> Iterator[_List[tuple[str, float]] | None]:
-        """Chunks of (dedup key, score) from the source set, newest first; None once the end
-        (or the filter's oldest time) is reached."""
-        source, _ = self._source(where)
-        lo, hi = _score_range(where)
-        start = 0 if hi == "+inf" else int(self._client.zcount(source, f"({hi}", "+inf"))
-        if cursor:
-            score_text, _, member = cursor.partition(":")
-            rank = self._client.zrevrank(source, member)
-            if rank is None:  # the cursor's letter was requeued meanwhile: resume by time
-                rank = int(self._client.zcount(source, score_text, "+inf")) - 1
-            start = max(start, rank + 1)
-        step = min(500, scan_max)
-        seen = 0
-        while seen < scan_max:
-            rows = self._client.zrevrange(source, start, start + step - 1, withscores=True)
-            batch = [(m.decode(), s) for m, s in rows if lo == "-inf" or s >= float(lo)]
-            if batch:
-                yield batch
-            seen += len(rows)
-            if len(rows) < step or len(batch) < len(rows):
-                yield None
-                return
-            start += step
-
-    def _indexes(self, dedup_keys: Sequence[str]) -> _List[str | None]:
-        pipe = self._client.pipeline(transaction=False)
-        for dk in dedup_keys:
-            pipe.hget(keys.dead_letter(dk), "index")
-        return [r.decode() if r else None for r in pipe.execute()]
 
 
 def _score_range(where: DeadFilter) -> tuple[str, str]:

@@ -210,11 +210,11 @@ class Deliverer:
             keep.append(env)
         if confirmed:
             # The worker may have died between Meta's answer and the ledger write.
-            self.ledger.record([_entry(e, "delivered", batch=attempt.batch_id,
-                                       confirmed="on redelivery") for e in confirmed])
+            self._record([_entry(e, "delivered", batch=attempt.batch_id,
+                                 confirmed="on redelivery") for e in confirmed])
         if duplicates:
-            self.ledger.record([_entry(e, "duplicate", batch=attempt.batch_id)
-                                for e in duplicates])
+            self._record([_entry(e, "duplicate", batch=attempt.batch_id)
+                          for e in duplicates])
             self.observer.duplicate(duplicates)
             log.info("duplicates_dropped", pixel_id=duplicates[0].pixel_id,
                      count=len(duplicates), batch=attempt.batch_id)
@@ -285,9 +285,9 @@ class Deliverer:
             factor = self.limiter.throttled(pixel.id, sent_ms=started_ms)
             self._log_batch(pixel.id, envelopes, attempt, started, "throttled", exc)
             pending = [e for e in envelopes if e.dedup_key not in settled]
-            self.ledger.record([_entry(e, "deferred", batch=attempt.batch_id,
-                                       attempt=attempt.number, outcome="throttled",
-                                       code=exc.code) for e in pending])
+            self._record([_entry(e, "deferred", batch=attempt.batch_id,
+                                 attempt=attempt.number, outcome="throttled",
+                                 code=exc.code) for e in pending])
             self.observer.deferred(pending, "throttled")
             return Defer(int(THROTTLE_DELAY_MS / factor), f"throttled by Meta (code {exc.code})")
         except TransientError as exc:
@@ -300,9 +300,9 @@ class Deliverer:
             if attempt.last:
                 self._dead(pending, {**exc.as_dict(), "kind": "retries_exhausted"}, attempt)
                 return None
-            self.ledger.record([_entry(e, "attempt", batch=attempt.batch_id,
-                                       attempt=attempt.number, outcome="transient",
-                                       error=exc.message, code=exc.code) for e in pending])
+            self._record([_entry(e, "attempt", batch=attempt.batch_id,
+                                 attempt=attempt.number, outcome="transient",
+                                 error=exc.message, code=exc.code) for e in pending])
             self.observer.retried(pending)
             raise
         except PermanentError as exc:
@@ -320,9 +320,9 @@ class Deliverer:
         except _SplitDeferred as deferred:
             self._log_batch(pixel.id, envelopes, attempt, started, "rate_limited", None)
             pending = [e for e in envelopes if e.dedup_key not in settled]
-            self.ledger.record([_entry(e, "deferred", batch=attempt.batch_id,
-                                       attempt=attempt.number, outcome="rate limit")
-                                for e in pending])
+            self._record([_entry(e, "deferred", batch=attempt.batch_id,
+                                 attempt=attempt.number, outcome="rate limit")
+                          for e in pending])
             self.observer.deferred(pending, "rate_limit")
             return Defer(deferred.wait_ms, "rate limit")
         self._log_batch(pixel.id, envelopes, attempt, started, "delivered", None)
@@ -362,7 +362,7 @@ class Deliverer:
                                       "outcome": "paused", "reason": reason}
             if error is not None:
                 detail.update(code=error.code, error=error.message)
-            self.ledger.record([_entry(e, "deferred", **detail) for e in envelopes])
+            self._record([_entry(e, "deferred", **detail) for e in envelopes])
         return Paused(reason, len(envelopes))
 
     def _send_isolating(self, split: _Split, envelopes: list[Envelope]) -> None:
@@ -479,7 +479,7 @@ class Deliverer:
             attempt.batch_id, [e.dedup_key for e in envelopes]))
         self._succeeded(split)  # then a paused pixel resumes, before the rest of the records
         now_ms = int(self.clock() * 1000)
-        self._patiently(attempt, lambda: self.ledger.record([
+        self._patiently(attempt, lambda: self._record([
             _entry(e, "delivered", batch=attempt.batch_id, attempt=attempt.number,
                    fbtrace_id=result.fbtrace_id, latency_ms=round(result.latency_ms, 1),
                    received_ms=e.received_ms, source=e.source,
@@ -498,6 +498,10 @@ class Deliverer:
             (e.pixel_id, e.event.event_name, _carries(e)) for e in envelopes), now_ms)
         self.activity.delivered(envelopes[0].pixel_id, now_ms)
 
+    def _record(self, entries: Sequence[Entry], now_ms: int | None = None) -> None:
+        """Ledger entries at the Deliverer's clock (counters land in its minute)."""
+        self.ledger.record(entries, int(self.clock() * 1000) if now_ms is None else now_ms)
+
     def _patiently(self, attempt: Attempt, step: Callable[[], object]) -> None:
         """Run one bookkeeping step, retrying it while Redis is unreachable (``patient_retry``)."""
 
@@ -511,13 +515,13 @@ class Deliverer:
               ) -> None:
         if not envelopes:
             return
-        self.dead.add(envelopes, reason)
+        self.dead.add(envelopes, reason, int(self.clock() * 1000))
         code = reason.get("code")
         self.observer.dead(envelopes, str(reason.get("kind")),
                            code if isinstance(code, int) else None)
         self.dedup.mark_dead(attempt.batch_id, [e.dedup_key for e in envelopes])
-        self.ledger.record([_entry(e, "dead", batch=attempt.batch_id, attempt=attempt.number,
-                                   **reason) for e in envelopes])
+        self._record([_entry(e, "dead", batch=attempt.batch_id, attempt=attempt.number,
+                             **reason) for e in envelopes])
         for env in envelopes:
             log.warning("dead_letter", pixel_id=env.pixel_id, event_id=env.event.event_id,
                         event_name=env.event.event_name, attempt=attempt.number,

@@ -2,7 +2,8 @@
 
 ``STORE`` (collector): append a group of events to the per-queue, per-pixel inbox lists, create
 their ledger records as accepted for the audit (a repeat received the same day keeps the first
-time), and save click contexts (``relay.clicks``). One EVALSHA per group commit, so the
+time), note each pixel and event name in the ledger's names (``keys.ledger_names``, once per
+group), and save click contexts (``relay.clicks``). One EVALSHA per group commit, so the
 collector's cost per event is a few list items, not a round trip.
 
 ``BATCH`` (relay): move up to ``max_batch`` events of one pixel out of the inbox into one Dramatiq
@@ -34,7 +35,8 @@ from relay.ledger import COUNTER_TTL_S
 STORE = """
 -- KEYS: every key touched, once each. ARGV: ledger ttl, n, then per event: inbox list, inbox
 -- set and ledger bucket (indexes into KEYS), pixel, record field, received ms, payload, the
--- minute's counters (index into KEYS) and the counter's field; then
+-- minute's counters (index into KEYS) and the counter's field; then the number of ledger
+-- names and per name: key index, ``pixel:event_name``, last received ms; then
 -- per click context: key index, expiry, field, payload (field '': a key of the layout before
 -- the click buckets, expiry its ttl; else a field of the click's hash, expiry a Unix time).
 local ttl = tonumber(ARGV[1])
@@ -59,6 +61,16 @@ for bucket in pairs(buckets) do
 end
 for stats in pairs(counters) do
   redis.call('EXPIRE', KEYS[stats], COUNTER_TTL_S)
+end
+-- the ledger's names (pixel:event_name -> last received ms), for finding an event_id's copies
+local names = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, names do
+  local key, name, at = KEYS[tonumber(ARGV[i])], ARGV[i+1], tonumber(ARGV[i+2])
+  if at > tonumber(redis.call('HGET', key, name) or '0') then
+    redis.call('HSET', key, name, at)
+  end
+  i = i + 3
 end
 local clicks = {}
 while i <= #ARGV do
@@ -161,6 +173,13 @@ def store_call(writes: Sequence[Write], ledger_ttl_s: int) -> tuple[list[str], l
                  keys.ledger_field(e.dedup_key), e.received_ms, e.payload,
                  at(keys.counters(e.received_ms // 60_000)),
                  f"received:{e.pixel_id}:{keys.split_dedup_key(e.dedup_key)[1]}")
+    seen: dict[str, int] = {}  # the ledger's names: pixel:event_name -> last received ms
+    for e in events:
+        name = keys.dedup_key_name(e.dedup_key)
+        seen[name] = max(e.received_ms, seen.get(name, 0))
+    args.append(len(seen))
+    for name, at_ms in seen.items():
+        args += (at(keys.ledger_names()), name, at_ms)
     for w in writes:
         if isinstance(w, ClickWrite):
             bucket = clicks.bucket_of(w.click_id)

@@ -64,6 +64,11 @@ def split_dedup_key(dedup_key: str) -> tuple[str, str, str]:
     return pixel_id, event_name, event_id
 
 
+def dedup_key_name(dedup_key: str) -> str:
+    """``pixel:event_name`` of a dedup key (a field of ``ledger_names``)."""
+    return ":".join(split_dedup_key(dedup_key)[:2])
+
+
 def ledger_field(dedup_key: str) -> str:
     """The field of an event in its pixel's hashes: ``event_name:event_id``."""
     return dedup_key.split(":", 1)[1]
@@ -93,6 +98,13 @@ def ledger_bucket_of(dedup_key: str, received_ms: int) -> str:
 def ledger_bucket_pattern(slot: int | None = None) -> str:
     """SCAN pattern of every ledger bucket, or of one slot's."""
     return f"{PREFIX}:ev:*" if slot is None else f"{PREFIX}:ev:{{*}}:*:{slot}"
+
+
+def ledger_names() -> str:
+    """Hash: ``<pixel>:<event_name>`` -> the last time (ms) the collector stored such an event.
+    With it, the copies of an event_id are read from a few computed fields, never searched
+    for (``Ledger.copies``)."""
+    return f"{PREFIX}:evnames"
 
 
 def claim_bucket(pixel_id: str, day: int, slot: int) -> str:

@@ -22,6 +22,7 @@ are still read until they expire, so an upgrade loses no history (docs/deploy.md
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -45,6 +46,7 @@ STATE_CODES: dict[str, str] = {"accepted": "a", "queued": "q", "attempt": "t",
 STATE_NAMES = {code: name for name, code in STATE_CODES.items()}
 SOURCE_CODES = {"redirect": "r", "beacon": "b", "server": "s"}
 SOURCE_NAMES = {code: name for name, code in SOURCE_CODES.items()}
+OPERATOR_BATCH = "op-"  # batch logs of operators' actions (``Actor``)
 # Detail that differs per event of a step: kept in the record, or derived when read.
 _PER_EVENT = frozenset({"batch", "received_ms", "source", "delay_ms"})
 # Which state a merged view of several records (copies received on different days) shows.
@@ -59,6 +61,35 @@ local function parse_record(raw)
 end
 local function join_record(r)
   return r[1] .. '|' .. r[2] .. '|' .. r[3] .. '|' .. r[4]
+end
+-- point a record to step ``index`` of ``batch``'s log (runs of one batch written ``#i#j``)
+local function add_step(r, batch, index)
+  local last = string.match(r[4], '([^,]*)$')
+  if r[4] ~= '' and string.match(last, '^([^#]*)') == batch then
+    r[4] = r[4] .. '#' .. index
+  elseif r[4] == '' then
+    r[4] = batch .. '#' .. index
+  else
+    r[4] = r[4] .. ',' .. batch .. '#' .. index
+  end
+end
+-- an operator's step (requeue, discard): its log holds the one step, written once for every
+-- event the action moves; ``state`` (a letter, or '') becomes the record's state
+local function add_operator_step(log, batch, step, ttl, bucket, name, state)
+  if redis.call('LLEN', log) == 0 then
+    redis.call('RPUSH', log, step)
+    redis.call('EXPIRE', log, ttl)
+  end
+  local raw = redis.call('HGET', bucket, name)
+  if not raw then
+    return
+  end
+  local r = parse_record(raw)
+  if state ~= '' then
+    r[1] = state
+  end
+  add_step(r, batch, 0)
+  redis.call('HSET', bucket, name, join_record(r))
 end
 """
 
@@ -85,14 +116,7 @@ while i <= #ARGV do
     elseif state ~= 't' then
       r[1] = state
     end
-    local last = string.match(r[4], '([^,]*)$')
-    if r[4] ~= '' and string.match(last, '^([^#]*)') == batch then
-      r[4] = r[4] .. '#' .. index
-    elseif r[4] == '' then
-      r[4] = batch .. '#' .. index
-    else
-      r[4] = r[4] .. ',' .. batch .. '#' .. index
-    end
+    add_step(r, batch, index)
     redis.call('HSET', bucket, name, join_record(r))
   end
 end
@@ -113,6 +137,41 @@ class Entry:
     detail: dict[str, Any] = field(default_factory=dict)
     received_ms: int = 0  # when the collector received it: where its record is (0: now)
     source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who requeues or discards dead letters, when, from where: the step it adds to the life
+    of each event it moves. Written once per action and pixel (``add_operator_step`` in
+    ``RECORD_LUA``, run by ``relay.deadletters``' scripts in the same atomic step as the move),
+    so a bulk action over thousands of letters costs one step and a reference each."""
+
+    who: str
+    via: str  # "dashboard" or "cli"
+    at_ms: int
+    action_id: str  # one per action: a bulk job's id, or random
+
+    @classmethod
+    def now(cls, who: str, via: str, action_id: str | None = None) -> Actor:
+        return cls(who, via, int(time.time() * 1000), action_id or secrets.token_hex(6))
+
+    @property
+    def batch(self) -> str:
+        return f"{OPERATOR_BATCH}{self.action_id}"
+
+    def script_keys(self, dedup_key: str, received_ms: int) -> list[str]:
+        """The step's log and the event's record bucket (for ``add_operator_step``)."""
+        pixel_id = keys.split_dedup_key(dedup_key)[0]
+        return [keys.batch_log(pixel_id, self.batch),
+                keys.ledger_bucket_of(dedup_key, received_ms)]
+
+    def script_args(self, action: Literal["requeued", "discarded"], dedup_key: str,
+                    ttl_s: int) -> list[Any]:
+        """batch, step JSON, ttl, record field, the record's new state letter ('' keeps it)."""
+        step = msgspec.json.encode({"at_ms": self.at_ms, "state": action, "by": self.who,
+                                    "via": self.via})
+        state = STATE_CODES["requeued"] if action == "requeued" else ""
+        return [self.batch, step, ttl_s, keys.ledger_field(dedup_key), state]
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +330,7 @@ class Ledger:
             step = msgspec.json.decode(raw)
             entry = {"at_ms": step.pop("at_ms"), "state": step.pop("state"),
                      "pixel_id": pixel_id}
-            if batch != "-":
+            if batch != "-" and not batch.startswith(OPERATOR_BATCH):
                 entry["batch"] = batch
             entry.update(step)
             if entry["state"] == "delivered" and source:
@@ -284,7 +343,19 @@ class Ledger:
             states.append(old_state.decode())
         state = min(states, key=lambda s: _STATE_RANK.get(s, 2)) if states else None
         received_ms = min((received for _, received, _, _ in records), default=None)
+        if received_ms is None and (old_life or old_state is not None):
+            received_ms = self._old_received(dedup_key)
         return EventRecord(dedup_key, state, received_ms, life)
+
+    def _old_received(self, dedup_key: str) -> int | None:
+        """When the collector accepted an event of the layout before the buckets (one ZSCORE
+        per kept hour, in one round trip; only such events pay it)."""
+        now_hour = int(time.time()) // 3600
+        hours = range(now_hour - self._ttl_s // 3600 - 1, now_hour + 1)
+        pipe = self._client.pipeline(transaction=False)
+        for hour in hours:
+            pipe.zscore(keys.accepted(hour), dedup_key)
+        return next((int(score) for score in pipe.execute() if score is not None), None)
 
     def counts(self, minutes: int, now_ms: int | None = None) -> Counter[str]:
         """The per-minute counters (``<state>:<pixel>:<event_name>``) of the last ``minutes``
@@ -331,9 +402,39 @@ class Ledger:
                 found[key] = state
         return found
 
+    def copies(self, event_id: str, now_ms: int | None = None) -> list[str]:
+        """Dedup keys of every pixel's and event name's copy of ``event_id``, read without
+        searching: the pixels and event names the collector stored within the ledger's TTL
+        (``keys.ledger_names``) give the fields to look at in ``event_id``'s slot of each kept
+        day, one round trip for them all (plus the layout before the buckets' index)."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        oldest = now - self._ttl_s * 1000 - keys.DAY_MS
+        names = [n.decode() for n, at in self._client.hgetall(keys.ledger_names()).items()
+                 if int(at) >= oldest]
+        by_pixel: dict[str, list[str]] = {}
+        for name in sorted(names):
+            pixel_id, event_name = name.split(":", 1)
+            by_pixel.setdefault(pixel_id, []).append(f"{event_name}:{event_id}")
+        slot = keys.slot_of(event_id)
+        asked: list[tuple[str, list[str]]] = []
+        pipe = self._client.pipeline(transaction=False)
+        for pixel_id, fields in by_pixel.items():
+            for day in self._days():
+                pipe.hmget(keys.ledger_bucket(pixel_id, day, slot), fields)
+                asked.append((pixel_id, fields))
+        pipe.smembers(keys.event_index(event_id))
+        *answers, old_layout = pipe.execute()
+        found = {m.decode() for m in old_layout}
+        for (pixel_id, fields), values in zip(asked, answers, strict=True):
+            found.update(f"{pixel_id}:{f}" for f, v in zip(fields, values, strict=True)
+                         if v is not None)
+        return sorted(found)
+
     def keys_for_event(self, event_id: str) -> list[str]:
-        """Dedup keys of every pixel's and event name's copy of ``event_id``."""
-        found: set[str] = set()
+        """``copies``, and also any copy under a pixel or event name the collector has not
+        stored since ``keys.ledger_names`` came (records from before it): this one SCANs the
+        buckets of ``event_id``'s slot, for ``pixelrelay trace`` only, never a page."""
+        found: set[str] = set(self.copies(event_id))
         match = f"*:{_glob_escape(event_id)}"
         for raw in self._client.scan_iter(keys.ledger_bucket_pattern(keys.slot_of(event_id)),
                                           count=10_000):

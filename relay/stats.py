@@ -389,23 +389,3 @@ def match_key_counts(items: Iterable[tuple[str, str, Callable[[str], bool]]]) ->
             if has(key):
                 counts[f"mk.{key}:{pixel}:{event_name}"] += 1
     return counts
-
-
-def known_event_names(client: Redis, extra: Iterable[str] = (), hours: int = 168,
-                      now_ms: int | None = None) -> list[str]:
-    """Event names counted in the last ``hours`` (from the hour roll-ups and this hour's
-    minutes: field names only), plus ``extra``."""
-    now = int(time.time() * 1000) if now_ms is None else now_ms
-    this_hour = now // HOUR_MS
-    pipe = client.pipeline(transaction=False)
-    for h in range(this_hour - hours, this_hour):
-        pipe.hkeys(keys.counters_hour(h))
-    for m in range(this_hour * 60, now // MINUTE_MS + 1):
-        pipe.hkeys(keys.counters(m))
-    names = set(extra)
-    for fields in pipe.execute():
-        for f in fields:
-            pieces = f.decode().split(":", 2)
-            if len(pieces) == 3:
-                names.add(pieces[2])
-    return sorted(names)

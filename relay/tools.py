@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TextIO
@@ -15,7 +15,7 @@ from relay import _dramatiq, keys
 from relay.config import Settings
 from relay.deadletters import DeadLetters
 from relay.events import decode_envelope
-from relay.ledger import FINAL_STATES, Ledger
+from relay.ledger import FINAL_STATES, Actor, Ledger
 from relay.queues import QUEUE_NAMES, queue_for
 
 SECONDS_PER_DAY = 86_400
@@ -31,36 +31,28 @@ def _when(ms: int | float) -> str:
 
 
 def trace(settings: Settings, event_id: str, out: TextIO, client: Redis | None = None,
-          event_names: Sequence[str] | None = None) -> int:
+          search: bool = True) -> int:
     """Print the life of every (pixel, event name) copy of ``event_id``; 1 if none is known.
 
-    With ``event_names`` (the dashboard), the collector's acceptance is looked up for each
-    configured pixel and those names (a fixed number of ZSCOREs) instead of scanning every
-    hour's accepted set, so the answer costs the same at any volume."""
+    The copies are read through ``Ledger.copies`` (computed fields, no search), as the
+    dashboard's find does. With ``search`` (the CLI), an event found that way under no name
+    is looked for by scanning its slot's buckets too (records older than the ledger's names)."""
     redis = client or _client(settings)
     ledger = Ledger(redis, settings.relay.ledger_ttl_days * SECONDS_PER_DAY)
-    dedup_keys = ledger.keys_for_event(event_id)
-    hours = settings.relay.ledger_ttl_days * 24
-    if event_names is None:
-        accepted = _accepted_matching(redis, event_id, hours=hours)
-    else:
-        candidates = {f"{p.id}:{n}:{event_id}" for p in settings.pixels for n in event_names}
-        accepted = _accepted_among(redis, sorted(candidates | set(dedup_keys)), hours)
-    for key in accepted:
-        if key not in dedup_keys:
-            dedup_keys.append(key)
+    dedup_keys = ledger.copies(event_id)
+    if not dedup_keys and search:
+        dedup_keys = ledger.keys_for_event(event_id)
     if not dedup_keys:
         print(f"no event with event_id {event_id} is known (kept "
               f"{settings.relay.ledger_ttl_days} days)", file=out)
         return 1
-    for key in sorted(dedup_keys):
+    for key in dedup_keys:
         pixel_id, event_name, _ = key.split(":", 2)
         record = ledger.event(key)
         state = record.state if record.state not in (None, "accepted") else "waiting"
         print(f"{event_name} {event_id} for pixel {pixel_id}: {state}", file=out)
-        accepted_ms = record.received_ms if record.received_ms is not None else accepted.get(key)
-        if accepted_ms is not None:
-            print(f"  {_when(accepted_ms)}  accepted by the collector", file=out)
+        if record.received_ms is not None:
+            print(f"  {_when(record.received_ms)}  accepted by the collector", file=out)
         for entry in record.life:
             entry = dict(entry)
             at = entry.pop("at_ms")
@@ -69,36 +61,6 @@ def trace(settings: Settings, event_id: str, out: TextIO, client: Redis | None =
             detail = ", ".join(f"{k}={v}" for k, v in entry.items() if v is not None)
             print(f"  {_when(at)}  {what}" + (f"  ({detail})" if detail else ""), file=out)
     return 0
-
-
-def _glob_escape(text: str) -> str:
-    """Escape Redis glob characters so an event_id matches only itself."""
-    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
-
-
-def _accepted_matching(redis: Redis, event_id: str, hours: int) -> dict[str, float]:
-    """The layout before the ledger buckets: accepted events of the hours kept."""
-    found: dict[str, float] = {}
-    now_hour = int(time.time()) // SECONDS_PER_HOUR
-    pattern = f"*:{_glob_escape(event_id)}"
-    for hour in range(now_hour - hours, now_hour + 1):
-        for member, score in redis.zscan_iter(keys.accepted(hour), match=pattern):
-            found[member.decode()] = score
-    return found
-
-
-def _accepted_among(redis: Redis, dedup_keys: Sequence[str], hours: int) -> dict[str, float]:
-    """When the collector accepted each of ``dedup_keys`` (those it did), hour by hour."""
-    now_hour = int(time.time()) // SECONDS_PER_HOUR
-    pipe = redis.pipeline(transaction=False)
-    slots = [(hour, key) for hour in range(now_hour - hours, now_hour + 1) for key in dedup_keys]
-    for hour, key in slots:
-        pipe.zscore(keys.accepted(hour), key)
-    found: dict[str, float] = {}
-    for (_, key), score in zip(slots, pipe.execute(), strict=True):
-        if score is not None and key not in found:
-            found[key] = score
-    return found
 
 
 @dataclass
@@ -182,12 +144,13 @@ def requeue(settings: Settings, out: TextIO, dedup_keys: list[str], everything: 
         print("nothing to requeue: name dead letter keys or pass --all", file=out)
         return 1
     moved = 0
+    by = Actor.now(getpass.getuser(), "cli")
     for key in chosen:
         parts = key.split(":", 2)
         if len(parts) != 3:
             print(f"{key}: not a dead letter key (pixel:event_name:event_id)", file=out)
             continue
-        if dead.requeue(key, queue_for(parts[1], settings.relay)):
+        if dead.requeue(key, queue_for(parts[1], settings.relay), by):
             moved += 1
         else:
             print(f"{key}: no such dead letter", file=out)

@@ -5,18 +5,20 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
+from unittest.mock import Mock
 
 import fakeredis
 import msgspec
 from litestar.testing import AsyncTestClient
 
+from collector.withheld import WithheldCounter, redis_adder
 from relay import keys
 from relay.breaker import Breaker
 from relay.clicks import Clicks, encode_click, new_click_id
 from relay.config import RelaySettings
 from relay.deadletters import DeadLetters
 from relay.errors import PermanentError
-from relay.events import ClickContext, pack_envelope
+from relay.events import ClickContext, Envelope, pack_envelope
 from relay.inbox import ClickWrite, EventWrite, store_sync
 from relay.ledger import Entry, Ledger
 from relay.status import PixelActivity, WorkerPresence
@@ -24,6 +26,7 @@ from tests.dashboard.conftest import OTHER_PIXEL, PIXEL, cell_text, csrf_of, sou
 from tests.relay.factories import envelope
 
 TTL_S = 7 * 86_400
+QUEUE = "relay_high"  # Purchase and Lead are high-priority events
 REJECTED = {"kind": "rejected", "message": "Invalid parameter", "code": 100,
             "subcode": 2804001, "fbtrace_id": "trace-abc"}
 
@@ -33,10 +36,19 @@ def add_dead_letter(redis: fakeredis.FakeRedis, event_id: str, *, pixel: str = P
                     ip: str = "203.0.113.7", ua: str = "Mozilla/5.0") -> str:
     env = envelope(event_id, pixel_id=pixel, event_name=event_name, client_ip_address=ip,
                    client_user_agent=ua)
+    accept(redis, env)
+    redis.delete(keys.inbox(QUEUE, pixel), keys.inbox_pixels(QUEUE))  # taken by a worker
     DeadLetters(redis, TTL_S).add([env], reason or REJECTED)
     Ledger(redis, TTL_S).record([Entry(env.dedup_key, event_id, pixel, event_name, "dead",
-                                       {"attempt": 1, **(reason or REJECTED)})])
+                                       {"attempt": 1, **(reason or REJECTED)},
+                                       env.received_ms, env.source)])
     return env.dedup_key
+
+
+def accept(redis: fakeredis.FakeRedis, env: Envelope) -> None:
+    """What the collector's STORE does: the event waits in its inbox, recorded as accepted."""
+    store_sync(redis, [EventWrite(QUEUE, env.pixel_id, env.dedup_key, env.received_ms,
+                                  pack_envelope(env))], TTL_S)
 
 
 def count(redis: fakeredis.FakeRedis, counts: dict[str, int], at_ms: int | None = None) -> None:
@@ -68,6 +80,31 @@ async def test_overview_shows_the_minute_counters_in_their_cells(
             "PageView": {"received": "3", "delivered": "3", "attempt": "0", "dead": "0",
                          "duplicate": "0"}} == rows
     assert soup(page).select_one("svg#flow-chart polyline") is not None
+
+
+async def test_withheld_events_show_in_the_funnel_and_per_pixel(
+        operator: AsyncTestClient, server: fakeredis.FakeServer,
+        redis: fakeredis.FakeRedis) -> None:
+    # Given the collector kept 4 events from Meta for want of consent (its own counter)
+    withheld = WithheldCounter(Mock(), redis_adder(fakeredis.aioredis.FakeRedis(server=server)))
+    for pixel in (PIXEL, PIXEL, PIXEL, OTHER_PIXEL):
+        withheld.count(pixel, "Purchase", "no_consent")
+    await withheld.flush()
+    count(redis, {f"received:{PIXEL}:Purchase": 2, f"delivered:{PIXEL}:Purchase": 2})
+
+    overview = soup((await operator.get("/")).text)
+    pixels = soup((await operator.get("/pixels")).text)
+
+    funnel = {r["data-step"]: cell_text(r.td) for r in overview.select("#funnel tr[data-step]")}
+    by_pixel = {r["data-pixel"]: cell_text(r.select_one('td[data-col="withheld"]'))
+                for r in overview.select("#by-pixel tbody tr[data-pixel]")}
+    assert ("4", "4", "2", {PIXEL: "3", OTHER_PIXEL: "1"}) == (
+        by_stat(str(overview))["withheld"], funnel["withheld"], funnel["delivered"], by_pixel)
+    assert ("3", "3", "1") == (
+        cell_text(pixels.select_one(f"#withheld-{PIXEL} [data-stat=withheld]")),
+        cell_text(pixels.select_one(
+            f'#pixel-{PIXEL} tr[data-event="Purchase"] td[data-col="withheld"]')),
+        cell_text(pixels.select_one(f"#withheld-{OTHER_PIXEL} [data-stat=withheld]")))
 
 
 async def test_the_live_fragment_is_a_fragment_with_the_same_numbers(
@@ -256,6 +293,28 @@ async def test_requeue_one_moves_it_back_to_the_inbox_and_is_audited(
     assert ["op operator", "requeue", "1"] == first[1:4]
 
 
+async def test_requeue_and_discard_show_in_the_event_s_timeline_with_who_did_it(
+        operator: AsyncTestClient, redis: fakeredis.FakeRedis) -> None:
+    # Given a letter requeued from the dashboard, dead again, then discarded
+    key = add_dead_letter(redis, "e1")
+    token = csrf_of((await operator.get("/dead-letters")).text)
+    await operator.post("/dead-letters/act", data={
+        "action": "requeue", "scope": "one", "key": key, "_csrf_token": token})
+    add_dead_letter(redis, "e1")
+    await operator.post("/dead-letters/act", data={
+        "action": "discard", "keys": key, "_csrf_token": token})  # one box ticked
+
+    timeline = soup((await operator.get("/find?q=e1")).text).find(id="timeline").get_text()
+
+    steps = [line.split("  ", 2)[-1] for line in timeline.splitlines()[2:]]
+    assert ["dead  (attempt=1, kind=rejected, message=Invalid parameter, code=100, "
+            "subcode=2804001, fbtrace_id=trace-abc)",
+            "requeued  (by=op, via=dashboard)",
+            "dead  (attempt=1, kind=rejected, message=Invalid parameter, code=100, "
+            "subcode=2804001, fbtrace_id=trace-abc)",
+            "discarded  (by=op, via=dashboard)"] == steps
+
+
 async def test_requeue_twice_moves_it_once(operator: AsyncTestClient,
                                            redis: fakeredis.FakeRedis) -> None:
     key = add_dead_letter(redis, "e1")
@@ -342,8 +401,8 @@ async def test_pixels_page_shows_match_key_coverage(operator: AsyncTestClient,
     row = page.select_one(f'#pixel-{PIXEL} tr[data-event="Purchase"]')
     cells = {c["data-col"]: cell_text(c) for c in row.select("td[data-col]")}
     assert {"received": "5", "delivered": "4", "dead": "1", "success": "80.0 %",
-            "em": "100 %", "ph": "25 %", "fbc": "50 %", "fbp": "0 %", "external_id": "0 %",
-            "client_ip_address": "0 %", "client_user_agent": "0 %"} == cells
+            "withheld": "0", "em": "100 %", "ph": "25 %", "fbc": "50 %", "fbp": "0 %",
+            "external_id": "0 %", "client_ip_address": "0 %", "client_user_agent": "0 %"} == cells
 
 
 async def test_links_page_counts_clicks_and_conversions(operator: AsyncTestClient,
@@ -360,9 +419,7 @@ async def test_links_page_counts_clicks_and_conversions(operator: AsyncTestClien
 
 async def test_find_knows_an_event_the_collector_only_accepted_so_far(
         operator: AsyncTestClient, redis: fakeredis.FakeRedis) -> None:
-    now = int(time.time() * 1000)
-    redis.zadd(keys.accepted(now // 3_600_000), {f"{PIXEL}:Lead:acc-1": now})
-    count(redis, {f"received:{PIXEL}:Lead": 1})
+    accept(redis, envelope("acc-1", event_name="Lead"))
 
     timeline = soup((await operator.get("/find?q=acc-1")).text).find(id="timeline").get_text()
 

@@ -25,6 +25,7 @@ from relay.delivery import Attempt, Defer, Deliverer
 from relay.errors import TransientError
 from relay.events import ClickContext, Envelope, UserData, encode
 from relay.inbox import ClickWrite, store_sync
+from relay.ledger import Actor
 from relay.limiter import PixelRates
 from relay.meta_client import MetaClient
 from tests.relay.factories import (
@@ -421,7 +422,7 @@ def test_requeue_of_a_dead_letter_lets_it_be_sent(redis: fakeredis.FakeRedis,
     d.deliver(PIXEL, encoded(env), Attempt("batch-1", 1, last=True))
     graph.respond = None
 
-    assert d.dead.requeue(env.dedup_key, "relay_high")
+    assert d.dead.requeue(env.dedup_key, "relay_high", Actor.now("ops", "cli"))
     d.deliver(PIXEL, encoded(env), Attempt("batch-2", 1, last=False))
 
     assert (["e1"], "delivered") == (graph.accepted, state(d, env))

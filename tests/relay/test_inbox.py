@@ -252,4 +252,5 @@ def test_store_gives_the_script_every_key_it_touches() -> None:
 
     assert [keys.inbox(QUEUE, PIXEL), keys.inbox_pixels(QUEUE),
             keys.ledger_bucket_of(f"{PIXEL}:Purchase:e1", RECEIVED_MS),
-            keys.counters(RECEIVED_MS // 60_000), keys.click("click-1")] == names
+            keys.counters(RECEIVED_MS // 60_000), keys.ledger_names(),
+            keys.click("click-1")] == names

@@ -10,7 +10,10 @@ import msgspec
 import pytest
 
 from relay import keys
-from relay.ledger import Entry, Ledger, bucket_for, minute_of
+from relay.deadletters import DeadLetters
+from relay.inbox import EventWrite, store_sync
+from relay.ledger import Actor, Entry, Ledger, bucket_for, minute_of
+from tests.relay.factories import envelope
 
 TTL_S = 7 * 86_400
 AT_MS = int(time.time() * 1000)  # records are read for the ledger TTL back from now
@@ -57,6 +60,82 @@ def test_event_id_index_finds_every_pixel(redis: fakeredis.FakeRedis) -> None:
                    entry("delivered", event_id="other")], AT_MS)
 
     assert ["111:Purchase:e1", "222:Purchase:e1"] == ledger.keys_for_event("e1")
+
+
+def stored(redis: fakeredis.FakeRedis, pixel: str, event_name: str, event_id: str,
+           received_ms: int = AT_MS) -> str:
+    """What the collector's STORE does for one event (its record, the ledger's names)."""
+    dedup_key = f"{pixel}:{event_name}:{event_id}"
+    store_sync(redis, [EventWrite("relay_high", pixel, dedup_key, received_ms, b"-")], TTL_S)
+    return dedup_key
+
+
+class NoSearch(fakeredis.FakeRedis):
+    """A client on which any KEYS or SCAN-family command fails the test."""
+
+    def execute_command(self, *args: object, **options: object) -> object:
+        assert str(args[0]).upper() not in {"KEYS", "SCAN", "HSCAN", "SSCAN", "ZSCAN"}, args
+        return super().execute_command(*args, **options)
+
+
+def test_copies_of_an_event_id_are_read_without_searching() -> None:
+    redis = NoSearch()
+    # Given copies for two pixels and two names, received on two days, and other events
+    found = [stored(redis, "111", "Purchase", "e1"),
+             stored(redis, "222", "Lead", "e1", AT_MS - 3 * 86_400_000),
+             stored(redis, "222", "Purchase", "e1")]
+    stored(redis, "111", "Purchase", "e2")
+    stored(redis, "111", "Lead", "e3")
+
+    assert sorted(found) == Ledger(redis, TTL_S).copies("e1")
+
+
+def test_copies_ignore_names_not_stored_within_the_ttl(redis: fakeredis.FakeRedis) -> None:
+    stored(redis, "111", "Purchase", "e1")
+    redis.hset(keys.ledger_names(), "111:OldName", AT_MS - 30 * 86_400_000)
+
+    assert (["111:Purchase:e1"], 1) == (Ledger(redis, TTL_S).copies("e1"),
+                                        len(redis.hkeys(keys.ledger_names())) - 1)
+
+
+def test_an_operator_s_requeue_and_discard_are_steps_of_the_event_s_life(
+        redis: fakeredis.FakeRedis) -> None:
+    # Given an event dead twice: requeued by one operator, then discarded by another
+    ledger = Ledger(redis, TTL_S)
+    dead = DeadLetters(redis, TTL_S)
+    env = envelope("e1")
+    stored(redis, env.pixel_id, "Purchase", "e1", env.received_ms)
+    dead.add([env], {"kind": "rejected", "code": 100})
+    ledger.record([Entry(env.dedup_key, "e1", env.pixel_id, "Purchase", "dead",
+                         {"batch": "b1"}, env.received_ms)], AT_MS)
+    dead.requeue(env.dedup_key, "relay_high", Actor("alice", "dashboard", AT_MS + 1, "j1"))
+    dead.add([env], {"kind": "rejected", "code": 100})
+    ledger.record([Entry(env.dedup_key, "e1", env.pixel_id, "Purchase", "dead",
+                         {"batch": "b2"}, env.received_ms)], AT_MS + 2)
+    dead.discard(env.dedup_key, Actor("bob", "cli", AT_MS + 3, "j2"))
+
+    record = ledger.event(env.dedup_key)
+
+    assert ("dead", [("dead", None, None), ("requeued", "alice", "dashboard"),
+                     ("dead", None, None), ("discarded", "bob", "cli")],
+            [AT_MS, AT_MS + 1, AT_MS + 2, AT_MS + 3]) == (
+        record.state, [(e["state"], e.get("by"), e.get("via")) for e in record.life],
+        [e["at_ms"] for e in record.life])
+
+
+def test_a_bulk_action_writes_its_step_once_per_pixel(redis: fakeredis.FakeRedis) -> None:
+    dead = DeadLetters(redis, TTL_S)
+    envs = [envelope(f"e{i}") for i in range(3)]
+    dead.add(envs, {"kind": "rejected", "code": 100})
+    for env in envs:
+        stored(redis, env.pixel_id, "Purchase", env.event.event_id, env.received_ms)
+    by = Actor("alice", "dashboard", AT_MS, "job1")
+
+    moved = [dead.requeue(env.dedup_key, "relay_high", by) for env in envs]
+
+    assert ([True] * 3, 1, ["requeued"] * 3) == (
+        moved, redis.llen(keys.batch_log(envs[0].pixel_id, by.batch)),
+        [Ledger(redis, TTL_S).state(env.dedup_key) for env in envs])
 
 
 def test_records_and_batch_logs_expire_after_the_ttl(redis: fakeredis.FakeRedis) -> None:

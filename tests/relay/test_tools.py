@@ -285,13 +285,14 @@ def test_requeue_of_nothing_returns_1(redis: fakeredis.FakeRedis, settings: Sett
         code, out.getvalue())
 
 
-def test_trace_of_an_event_id_with_glob_characters_matches_only_itself() -> None:
-    import fakeredis
+def test_trace_of_an_event_id_with_glob_characters_matches_only_itself(
+        redis: fakeredis.FakeRedis, settings: Settings) -> None:
+    # Given records the collector never named (from before the ledger's names): the CLI searches
+    for event_id in ("a*", "abc"):
+        record(redis, envelope(event_id), "delivered", fbtrace_id=f"T-{event_id}")
+    out = io.StringIO()
 
-    from relay.tools import _accepted_matching
+    code = trace(settings, "a*", out, client=redis)
 
-    redis = fakeredis.FakeRedis()
-    hour = int(time.time()) // 3600
-    redis.zadd(f"pixelrelay:accepted:{hour}", {"1:Purchase:a*": 1.0, "1:Purchase:abc": 2.0})
-
-    assert ["1:Purchase:a*"] == list(_accepted_matching(redis, "a*", hours=1))
+    assert (0, [f"Purchase a* for pixel {PIXEL}: delivered"]) == (
+        code, [line for line in out.getvalue().splitlines() if " for pixel " in line])
