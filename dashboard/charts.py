@@ -38,12 +38,14 @@ def line_chart(title: str, series: Sequence[tuple[str, Sequence[int]]], start_ms
     top = _nice_max(max((max(v, default=0) for _, v in series), default=0))
     inner_w, inner_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     step = inner_w / max(1, buckets - 1)
+    scale = inner_h / top
+    base = TOP + inner_h
+    # each bucket's x and label, formatted once for every series and hover box
+    xs = [f"{LEFT + i * step:.1f}" for i in range(buckets)]
+    labels = [_label(start_ms + i * bucket_ms, bucket_ms) for i in range(buckets)]
 
     def x(i: int) -> float:
         return LEFT + i * step
-
-    def y(v: int) -> float:
-        return TOP + inner_h - inner_h * v / top
 
     parts = [f'<svg class="chart" id="{escape(chart_id)}" viewBox="0 0 {WIDTH} {HEIGHT}" '
              f'role="img" aria-labelledby="{escape(chart_id)}-t">',
@@ -57,17 +59,17 @@ def line_chart(title: str, series: Sequence[tuple[str, Sequence[int]]], start_ms
     for i in sorted({0, buckets // 2, buckets - 1}) if buckets else []:
         anchor = "start" if i == 0 else "end" if i == buckets - 1 else "middle"
         parts.append(f'<text class="axis" x="{x(i):.1f}" y="{HEIGHT - 6}" '
-                     f'text-anchor="{anchor}">{_label(start_ms + i * bucket_ms, bucket_ms)}'
-                     '</text>')
+                     f'text-anchor="{anchor}">{labels[i]}</text>')
     for n, (_, values) in enumerate(series):
-        points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))
+        points = " ".join([f"{xs[i]},{base - v * scale:.1f}" for i, v in enumerate(values)])
         parts.append(f'<polyline class="line s{n % 6}" points="{points}"/>')
+    width = f"{step:.1f}"
     for i in range(buckets):
-        text = ", ".join(f"{label} {values[i]:,}" for label, values in series if i < len(values))
+        text = ", ".join([f"{label} {values[i]:,}" for label, values in series
+                          if i < len(values)])
         parts.append(f'<rect class="hover" x="{x(i) - step / 2:.1f}" y="{TOP}" '
-                     f'width="{step:.1f}" height="{inner_h}"><title>'
-                     f'{_label(start_ms + i * bucket_ms, bucket_ms)}: {escape(text)}'
-                     '</title></rect>')
+                     f'width="{width}" height="{inner_h}"><title>'
+                     f'{labels[i]}: {escape(text)}</title></rect>')
     parts.append("</svg>")
     return Markup("".join(parts))
 
@@ -77,8 +79,8 @@ def sparkline(values: Sequence[int], label: str) -> Markup:
     w, h = 120, 24
     top = max(1, max(values, default=0))
     step = w / max(1, len(values) - 1)
-    points = " ".join(f"{i * step:.1f},{h - 2 - (h - 4) * v / top:.1f}"
-                      for i, v in enumerate(values))
+    scale = (h - 4) / top
+    points = " ".join([f"{i * step:.1f},{h - 2 - v * scale:.1f}" for i, v in enumerate(values)])
     return Markup(f'<svg class="spark" viewBox="0 0 {w} {h}" role="img" '
                   f'aria-label="{escape(label)}"><polyline class="line s0" points="{points}"/>'
                   '</svg>')

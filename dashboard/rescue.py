@@ -17,7 +17,7 @@ from litestar.response import Redirect, Template
 from dashboard import auditlog
 from dashboard.app_support import ctx_of, operator_of, peer_address, require_operator_role
 from dashboard.jobs import move
-from relay.deadletters import DeadFilter
+from relay.deadletters import DeadFilter, Page
 from relay.events import MetaEvent
 from relay.ledger import Actor
 
@@ -106,8 +106,8 @@ def dead_letters(request: Request[Any, Any, Any],
     ctx = ctx_of(request)
     form = FilterForm(pixel, event, kind, code, age)
     where = _filter(form)
-    page = ctx.dead.page(where, cursor, PAGE_SIZE)
     matching, exact = ctx.dead.matching_count(where)
+    page = ctx.dead.page(where, cursor, PAGE_SIZE) if matching else Page([], None, 0)
     reasons = sorted(ctx.dead.reasons().items(), key=lambda kv: -kv[1])
     operator = operator_of(request)
     return Template("dead_letters.html", context={

@@ -290,12 +290,17 @@ class DeadLetters:
 
     # -- filtering and paging -----------------------------------------------------------------
     def matching_count(self, where: DeadFilter) -> tuple[int, bool]:
-        """(count, exact): exact for no facet or one; for several, the smallest index's count
-        is an upper bound."""
+        """(count, exact): exact but for two or more facets with an age, where the smallest
+        index's count in that time is an upper bound. Several facets are counted by
+        ZINTERCARD (work bounded by the smallest index)."""
         source, size = self._source(where)
         lo, hi = _score_range(where)
-        n = int(self._client.zcount(source, lo, hi)) if (lo, hi) != ("-inf", "+inf") else size
-        return n, len(where.facets()) <= 1
+        timed = (lo, hi) != ("-inf", "+inf")
+        facets = [keys.dead_index(f, v) for f, v in where.facets().items()]
+        if len(facets) > 1 and not timed:
+            return int(self._client.zintercard(len(facets), facets)), True
+        n = int(self._client.zcount(source, lo, hi)) if timed else size
+        return n, len(facets) <= 1
 
     def page(self, where: DeadFilter, cursor: str | None = None, limit: int = 50,
              scan_max: int = 5_000) -> Page:

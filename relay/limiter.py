@@ -10,7 +10,9 @@ blocking a worker thread, so other pixels keep flowing and no retry is spent.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
 
@@ -114,8 +116,16 @@ class PixelLimiter:
 
     def factor(self, pixel_id: str, now_ms: int | None = None) -> float:
         now = now_ms if now_ms is not None else int(time.time() * 1000)
-        raw = self._client.hmget(keys.throttle(pixel_id), "factor", "at")
+        return self.factor_of(self._client.hmget(keys.throttle(pixel_id), "factor", "at"), now)
+
+    @staticmethod
+    def queue_factor(pipe: Any, pixel_id: str) -> None:
+        """Ask for what ``factor_of`` needs in someone's pipeline."""
+        pipe.hmget(keys.throttle(pixel_id), "factor", "at")
+
+    def factor_of(self, raw: Sequence[Any] | None, now_ms: int) -> float:
+        """The slow-down factor now from the throttle hash's (factor, at)."""
         if not raw or raw[0] is None:
             return 1.0
         factor, at = float(raw[0]), float(raw[1])
-        return float(min(1.0, factor * 2 ** ((now - at) / self._recovery_ms)))
+        return float(min(1.0, factor * 2 ** ((now_ms - at) / self._recovery_ms)))

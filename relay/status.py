@@ -42,11 +42,15 @@ class QueueDepth:
 
 
 def queue_depths(client: Redis, now_ms: int | None = None) -> list[QueueDepth]:
+    """Every queue's depths and oldest waiting event, in two or three round trips."""
     now = _now_ms() if now_ms is None else now_ms
-    result = []
-    for priority, queue in QUEUE_NAMES.items():
-        pixels = [p.decode() for p in client.smembers(keys.inbox_pixels(queue))]
-        pipe = client.pipeline(transaction=False)
+    queues = list(QUEUE_NAMES.items())
+    pipe = client.pipeline(transaction=False)
+    for _, queue in queues:
+        pipe.smembers(keys.inbox_pixels(queue))
+    pixels_of = [sorted(p.decode() for p in found) for found in pipe.execute()]
+    pipe = client.pipeline(transaction=False)
+    for (_, queue), pixels in zip(queues, pixels_of, strict=True):
         for pixel in pixels:
             pipe.llen(keys.inbox(queue, pixel))
             pipe.lindex(keys.inbox(queue, pixel), 0)
@@ -55,15 +59,26 @@ def queue_depths(client: Redis, now_ms: int | None = None) -> list[QueueDepth]:
         pipe.hlen(_dramatiq.messages(_dramatiq.delay_queue(queue)))
         pipe.zcard(_dramatiq.dead_queue(queue))
         pipe.lindex(_dramatiq.queue(queue), 0)
-        values = pipe.execute()
-        inbox = sum(values[0: 2 * len(pixels): 2])
-        heads = values[1: 2 * len(pixels): 2]
-        ready, msgs, delayed, dead, first_ready = values[2 * len(pixels):]
+    values = pipe.execute()
+    rows = []
+    firsts: list[tuple[str, str]] = []
+    at = 0
+    for (priority, queue), pixels in zip(queues, pixels_of, strict=True):
+        mine = values[at: at + 2 * len(pixels) + 5]
+        at += len(mine)
+        inbox = sum(mine[0: 2 * len(pixels): 2])
+        heads = mine[1: 2 * len(pixels): 2]
+        ready, msgs, delayed, dead, first_ready = mine[2 * len(pixels):]
         oldest = [decode_envelope(h).received_ms for h in heads if h]
         if first_ready:
-            stamp = _message_timestamp(client, queue, first_ready.decode())
-            if stamp is not None:
-                oldest.append(stamp)
+            firsts.append((queue, first_ready.decode()))
+        rows.append((priority, queue, inbox, ready, msgs, delayed, dead, oldest))
+    stamps = _message_timestamps(client, firsts)
+    result = []
+    for priority, queue, inbox, ready, msgs, delayed, dead, oldest in rows:
+        stamp = stamps.get(queue)
+        if stamp is not None:
+            oldest.append(stamp)
         result.append(QueueDepth(
             priority, inbox, ready, max(0, msgs - ready), delayed, dead,
             now - min(oldest) if oldest else None,
@@ -71,16 +86,25 @@ def queue_depths(client: Redis, now_ms: int | None = None) -> list[QueueDepth]:
     return result
 
 
-def _message_timestamp(client: Redis, queue: str, message_id: str) -> int | None:
-    """When a ready batch was made (its oldest event waited at least this long)."""
-    raw = client.hget(_dramatiq.messages(queue), message_id)
-    if not raw:
-        return None
-    try:
-        stamp = msgspec.json.decode(raw).get("message_timestamp")
-    except msgspec.DecodeError:
-        return None
-    return int(stamp) if stamp else None
+def _message_timestamps(client: Redis, firsts: Sequence[tuple[str, str]]
+                        ) -> dict[str, int | None]:
+    """When each queue's first ready batch was made (its oldest event waited at least this
+    long), in one round trip."""
+    if not firsts:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for queue, message_id in firsts:
+        pipe.hget(_dramatiq.messages(queue), message_id)
+    found: dict[str, int | None] = {}
+    for (queue, _), raw in zip(firsts, pipe.execute(), strict=True):
+        found[queue] = None
+        if raw:
+            try:
+                stamp = msgspec.json.decode(raw).get("message_timestamp")
+            except msgspec.DecodeError:
+                continue
+            found[queue] = int(stamp) if stamp else None
+    return found
 
 
 # -- workers ------------------------------------------------------------------------------------
@@ -166,16 +190,18 @@ def pixel_states(client: Redis, pixel_ids: Sequence[str], now_ms: int | None = N
     for p in pixel_ids:
         pipe.get(keys.pixel_health(p))
         pipe.hgetall(keys.pixel_activity(p))
+        limiter.queue_factor(pipe, p)
     queue_pause_reads(pipe, pixel_ids)
     raw = pipe.execute()
-    pauses = decode_pause_reads(pixel_ids, raw[2 * len(pixel_ids):])
+    pauses = decode_pause_reads(pixel_ids, raw[3 * len(pixel_ids):])
     result = []
     for i, p in enumerate(pixel_ids):
-        health, activity = raw[2 * i], raw[2 * i + 1]
+        health, activity, throttle = raw[3 * i], raw[3 * i + 1], raw[3 * i + 2]
         delivered = activity.get(b"delivered_ms")
         error = activity.get(b"error")
         result.append(PixelState(
-            p, msgspec.json.decode(health) if health else None, limiter.factor(p, now),
+            p, msgspec.json.decode(health) if health else None,
+            limiter.factor_of(throttle, now),
             int(delivered) if delivered else None,
             msgspec.json.decode(error) if error else None,
             pauses[p],

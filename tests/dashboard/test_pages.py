@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections import Counter
 from unittest.mock import Mock
 
 import fakeredis
+import httpx
 import msgspec
+import pytest
 from litestar.testing import AsyncTestClient
 
 from collector.withheld import WithheldCounter, redis_adder
@@ -18,12 +21,13 @@ from relay.clicks import Clicks, encode_click, new_click_id
 from relay.config import RelaySettings
 from relay.deadletters import DeadLetters
 from relay.errors import PermanentError
-from relay.events import ClickContext, Envelope, pack_envelope
+from relay.events import ClickContext, Envelope, encode, pack_envelope
 from relay.inbox import ClickWrite, EventWrite, store_sync
 from relay.ledger import Entry, Ledger
 from relay.status import PixelActivity, WorkerPresence
 from tests.dashboard.conftest import OTHER_PIXEL, PIXEL, cell_text, csrf_of, soup
 from tests.relay.factories import envelope
+from tests.support import ROOT
 
 TTL_S = 7 * 86_400
 QUEUE = "relay_high"  # Purchase and Lead are high-priority events
@@ -202,7 +206,6 @@ async def test_a_paused_pixel_shows_why_since_when_and_how_many_events_wait(
 
 
 def msgspec_encode(env: object) -> bytes:
-    from relay.events import encode
 
     return encode(env)  # type: ignore[arg-type]
 
@@ -452,3 +455,72 @@ async def test_find_by_click_id_shows_the_click_its_page_view_and_the_later_even
         f"PageView {click.click_id} for pixel {PIXEL}: waiting")
     assert [f"Purchase order-8 for pixel {PIXEL}: waiting"] == [
         p.get_text().splitlines()[0] for p in page.select("pre.click-event")]
+
+
+async def test_collector_state_shows_spooling_bots_and_refusals(
+        operator: AsyncTestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = "\n".join([
+        "# TYPE pixelrelay_collector_spooling gauge",
+        'pixelrelay_collector_spooling{worker="1"} 1.0',
+        'pixelrelay_collector_bot_clicks_total{slug="summer"} 7.0',
+        'pixelrelay_collector_requests_total{route="/v1/events",status="400"} 3.0',
+        'pixelrelay_collector_requests_total{route="/v1/events",status="422"} 2.0',
+        'pixelrelay_collector_requests_total{route="/v1/events",status="202"} 90.0'])
+    asked = []
+
+    def collector(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        return httpx.Response(200, text=metrics)
+
+    monkeypatch.setattr(operator.app.state.ctx, "http",
+                        httpx.Client(transport=httpx.MockTransport(collector)))
+
+    page = soup((await operator.get("/")).text)
+
+    funnel = {r["data-step"]: cell_text(r.td) for r in page.select("#funnel tr[data-step]")}
+    collector_line = cell_text(page.select("#workers li")[-1])
+    assert (["http://127.0.0.1:9/metrics"], "5") == (asked, funnel["refused"])
+    assert collector_line.startswith("spooling to disk collector · 7 bot requests filtered")
+
+
+async def test_htmx_is_the_pinned_copy_served_by_the_dashboard_itself(
+        operator: AsyncTestClient) -> None:
+    recorded = (ROOT / "dashboard/static/htmx.min.js.txt").read_text()
+    pinned = re.search(r"^sha256:\s+([0-9a-f]{64})", recorded, re.MULTILINE)
+    page = soup((await operator.get("/")).text)
+
+    served = await operator.get("/static/htmx.min.js")
+
+    scripts = [s["src"] for s in page.find_all("script")]
+    assert ("/static/htmx.min.js" in scripts, True, pinned.group(1) if pinned else None) == (
+        True, all(src.startswith("/static/") for src in scripts),
+        hashlib.sha256(served.content).hexdigest())
+    assert "version:  2.0.11" in recorded
+
+
+async def test_the_live_overview_polls_every_2_s_and_pauses_when_hidden(
+        operator: AsyncTestClient) -> None:
+    live = soup((await operator.get("/")).text).find(id="live")
+    script = (ROOT / "dashboard/static/dashboard.js").read_text()
+
+    assert ("/fragments/overview?range=1h", "every 2s, refresh", True) == (
+        live["hx-get"], live["hx-trigger"], live.has_attr("data-poll"))
+    # dashboard.js cancels a data-poll request while the tab is hidden (the browser test
+    # watches it happen)
+    assert 'hasAttribute("data-poll") && document.visibilityState !== "visible"' in script
+
+
+@pytest.mark.parametrize("path", ["/", "/dead-letters", "/find?q=e1", "/links", "/pixels",
+                                  "/audit", "/dead-letter?key=" + f"{PIXEL}:Purchase:e1"])
+async def test_every_form_control_has_a_label_and_the_page_its_landmarks(
+        operator: AsyncTestClient, redis: fakeredis.FakeRedis, path: str) -> None:
+    add_dead_letter(redis, "e1")
+    page = soup((await operator.get(path)).text)
+
+    labelled = {label.get("for") for label in page.find_all("label")}
+    unlabelled = [str(c)[:80] for c in page.find_all(["input", "select", "textarea"])
+                  if c.get("type") not in ("hidden", "submit", "button")
+                  and c.get("id") not in labelled and not c.get("aria-label")
+                  and c.find_parent("label") is None]
+    assert ([], True, True, 1) == (unlabelled, page.find("main") is not None,
+                                   page.find("nav") is not None, len(page.find_all("h1")))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import fakeredis
 import pytest
 from litestar.testing import AsyncTestClient
 
-from dashboard import auditlog
+from dashboard import auditlog, security
 from relay import keys
+from relay.config import Settings
 from tests.dashboard.conftest import (
     OPERATOR_PASSWORD,
     PIXEL,
@@ -98,6 +101,40 @@ async def test_repeated_failures_slow_down_the_name(anonymous: AsyncTestClient) 
 
     assert ([401] * 5 + [429], 429) == (statuses, right.status_code)
     assert "try again in" in soup(right.text).find(id="login-error").get_text()
+
+
+async def test_repeated_failures_slow_down_the_address_whatever_the_name(
+        anonymous: AsyncTestClient) -> None:
+    token = csrf_of((await anonymous.get("/login")).text)
+    statuses = []
+    for i in range(6):  # a new name each time: only the address is the same
+        answer = await anonymous.post("/login", data={"name": f"guess-{i}",
+                                                      "password": "wrong-wrong",
+                                                      "_csrf_token": token})
+        statuses.append(answer.status_code)
+
+    assert [401] * 5 + [429] == statuses
+
+
+async def test_a_session_expires_when_unused_and_each_request_renews_it(
+        operator: AsyncTestClient, redis: fakeredis.FakeRedis, settings: Settings) -> None:
+    [session_key] = redis.scan_iter(f"{keys.dashboard_sessions()}*")  # the test's fakeredis
+    redis.expire(session_key, 5)  # as if unused for all but 5 s of the idle timeout
+
+    await operator.get("/")
+
+    idle = settings.dashboard.session_idle_timeout_s
+    assert idle - 5 <= redis.ttl(session_key) <= idle
+
+
+async def test_a_session_ends_its_absolute_timeout_after_the_login(
+        operator: AsyncTestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    later = time.time() + settings.dashboard.session_max_age_s + 1
+    monkeypatch.setattr(security.time, "time", lambda: later)
+
+    answer = await operator.get("/pixels", follow_redirects=False)
+
+    assert (303, "/login?next=/pixels") == (answer.status_code, answer.headers["location"])
 
 
 async def test_logout_ends_the_session(operator: AsyncTestClient,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-c
 OPERATOR, PASSWORD = "demo", "pixelrelay-demo"
 SHOTS = Path(os.environ.get("PIXELRELAY_SCREENSHOTS", ROOT / "var" / "screenshots"))
 WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
+CONFIRMATIONS: list[str] = []  # what each confirmation said (the page fixture accepts them)
 NO_REAL_SERVICES = {"REDIS_URL": "", "PIXELRELAY_GRAPH_URL": "", "PIXELRELAY_TEST_TOKEN": ""}
 
 
@@ -82,18 +84,21 @@ def page(browser: Browser, stack: Stack) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     tab = context.new_page()
     tab.set_default_timeout(20_000)
-    tab.on("dialog", lambda dialog: dialog.accept())  # the confirmations
+    tab.on("dialog", lambda dialog: (CONFIRMATIONS.append(dialog.message), dialog.accept()))
     yield tab
     context.close()
 
 
 def shoot(page: Page, name: str) -> None:
-    """Screenshots of the page as it is, at both widths (full page)."""
+    """Screenshots of the page as it is, at both widths (full page); at each width the page
+    itself must not scroll sideways (wide tables scroll inside their own box)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     for label, (width, height) in WIDTHS.items():
         page.set_viewport_size({"width": width, "height": height})
         page.screenshot(path=str(SHOTS / f"{name}-{width}.png"), full_page=True)
         assert (SHOTS / f"{name}-{width}.png").stat().st_size > 0, label
+        page_width = page.evaluate("document.documentElement.scrollWidth")
+        assert page_width <= width, f"{name} is {page_width} px wide at {width} px"
     page.set_viewport_size({"width": 1280, "height": 900})
 
 
@@ -153,6 +158,31 @@ def test_a_counter_moves_while_events_flow(page: Page, stack: Stack) -> None:
     shoot(page, "overview")
 
 
+def test_polling_pauses_in_a_hidden_tab_and_resumes_when_shown(page: Page) -> None:
+    polls: list[float] = []
+    page.on("request", lambda r: polls.append(time.monotonic())
+            if "/fragments/overview" in r.url else None)
+    page.wait_for_function("() => true")
+    wait_for(lambda: len(polls) >= 1, 10, what="a poll while visible")
+
+    page.evaluate("""() => {
+        Object.defineProperty(document, 'visibilityState', {value: 'hidden', configurable: true});
+        document.dispatchEvent(new Event('visibilitychange'));
+    }""")
+    hidden_at = time.monotonic()
+    time.sleep(5)  # two and a half polling intervals: none may go out
+    hidden = [t for t in polls if t > hidden_at + 0.5]
+    page.evaluate("""() => {
+        Object.defineProperty(document, 'visibilityState', {value: 'visible', configurable: true});
+        document.dispatchEvent(new Event('visibilitychange'));
+    }""")
+    shown_at = time.monotonic()
+    wait_for(lambda: any(t >= shown_at for t in polls), 5, what="a poll once shown again")
+
+    assert [] == hidden
+    assert min(t for t in polls if t >= shown_at) - shown_at < 1.5  # at once, not in 2 s
+
+
 def test_requeue_one_dead_letter_and_see_it_at_the_fake_meta(page: Page, stack: Stack) -> None:
     faults(stack, error_rates={"100": 1.0})
     send(stack, purchase("dead-1"))
@@ -191,13 +221,18 @@ def test_filter_and_bulk_requeue(page: Page, stack: Stack) -> None:
     shoot(page, "bulk-job")
 
     assert "12" == page.locator("#job-done").inner_text()
+    assert CONFIRMATIONS[-1] == "Requeue 12 dead letters (event=Purchase, code=100)?"
     wait_for(lambda: {f"bulk-{i}" for i in range(12)} <= received_ids(stack), 30,
              what="the bulk-requeued events at the fake Meta")
 
 
 def test_find_links_pixels_and_audit(page: Page, stack: Stack) -> None:
     page.goto(f"{stack.dashboard}/find?q=dead-1")
-    assert "dead-1" in page.locator("#timeline").inner_text()
+    steps = [line.split("  ", 2)[-1] for line in
+             page.locator("#timeline").inner_text().splitlines()]
+    # dead, requeued by the operator (the same steps `pixelrelay trace` prints), delivered
+    assert [f"requeued  (by={OPERATOR}, via=dashboard)", "delivered"] == [
+        s.split("  (")[0] if s.startswith("delivered") else s for s in steps[-2:]], steps
     shoot(page, "find")
     page.goto(f"{stack.dashboard}/links")
     shoot(page, "links")
