@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, Request, sync_playwright
 
 from tests.support import (
     DEMO_API_KEY,
@@ -36,6 +36,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-c
 OPERATOR, PASSWORD = "demo", "pixelrelay-demo"
 SHOTS = Path(os.environ.get("PIXELRELAY_SCREENSHOTS", ROOT / "var" / "screenshots"))
 WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
+# Makes the page believe its tab was hidden or shown (what a browser does on a tab switch).
+VISIBILITY = """state => {
+    Object.defineProperty(document, 'visibilityState', {value: state, configurable: true});
+    document.dispatchEvent(new Event('visibilitychange'));
+}"""
 CONFIRMATIONS: list[str] = []  # what each confirmation said (the page fixture accepts them)
 NO_REAL_SERVICES = {"REDIS_URL": "", "PIXELRELAY_GRAPH_URL": "", "PIXELRELAY_TEST_TOKEN": ""}
 
@@ -159,28 +164,22 @@ def test_a_counter_moves_while_events_flow(page: Page, stack: Stack) -> None:
 
 
 def test_polling_pauses_in_a_hidden_tab_and_resumes_when_shown(page: Page) -> None:
-    polls: list[float] = []
-    page.on("request", lambda r: polls.append(time.monotonic())
-            if "/fragments/overview" in r.url else None)
-    page.wait_for_function("() => true")
-    wait_for(lambda: len(polls) >= 1, 10, what="a poll while visible")
+    def is_poll(request: Request) -> bool:
+        return "/fragments/overview" in request.url
 
-    page.evaluate("""() => {
-        Object.defineProperty(document, 'visibilityState', {value: 'hidden', configurable: true});
-        document.dispatchEvent(new Event('visibilitychange'));
-    }""")
+    polls: list[float] = []
+    page.on("request", lambda r: polls.append(time.monotonic()) if is_poll(r) else None)
+    with page.expect_request(is_poll, timeout=10_000):
+        pass  # polling while visible
+    page.evaluate(VISIBILITY, "hidden")
     hidden_at = time.monotonic()
-    time.sleep(5)  # two and a half polling intervals: none may go out
+    page.wait_for_timeout(5_000)  # two and a half polling intervals: none may go out
     hidden = [t for t in polls if t > hidden_at + 0.5]
-    page.evaluate("""() => {
-        Object.defineProperty(document, 'visibilityState', {value: 'visible', configurable: true});
-        document.dispatchEvent(new Event('visibilitychange'));
-    }""")
-    shown_at = time.monotonic()
-    wait_for(lambda: any(t >= shown_at for t in polls), 5, what="a poll once shown again")
+
+    with page.expect_request(is_poll, timeout=1_500):  # at once, not at the next 2 s tick
+        page.evaluate(VISIBILITY, "visible")
 
     assert [] == hidden
-    assert min(t for t in polls if t >= shown_at) - shown_at < 1.5  # at once, not in 2 s
 
 
 def test_requeue_one_dead_letter_and_see_it_at_the_fake_meta(page: Page, stack: Stack) -> None:
