@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,33 +34,46 @@ from relay.breaker import BATCH_GATE
 from relay.ledger import COUNTER_TTL_S
 
 STORE = """
--- KEYS: every key touched, once each. ARGV: ledger ttl, n, then per event: inbox list, inbox
--- set and ledger bucket (indexes into KEYS), pixel, record field, received ms, payload, the
--- minute's counters (index into KEYS) and the counter's field; then the number of ledger
--- names and per name: key index, ``pixel:event_name``, last received ms; then
--- per click context: key index, expiry, field, payload (field '': a key of the layout before
--- the click buckets, expiry its ttl; else a field of the click's hash, expiry a Unix time).
+-- KEYS: every key touched, once each. ARGV: ledger ttl, n, then per event: inbox list and
+-- ledger bucket (indexes into KEYS), record field, received ms, payload; then the number of
+-- inbox sets and per set: key index, pixel; then the number of counters and per counter: key
+-- index (the minute's), field, how many; then the number of ledger names and per name: key
+-- index, ``pixel:event_name``, last received ms; then per click context: key index, expiry,
+-- field, payload (field '': a key of the layout before the click buckets, expiry its ttl;
+-- else a field of the click's hash, expiry a Unix time).
+-- What is the same for many events of a group (a pixel's inbox set, a minute's counter) is
+-- sent and written once per group, not once per event.
 local ttl = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local i = 3
-local buckets, counters = {}, {}
+local buckets = {}
 for _ = 1, n do
-  local bucket = tonumber(ARGV[i+2])
-  redis.call('RPUSH', KEYS[tonumber(ARGV[i])], ARGV[i+6])
-  redis.call('SADD', KEYS[tonumber(ARGV[i+1])], ARGV[i+3])
+  local bucket = tonumber(ARGV[i+1])
+  redis.call('RPUSH', KEYS[tonumber(ARGV[i])], ARGV[i+4])
   -- the record of an accepted event; a repeat the same day keeps the first
-  redis.call('HSETNX', KEYS[bucket], ARGV[i+4], 'a|' .. ARGV[i+5] .. '||')
+  redis.call('HSETNX', KEYS[bucket], ARGV[i+2], 'a|' .. ARGV[i+3] .. '||')
   buckets[bucket] = true
-  -- the dashboard's "received" per minute, pixel and event name
-  local stats = tonumber(ARGV[i+7])
-  redis.call('HINCRBY', KEYS[stats], ARGV[i+8], 1)
-  counters[stats] = true
-  i = i + 9
+  i = i + 5
 end
 for bucket in pairs(buckets) do
   redis.call('EXPIRE', KEYS[bucket], ttl)
 end
-for stats in pairs(counters) do
+local sets = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, sets do
+  redis.call('SADD', KEYS[tonumber(ARGV[i])], ARGV[i+1])
+  i = i + 2
+end
+-- the dashboard's "received" per minute, pixel and event name
+local counters, touched = tonumber(ARGV[i]), {}
+i = i + 1
+for _ = 1, counters do
+  local stats = tonumber(ARGV[i])
+  redis.call('HINCRBY', KEYS[stats], ARGV[i+1], tonumber(ARGV[i+2]))
+  touched[stats] = true
+  i = i + 3
+end
+for stats in pairs(touched) do
   redis.call('EXPIRE', KEYS[stats], COUNTER_TTL_S)
 end
 -- the ledger's names (pixel:event_name -> last received ms), for finding an event_id's copies
@@ -167,12 +181,23 @@ def store_call(writes: Sequence[Write], ledger_ttl_s: int) -> tuple[list[str], l
 
     events = [w for w in writes if isinstance(w, EventWrite)]
     args: list[Any] = [ledger_ttl_s, len(events)]
+    inboxes: dict[tuple[str, str], int] = {}  # (queue, pixel) -> its inbox list's index
+    received: Counter[tuple[int, str]] = Counter()  # (minute's counters, field) -> events
     for e in events:
-        args += (at(keys.inbox(e.queue, e.pixel_id)), at(keys.inbox_pixels(e.queue)),
-                 at(keys.ledger_bucket_of(e.dedup_key, e.received_ms)), e.pixel_id,
-                 keys.ledger_field(e.dedup_key), e.received_ms, e.payload,
-                 at(keys.counters(e.received_ms // 60_000)),
-                 f"received:{e.pixel_id}:{keys.split_dedup_key(e.dedup_key)[1]}")
+        inbox_at = inboxes.get((e.queue, e.pixel_id))
+        if inbox_at is None:
+            inbox_at = inboxes[(e.queue, e.pixel_id)] = at(keys.inbox(e.queue, e.pixel_id))
+        field = keys.ledger_field(e.dedup_key)
+        args += (inbox_at, at(keys.ledger_bucket_of(e.dedup_key, e.received_ms)), field,
+                 e.received_ms, e.payload)
+        received[(at(keys.counters(e.received_ms // 60_000)),
+                  f"received:{e.pixel_id}:{field.split(':', 1)[0]}")] += 1
+    args.append(len(inboxes))
+    for queue, pixel_id in inboxes:
+        args += (at(keys.inbox_pixels(queue)), pixel_id)
+    args.append(len(received))
+    for (stats_at, counter), count in received.items():
+        args += (stats_at, counter, count)
     seen: dict[str, int] = {}  # the ledger's names: pixel:event_name -> last received ms
     for e in events:
         name = keys.dedup_key_name(e.dedup_key)

@@ -250,7 +250,19 @@ def test_a_batch_call_sent_again_after_a_lost_reply_does_nothing(
 def test_store_gives_the_script_every_key_it_touches() -> None:
     names, _ = store_call([event_write(1), ClickWrite("click-1", 600, b"{}")], 3600)
 
-    assert [keys.inbox(QUEUE, PIXEL), keys.inbox_pixels(QUEUE),
-            keys.ledger_bucket_of(f"{PIXEL}:Purchase:e1", RECEIVED_MS),
-            keys.counters(RECEIVED_MS // 60_000), keys.ledger_names(),
-            keys.click("click-1")] == names
+    assert sorted([keys.inbox(QUEUE, PIXEL), keys.inbox_pixels(QUEUE),
+                   keys.ledger_bucket_of(f"{PIXEL}:Purchase:e1", RECEIVED_MS),
+                   keys.counters(RECEIVED_MS // 60_000), keys.ledger_names(),
+                   keys.click("click-1")]) == sorted(names)
+    assert len(set(names)) == len(names)  # each once
+
+
+def test_a_group_adds_each_pixel_once_and_counts_its_events_per_minute_in_one_field(
+        redis: fakeredis.FakeRedis) -> None:
+    store_sync(redis, [event_write(i) for i in range(1, 6)], 3600)
+
+    names, args = store_call([event_write(i) for i in range(1, 6)], 3600)
+    assert ({PIXEL.encode()}, b"5", 1, 1) == (
+        redis.smembers(keys.inbox_pixels(QUEUE)),
+        redis.hget(keys.counters(RECEIVED_MS // 60_000), f"received:{PIXEL}:Purchase"),
+        names.count(keys.inbox_pixels(QUEUE)), args.count(f"received:{PIXEL}:Purchase"))
