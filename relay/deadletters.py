@@ -32,6 +32,7 @@ _List = list  # the class below has a method named list
 FACETS = ("pixel", "event", "kind", "code")
 _SEPARATOR = "\n"
 TRIM_PER_CALL = 500  # expired letters removed per add (bounded work per batch)
+EXACT_COUNT_MAX = 10_000  # letters in the smallest index a filter's exact count may walk
 DEFAULT_DEDUP_WINDOW_S = 48 * 3600
 
 _REMOVE = """
@@ -290,15 +291,22 @@ class DeadLetters:
 
     # -- filtering and paging -----------------------------------------------------------------
     def matching_count(self, where: DeadFilter) -> tuple[int, bool]:
-        """(count, exact): exact but for two or more facets with an age, where the smallest
-        index's count in that time is an upper bound. Several facets are counted by
-        ZINTERCARD (work bounded by the smallest index)."""
+        """(count, exact). Exact for no facet or one, for kind and code together (the count
+        per reason), and for several facets whose smallest index holds at most
+        ``EXACT_COUNT_MAX`` letters (ZINTERCARD, whose work is that index's size: Redis does
+        nothing else meanwhile). Otherwise, or with an age, the smallest index's count is an
+        upper bound."""
         source, size = self._source(where)
         lo, hi = _score_range(where)
         timed = (lo, hi) != ("-inf", "+inf")
-        facets = [keys.dead_index(f, v) for f, v in where.facets().items()]
+        facets = where.facets()
         if len(facets) > 1 and not timed:
-            return int(self._client.zintercard(len(facets), facets)), True
+            if set(facets) == {"kind", "code"}:
+                raw = self._client.hget(keys.dead_reasons(), f"{where.kind}:{where.code}")
+                return max(0, int(raw or 0)), True
+            if size <= EXACT_COUNT_MAX:
+                indexes = [keys.dead_index(f, v) for f, v in facets.items()]
+                return int(self._client.zintercard(len(indexes), indexes)), True
         n = int(self._client.zcount(source, lo, hi)) if timed else size
         return n, len(facets) <= 1
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 import fakeredis
+import pytest
 
-from relay import keys
+from relay import deadletters, keys
 from relay.deadletters import DeadFilter, DeadLetters, Page
 from relay.dedup import Claim, Dedup
 from relay.events import decode_envelope
@@ -191,3 +192,15 @@ def test_a_filter_by_age_stops_at_the_oldest_time(redis: fakeredis.FakeRedis) ->
     page = dead.page(DeadFilter(code="100", newer_than_ms=newest - 4), None, 50)
 
     assert (["e28", "e26"], None) == (event_ids(page), page.next_cursor)
+
+
+def test_counts_of_a_filter_are_exact_while_cheap_and_else_an_upper_bound(
+        redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch) -> None:
+    dead = letters(redis)
+    by_reason = dead.matching_count(DeadFilter(kind="rejected", code="100"))
+    small = dead.matching_count(DeadFilter(pixel="111", event="Lead"))
+    monkeypatch.setattr(deadletters, "EXACT_COUNT_MAX", 3)  # the Leads' index (10) is too big
+
+    large = dead.matching_count(DeadFilter(pixel="111", event="Lead"))
+
+    assert ((15, True), (5, True), (10, False)) == (by_reason, small, large)
