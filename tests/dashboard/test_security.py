@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import fakeredis
@@ -202,3 +203,31 @@ async def test_pages_carry_a_strict_content_security_policy(operator: AsyncTestC
 
     assert "script-src 'self'" in answer.headers["content-security-policy"]
     assert [] == [s for s in soup(answer.text).find_all("script") if not s.get("src")]
+
+
+async def test_a_viewer_sees_every_page_but_no_button_that_changes_something(
+        viewer: AsyncTestClient, redis: fakeredis.FakeRedis) -> None:
+    key = add_dead_letter(redis, "e1")
+    paths = ["/", "/fragments/overview", "/dead-letters", f"/dead-letter?key={key}",
+             "/find?q=e1", "/links", "/pixels", "/audit"]
+
+    answers = {p: await viewer.get(p) for p in paths}
+
+    assert {p: 200 for p in paths} == {p: a.status_code for p, a in answers.items()}
+    actions = [b.get("value") for a in answers.values()
+               for b in soup(a.text).select("button[name=action]")]
+    assert [] == actions
+
+
+async def test_an_htmx_request_carries_the_csrf_token_of_the_body_s_hx_headers(
+        operator: AsyncTestClient, redis: fakeredis.FakeRedis) -> None:
+    key = add_dead_letter(redis, "e1")
+    body = soup((await operator.get("/dead-letters")).text).body
+    headers = json.loads(body["hx-headers"])
+
+    answer = await operator.post("/dead-letters/act", headers={**headers, "HX-Request": "true"},
+                                 data={"action": "discard", "scope": "one", "key": key},
+                                 follow_redirects=False)
+
+    assert (["x-csrftoken"], 303, 0) == (list(headers), answer.status_code,
+                                         redis.zcard(keys.dead_letters()))

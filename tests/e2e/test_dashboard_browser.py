@@ -215,12 +215,20 @@ def test_filter_and_bulk_requeue(page: Page, stack: Stack) -> None:
     page.click("#filters button[type=submit]")
     page.wait_for_url("**/dead-letters?*code=100*")
     assert "12" == page.locator('[data-stat="matching"]').inner_text()
+    boxes = page.locator("#dead-table input[name=keys]")
+    boxes.nth(0).check()
+    boxes.nth(1).check()
+    page.click("button[value=requeue]")
+    page.wait_for_selector("#done")
+    assert ("2 of 2 requeued", "Requeue the 2 selected dead letters?", "10") == (
+        page.locator("#done").inner_text(), CONFIRMATIONS[-1],
+        page.locator('[data-stat="matching"]').inner_text())
     page.click("button[value=requeue-matching]")
     page.wait_for_selector('#job-card[data-state="done"]', timeout=30_000)
     shoot(page, "bulk-job")
 
-    assert "12" == page.locator("#job-done").inner_text()
-    assert CONFIRMATIONS[-1] == "Requeue 12 dead letters (event=Purchase, code=100)?"
+    assert "10" == page.locator("#job-done").inner_text()
+    assert CONFIRMATIONS[-1] == "Requeue 10 dead letters (event=Purchase, code=100)?"
     wait_for(lambda: {f"bulk-{i}" for i in range(12)} <= received_ids(stack), 30,
              what="the bulk-requeued events at the fake Meta")
 

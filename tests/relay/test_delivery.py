@@ -39,6 +39,7 @@ from tests.relay.factories import (
     envelope,
     graph_error,
     make_settings,
+    sha,
 )
 
 FIRST = Attempt("batch-1", 1, last=False)
@@ -947,3 +948,18 @@ def test_duplicate_across_batches_leaves_the_event_delivered(redis: fakeredis.Fa
     d.deliver(PIXEL, encoded(env), Attempt("batch-2", 1, last=False))
 
     assert "delivered" == state(d, env)
+
+
+def test_delivery_counts_which_match_keys_each_event_carried_and_no_value(
+        redis: fakeredis.FakeRedis, graph: FakeGraph) -> None:
+    # Given two Purchases: one with an email, IP and user agent; one with a phone and fbc too
+    d = make_deliverer(redis, graph)
+    plain = envelope("e1")
+    richer = envelope("e2", ph=sha("4930123456"), fbc=FBC)
+    d.deliver(PIXEL, encoded(plain, richer), FIRST)
+
+    counters = {k.decode(): v.decode() for k, v in redis.hgetall(
+        keys.counters(int(time.time() * 1000) // 60_000)).items() if k.startswith(b"mk.")}
+    assert {f"mk.em:{PIXEL}:Purchase": "2", f"mk.client_ip_address:{PIXEL}:Purchase": "2",
+            f"mk.client_user_agent:{PIXEL}:Purchase": "2", f"mk.ph:{PIXEL}:Purchase": "1",
+            f"mk.fbc:{PIXEL}:Purchase": "1"} == counters
