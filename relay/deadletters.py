@@ -319,9 +319,9 @@ class DeadLetters:
         costs the same at 100 or 100,000 letters. A page may be short while letters remain:
         ``next_cursor`` then continues from where this one stopped.
         """
-        source, _ = self._source(where)
-        others = [keys.dead_index(f, v) for f, v in where.facets().items()
-                  if keys.dead_index(f, v) != source]
+        by_size = self._indexes_by_size(where)
+        source = by_size[0][1] if by_size else keys.dead_letters()
+        others = [key for _, key in by_size[1:]]
         lo, hi = _score_range(where)
         start = 0 if hi == "+inf" else int(self._client.zcount(source, f"({hi}", "+inf"))
         if cursor:
@@ -354,15 +354,21 @@ class DeadLetters:
 
     def _source(self, where: DeadFilter) -> tuple[str, int]:
         """The sorted set to walk: the smallest index the filter names, else all letters."""
+        by_size = self._indexes_by_size(where)
+        if not by_size:
+            return keys.dead_letters(), int(self._client.zcard(keys.dead_letters()))
+        return by_size[0][1], by_size[0][0]
+
+    def _indexes_by_size(self, where: DeadFilter) -> _List[tuple[int, str]]:
+        """(size, key) of each index the filter names, smallest first: the walk goes down the
+        first and checks the others in this order, so most misses cost one ZSCORE."""
         candidates = [keys.dead_index(f, v) for f, v in where.facets().items()]
         if not candidates:
-            return keys.dead_letters(), int(self._client.zcard(keys.dead_letters()))
+            return []
         pipe = self._client.pipeline(transaction=False)
         for key in candidates:
             pipe.zcard(key)
-        sizes = pipe.execute()
-        size, key = min(zip(sizes, candidates, strict=True))
-        return key, int(size)
+        return sorted((int(n), key) for n, key in zip(pipe.execute(), candidates, strict=True))
 
 
 def _score_range(where: DeadFilter) -> tuple[str, str]:
