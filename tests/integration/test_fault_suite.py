@@ -214,7 +214,9 @@ def test_meta_down_with_5xx_then_timeouts_then_back(
 
 OTHER_PIXEL = "9876543210"
 OTHER_EVENTS_PER_S = 1_000  # the other pixel's own limit (relay.limiter): its full speed
-STORM = {4: 0.34, 17: 0.33, 613: 0.33}  # every request of the stormed pixel throttled
+# Every request of the stormed pixel throttled; with the fixture's FAKEMETA_SEED=7 the die's
+# first three draws (0.32, 0.15, 0.65) fall on 4, 17 and 613, one for each queue's batch.
+STORM = {17: 0.2, 4: 0.3, 613: 0.5}
 
 
 def flow_rate(stack: RelayStack, count: int) -> float:
@@ -262,7 +264,7 @@ events_per_s = {OTHER_EVENTS_PER_S}
                     f"other at {ratio:.0%} of its unthrottled rate", storm)
     print(f"other pixel: {unthrottled:.0f} events/s unthrottled, {during:.0f} during the storm; "
           f"rejected {rejected}")
-    assert set(rejected) <= {"4", "17", "613"} and sum(rejected.values()) >= 3, rejected
+    assert {"4", "17", "613"} == set(rejected), rejected
     assert ratio >= 0.6, (unthrottled, during)
     assert (300, 0, 0, 0) == (row.delivered, row.dead, row.lost, row.twice)
 
