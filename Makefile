@@ -64,7 +64,7 @@ bench-redirect: install
 bench-relay: install
 	$(BIN)/python loadtest/bench_relay.py
 
-# About 15 minutes of mostly waiting (a 2-minute outage twice, scaled 30-minute and token runs).
+# About 18 minutes of mostly waiting (a 2-minute outage twice, scaled 30-minute and token runs, a replaced token).
 bench-outage: install
 	$(BIN)/python loadtest/bench_outage.py
 

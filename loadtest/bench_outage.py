@@ -113,7 +113,7 @@ SCENARIOS = {
                       "default settings"),
     ]
 }
-DEFAULT_SCENARIOS = "outage-2m,reference-2m,outage-30m-scaled,token-10m-scaled"
+DEFAULT_SCENARIOS = "outage-2m,reference-2m,outage-30m-scaled,token-10m-scaled,token-replaced-2m"
 
 
 class Feeder(threading.Thread):
