@@ -141,7 +141,10 @@ def write(out: Path, summary: Mapping[str, Any], context: Mapping[str, Any]) -> 
         f"{summary['acknowledged']:,} events acknowledged, {summary['failures']:,} failed "
         "requests",
         f"- redirect p99 over the run: {summary['redirect_p99_ms']} ms "
-        f"(bound {summary['p99_bound_ms']:g} ms)",
+        f"(bound {summary['p99_bound_ms']:g} ms), as a visitor beside locust saw it "
+        f"({summary.get('probe_clicks', 0):,} clicks by loadtest/probe.py); locust's own: "
+        f"{summary.get('locust_redirect_p99_ms', summary['redirect_p99_ms'])} ms, which "
+        "includes the load generator's scheduling on the same cores",
     ]
     if summary.get("knee"):
         knee = summary["knee"]

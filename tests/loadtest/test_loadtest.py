@@ -32,6 +32,8 @@ def test_a_short_day_delivers_every_acknowledged_event_exactly_once(tmp_path: Pa
     summary = json.loads((tmp_path / "summary.json").read_text())
     rec = summary["reconciliation"]
     assert summary["acknowledged"] >= EVENTS
+    # the probe visitor beside locust clicked all along, and its clicks were reconciled too
+    assert summary["probe_clicks"] > 100 and summary["redirect_p99_ms"] > 0
     assert ([], summary["acknowledged"]) == (rec["problems"], rec["accepted"])
     assert rec["acknowledged"] == rec["delivered"] + rec["dead"] == rec["at_meta"] + rec["dead"]
     report = (tmp_path / "report.md").read_text()
