@@ -148,8 +148,9 @@ class RelaySettings(Struct, frozen=True, forbid_unknown_fields=True):
     ] = 3_000
     token_probe_max_ms: Annotated[
         int, _help("Longest wait between probes of a pixel paused for its token (190) or a "
-                   "missing permission (10, 200-299).", ge=10)
-    ] = 60_000
+                   "missing permission (10, 200-299); bounds the delay after it is fixed at "
+                   "Meta.", ge=10)
+    ] = 5_000
 
 
 class DashboardSettings(Struct, frozen=True, forbid_unknown_fields=True):
