@@ -6,7 +6,7 @@ the tests' and the benchmarks'): one list of settings, so all of them behave ali
 - ``save ""``: no snapshots on top of the AOF;
 - ``maxmemory-policy noeviction``: a full server refuses writes instead of dropping events
   (the collector spools or answers 503);
-- ``hash-max-listpack-value 512``: click contexts (about 250 bytes, ``relay.clicks``) stay in
+- ``hash-max-listpack-value 512``: click contexts (about 280 bytes, ``relay.clicks``) stay in
   the hashes' compact encoding; Redis's default of 64 bytes would keep each in a hashtable
   entry, about 60 bytes more a click. docs/deploy.md asks the same of an operator's own Redis.
 """
